@@ -1,0 +1,116 @@
+"""Publish: the tables downstream applications read (``recs`` schema)."""
+
+
+import uuid
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+from psycopg import sql
+from pydantic import Field
+
+from rec_orchestration.assets.models import load_interactions
+from rec_orchestration.ml.popularity import PopularityRecommender
+from rec_orchestration.resources.postgres import PostgresResource, replace_table
+
+RECOMMENDATIONS_TABLE = "recs.user_recommendations"
+
+RUNS_DDL = sql.SQL("""
+    CREATE TABLE IF NOT EXISTS recs.recommendation_runs (
+        run_id        text PRIMARY KEY,
+        model_name    text NOT NULL,
+        model_version text NOT NULL,
+        k             integer NOT NULL,
+        users         integer NOT NULL,
+        rows_written  bigint NOT NULL,
+        started_at    timestamptz NOT NULL,
+        finished_at   timestamptz NOT NULL
+    )""")
+
+
+class RecommendationsConfig(dg.Config):
+    k: int = Field(default=10, ge=1, le=1000, description="Recommendations per user.")
+
+
+@dg.asset(
+    key=["recs", "user_recommendations"],
+    group_name="publish",
+    kinds={"python", "postgres"},
+    deps=[dg.AssetKey(["recs", "popular_products"]), dg.AssetKey(["core", "users"]),
+          dg.AssetKey(["core", "reviews"])],
+)
+def user_recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig,
+                         warehouse: PostgresResource) -> dg.MaterializeResult:
+    """Top-k products per user in ``recs.user_recommendations``, excluding what the user already reviewed.
+
+    Written beside the live table and swapped in with one short transaction, so readers see the old
+    set or the new one, never a mix; each publish is recorded in ``recs.recommendation_runs``.
+    """
+    started = datetime.now(UTC)
+    ranked = warehouse.read_dataframe(sql.SQL(
+        "SELECT product_id, score, model_version FROM recs.popular_products ORDER BY rank"))
+    if ranked.empty:
+        raise dg.Failure("recs.popular_products is empty")
+    model = PopularityRecommender()
+    model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
+    model.item_scores = ranked["score"].to_numpy(dtype=float)
+    model_version = str(ranked["model_version"].iloc[0])
+
+    interactions = load_interactions(warehouse)
+    users = np.array([row[0] for row in warehouse.fetch_all("SELECT user_id FROM core.users ORDER BY user_id")])
+    recs = model.recommend(users, config.k, exclude=interactions.items_by_user())
+    run_id = context.run.run_id if context.run else str(uuid.uuid4())
+    generated_at = datetime.now(UTC)
+    rows = [(user, item, rank, score, "popular", model.name, model_version, run_id, generated_at)
+            for user, item, rank, score in recs.to_rows()]
+    with warehouse.connection() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS recs"))
+        conn.execute(RUNS_DDL)
+        replace_table(
+            conn, RECOMMENDATIONS_TABLE,
+            columns=[("user_id", "bigint"), ("product_id", "bigint"),
+                     ("rank", "integer"), ("score", "double precision"),
+                     ("reason", "text"), ("model_name", "text"),
+                     ("model_version", "text"), ("run_id", "text"),
+                     ("generated_at", "timestamptz")],
+            rows=rows,
+            primary_key=["user_id", "rank"],
+            indexes=[],
+        )
+        conn.execute(
+            """INSERT INTO recs.recommendation_runs
+               (run_id, model_name, model_version, k, users, rows_written, started_at, finished_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (run_id) DO UPDATE SET rows_written = EXCLUDED.rows_written,
+                                                  finished_at = EXCLUDED.finished_at""",
+            (run_id, model.name, model_version, config.k, len(users), len(rows), started, datetime.now(UTC)),
+        )
+    short = sum(1 for items in recs.items if len(items) < config.k)
+    return dg.MaterializeResult(metadata={
+        "rows": len(rows),
+        "users": len(users),
+        "users_with_fewer_than_k": short,
+        "k": config.k,
+        "model": f"{model.name} {model_version}",
+    })
+
+
+@dg.asset_check(asset=user_recommendations, blocking=True,
+                description="Every user has k recommendations and none of them is a product they reviewed.")
+def every_user_gets_k_unseen_recommendations(warehouse: PostgresResource) -> dg.AssetCheckResult:
+    users_without = warehouse.fetch_value("""
+        SELECT count(*) FROM core.users u
+        WHERE NOT EXISTS (SELECT 1 FROM recs.user_recommendations r WHERE r.user_id = u.user_id)""")
+    per_user = warehouse.fetch_all("""
+        SELECT min(n), max(n) FROM (SELECT count(*) AS n FROM recs.user_recommendations GROUP BY user_id) c""")
+    already_reviewed = warehouse.fetch_value("""
+        SELECT count(*) FROM recs.user_recommendations r
+        JOIN core.reviews v ON v.user_id = r.user_id AND v.product_id = r.product_id""")
+    k = warehouse.fetch_value("SELECT k FROM recs.recommendation_runs ORDER BY finished_at DESC LIMIT 1")
+    low, high = per_user[0]
+    passed = users_without == 0 and already_reviewed == 0 and low == k and high == k
+    return dg.AssetCheckResult(passed=passed, metadata={
+        "users_without_recommendations": users_without,
+        "min_per_user": low, "max_per_user": high, "k": k,
+        "recommendations_already_reviewed": already_reviewed,
+    })

@@ -1,0 +1,226 @@
+"""``rec``: the project's command line (database, sample data, dbt manifest, runs, UI, summary)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import psycopg
+from psycopg import sql
+
+from rec_orchestration import settings
+
+SUMMARY_TABLES = (
+    ("raw.ingested_files", "landing files loaded (ledger)"),
+    ("raw.products", "product metadata records"),
+    ("raw.reviews", "review records"),
+    ("raw.rejected_records", "quarantined records"),
+    ("core.users", "users"),
+    ("core.products", "products"),
+    ("core.reviews", "reviews"),
+    ("recs.popular_products", "popularity ranking"),
+    ("recs.user_recommendations", "recommendations"),
+    ("recs.recommendation_runs", "publishes"),
+)
+
+EXAMPLE_QUERY = """SELECT r.rank, p.title, p.main_category, round(r.score::numeric, 3) AS score, r.reason
+FROM recs.user_recommendations r
+JOIN core.products p USING (product_id)
+WHERE r.user_id = 1
+ORDER BY r.rank;"""
+
+
+def _embedded():
+    from rec_orchestration.resources.embedded_postgres import EmbeddedPostgres
+
+    return EmbeddedPostgres.default()
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: Path = settings.PROJECT_ROOT) -> None:
+    code = subprocess.call(argv, env=env, cwd=cwd)
+    if code != 0:
+        raise click.ClickException(f"{' '.join(argv[:3])} ... exited with {code}")
+
+
+def _venv_bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+@click.group()
+def main() -> None:
+    """rec_orchestration: batch recommender pipeline on Dagster, dbt and PostgreSQL."""
+
+
+# -- database ----------------------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """The embedded PostgreSQL server (used when REC_DATABASE_URL / PG* are not set)."""
+
+
+@db.command("start")
+def db_start() -> None:
+    """Initialise (first time) and start the embedded server; no-op when it is running."""
+    if settings.external_database_configured():
+        click.echo(f"using configured database {settings.warehouse_settings().redacted_url()}; nothing to start")
+        return
+    click.echo(_embedded().ensure_running().describe())
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server."""
+    click.echo("stopped" if _embedded().stop() else "not running")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Whether the embedded server runs, and where."""
+    if settings.external_database_configured():
+        click.echo(f"configured database: {settings.warehouse_settings().redacted_url()}")
+        return
+    click.echo(_embedded().status().describe())
+
+
+@db.command("url")
+@click.option("--dagster", is_flag=True, help="The Dagster storage database instead of the warehouse.")
+@click.option("--show-password", is_flag=True, help="Print the password instead of ****.")
+def db_url(dagster: bool, show_password: bool) -> None:
+    """Print the connection URL of the warehouse (starts the embedded server if needed)."""
+    target = settings.dagster_storage_settings() if dagster else settings.warehouse_settings()
+    click.echo(target.url() if show_password else target.redacted_url())
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(psql_args: tuple[str, ...]) -> None:
+    """Open psql on the warehouse (extra arguments go to psql, e.g. -c 'SELECT 1')."""
+    if settings.external_database_configured():
+        target = settings.warehouse_settings()
+        env = {**os.environ, "PGPASSWORD": target.password or ""}
+        argv = [shutil.which("psql") or "psql", "-h", target.host, "-p", str(target.port), "-U", target.user,
+                "-d", target.dbname]
+    else:
+        server = _embedded()
+        server.ensure_running()
+        argv, env = server.psql_command()
+    os.execvpe(argv[0], [*argv, *psql_args], env)
+
+
+@db.command("reset")
+@click.confirmation_option(prompt="Delete the embedded server and all its data?")
+def db_reset() -> None:
+    """Stop the embedded server and delete its data directory."""
+    _embedded().destroy()
+    click.echo("embedded PostgreSQL removed")
+
+
+# -- data and runs -----------------------------------------------------------------------------------
+
+@main.command("sample")
+@click.option("--users", default=None, type=int, help="Number of users (default from SampleSpec).")
+@click.option("--products", default=None, type=int, help="Number of products.")
+@click.option("--seed", default=None, type=int)
+@click.option("--landing-dir", default=None, type=click.Path(file_okay=False, path_type=Path))
+def sample(users: int | None, products: int | None, seed: int | None, landing_dir: Path | None) -> None:
+    """Write deterministic Amazon-2023-format sample files into the landing directory."""
+    from dataclasses import replace
+
+    from rec_orchestration.sample_data import SampleSpec, write_sample
+
+    spec = SampleSpec()
+    overrides = {k: v for k, v in {"n_users": users, "n_products": products, "seed": seed}.items() if v is not None}
+    spec = replace(spec, **overrides)
+    target = landing_dir or settings.landing_dir()
+    files = write_sample(target, spec)
+    state = "written" if files.changed else "unchanged (already there)"
+    click.echo(f"sample data {state}: {files.n_reviews} reviews by {files.n_users} users of "
+               f"{files.n_products} products in {target}")
+
+
+@main.command("dbt-parse")
+def dbt_parse() -> None:
+    """Build the dbt manifest that Dagster loads (dbt_project/target/manifest.json)."""
+    env = {**os.environ, **settings.warehouse_settings(start_embedded=False).dbt_environment()}
+    _run([_venv_bin("dbt"), "parse", "--quiet", "--project-dir", str(settings.DBT_PROJECT_DIR),
+          "--profiles-dir", str(settings.DBT_PROJECT_DIR)], env)
+
+
+def _dagster_env() -> dict[str, str]:
+    return {**os.environ, **settings.dagster_environment()}
+
+
+@main.command("env")
+def env_cmd() -> None:
+    """Print `export` lines so plain `dagster` / `dbt` commands use this project's instance and database."""
+    for key, value in settings.dagster_environment().items():
+        click.echo(f"export {key}={_shell_quote(value)}")
+
+
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+@main.command("materialize")
+@click.option("--select", default="*", show_default=True, help="Dagster asset selection.")
+def materialize(select: str) -> None:
+    """Materialize assets through the Dagster instance (the run is recorded in PostgreSQL)."""
+    _run([_venv_bin("dagster"), "asset", "materialize", "-m", "rec_orchestration.definitions",
+          "--select", select], _dagster_env())
+
+
+@main.command("dev")
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def dev(port: int, host: str) -> None:
+    """Start the Dagster UI and daemon (schedules, sensors, run queue) on http://127.0.0.1:3000."""
+    env = _dagster_env()
+    argv = [_venv_bin("dagster"), "dev", "-w", str(settings.PROJECT_ROOT / "workspace.yaml"),
+            "-h", host, "-p", str(port)]
+    os.chdir(settings.PROJECT_ROOT)
+    os.execvpe(argv[0], argv, env)  # replace this process: SIGTERM reaches dagster dev directly
+
+
+@main.command("run")
+@click.pass_context
+def run_all(ctx: click.Context) -> None:
+    """Everything `make run` does: start the database, write sample data, materialize all, summarise."""
+    started = time.perf_counter()
+    ctx.invoke(db_start)
+    ctx.invoke(sample)
+    ctx.invoke(dbt_parse)
+    ctx.invoke(materialize, select="*")
+    ctx.invoke(summary)
+    click.echo(f"\ntotal {time.perf_counter() - started:.1f} s")
+
+
+@main.command("summary")
+def summary() -> None:
+    """Rows per table, where the UI is, and an example query."""
+    target = settings.warehouse_settings()
+    click.echo("\n== rec_orchestration: results ==")
+    click.echo(f"warehouse: {target.redacted_url()}  (`rec db url --show-password`, `rec db psql`)")
+    with psycopg.connect(target.conninfo()) as conn:
+        for table, label in SUMMARY_TABLES:
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            count = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*table.split("."))))
+                     .fetchone()[0] if exists else "missing")
+            click.echo(f"  {table:<28} {count!s:>10}  {label}")
+        if conn.execute("SELECT to_regclass('recs.user_recommendations') IS NOT NULL").fetchone()[0]:
+            click.echo("\nexample: top recommendations of user 1\n")
+            click.echo("  " + EXAMPLE_QUERY.replace("\n", "\n  "))
+            for row in conn.execute(EXAMPLE_QUERY).fetchall():
+                click.echo(f"    {row[0]:>2}  {row[1]:<45} {row[2]:<22} {row[3]}  {row[4]}")
+    click.echo("\nUI: `make dev`, then open http://127.0.0.1:3000 (asset graph, runs, checks)")
+
+
+if __name__ == "__main__":
+    main()
