@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -171,10 +172,13 @@ def _shell_quote(value: str) -> str:
 
 @main.command("materialize")
 @click.option("--select", default="*", show_default=True, help="Dagster asset selection.")
-def materialize(select: str) -> None:
+@click.option("--in-process/--multiprocess", default=True, show_default=True,
+              help="Run all steps in one process (fastest on a small machine) or one process per step.")
+def materialize(select: str, in_process: bool) -> None:
     """Materialize assets through the Dagster instance (the run is recorded in PostgreSQL)."""
+    executor = {"in_process": {}} if in_process else {"multiprocess": {}}
     _run([_venv_bin("dagster"), "asset", "materialize", "-m", "rec_orchestration.definitions",
-          "--select", select], _dagster_env())
+          "--select", select, "--config-json", json.dumps({"execution": {"config": executor}})], _dagster_env())
 
 
 @main.command("dev")
@@ -197,7 +201,7 @@ def run_all(ctx: click.Context) -> None:
     ctx.invoke(db_start)
     ctx.invoke(sample)
     ctx.invoke(dbt_parse)
-    ctx.invoke(materialize, select="*")
+    ctx.invoke(materialize, select="*", in_process=True)
     ctx.invoke(summary)
     click.echo(f"\ntotal {time.perf_counter() - started:.1f} s")
 

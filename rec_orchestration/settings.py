@@ -15,6 +15,8 @@ the repository):
     ``<project>/.rec``.
 ``REC_LANDING_DIR``
     The directory the ingestion assets read raw files from; default ``<project>/data/landing``.
+``REC_MODEL_STORE_DIR``
+    Local model store directory; default ``<REC_HOME>/model_store``.
 ``REC_EMBEDDED_PORT``
     TCP port of the embedded server on 127.0.0.1; default 55432.
 """
@@ -47,7 +49,7 @@ def landing_dir() -> Path:
 
 
 def model_store_dir() -> Path:
-    return state_dir() / "model_store"
+    return Path(os.environ.get("REC_MODEL_STORE_DIR", state_dir() / "model_store")).resolve()
 
 
 def dagster_home() -> Path:

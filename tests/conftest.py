@@ -1,0 +1,120 @@
+"""Shared fixtures: a real PostgreSQL (the embedded server unless REC_DATABASE_URL / PG* name one),
+fresh databases per test session, and a small generated sample in a temporary landing directory."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rec_orchestration import settings
+from rec_orchestration.sample_data import SampleSpec, write_sample
+from rec_orchestration.settings import DatabaseSettings
+
+# Small enough for seconds per run, large enough that every user can get 10 unseen products.
+TEST_SPEC = SampleSpec(n_users=150, n_products=80, seed=7)
+
+
+class TestDatabases:
+    """Creates throw-away databases on the configured server (or the embedded one) and drops them."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.embedded = None
+        self.started_embedded = False
+        if settings.external_database_configured():
+            self.admin = settings.warehouse_settings()
+        else:
+            from rec_orchestration.resources.embedded_postgres import EmbeddedPostgres
+
+            self.embedded = EmbeddedPostgres.default()
+            self.started_embedded = not self.embedded.status().running
+            self.embedded.ensure_running()
+            self.admin = self.embedded.superuser_settings()
+
+    def create(self, prefix: str) -> DatabaseSettings:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
+            owner = settings.EMBEDDED_APP_ROLE if self.embedded else self.admin.user
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
+        self.created.append(name)
+        if self.embedded:
+            return self.embedded.app_settings(name)
+        return self.admin.with_database(name)
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if self.embedded and self.started_embedded:
+            self.embedded.stop()  # leave the machine as we found it (CI starts from nothing)
+
+
+@pytest.fixture(scope="session")
+def test_databases() -> Iterator[TestDatabases]:
+    databases = TestDatabases()
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def sample_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    landing = tmp_path_factory.mktemp("landing")
+    write_sample(landing, TEST_SPEC)
+    return landing
+
+
+def prepare_warehouse_env(databases: TestDatabases, sample_landing: Path, workdir: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> DatabaseSettings:
+    """A fresh warehouse database, Dagster storage database, landing dir copy and model store."""
+    warehouse = databases.create("rec_test")
+    dagster_db = databases.create("rec_test_dagster")
+    landing = workdir / "landing"
+    landing.mkdir()
+    for source in sample_landing.iterdir():
+        (landing / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setenv("REC_DATABASE_URL", warehouse.url())
+    monkeypatch.setenv("REC_DAGSTER_DATABASE_URL", dagster_db.url())
+    monkeypatch.setenv("REC_LANDING_DIR", str(landing))
+    monkeypatch.setenv("REC_MODEL_STORE_DIR", str(workdir / "model_store"))
+    monkeypatch.setenv("REC_HOME", str(workdir / "rec_home"))
+    return warehouse
+
+
+@pytest.fixture()
+def warehouse_env(test_databases: TestDatabases, sample_landing: Path, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> DatabaseSettings:
+    """Per test: its own databases and landing directory (``tmp_path / "landing"``)."""
+    return prepare_warehouse_env(test_databases, sample_landing, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_warehouse_env(test_databases: TestDatabases, sample_landing: Path,
+                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DatabaseSettings, Path]]:
+    """Per module: shared by read-only tests; yields the settings and the work directory."""
+    workdir = tmp_path_factory.mktemp("module")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield prepare_warehouse_env(test_databases, sample_landing, workdir, monkeypatch), workdir
+
+
+def query(db: DatabaseSettings, statement: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(db.conninfo()) as conn:
+        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+
+def scalar(db: DatabaseSettings, statement: str, params: tuple = ()):
+    return query(db, statement, params)[0][0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

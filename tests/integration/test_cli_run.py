@@ -1,0 +1,46 @@
+"""`rec sample` + `rec materialize` (what `make run` does) through the real Dagster CLI and instance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import query, scalar
+
+REC = [sys.executable, "-m", "rec_orchestration.cli"]
+
+
+def rec(*args: str) -> str:
+    done = subprocess.run([*REC, *args], capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_running_twice_adds_no_rows_and_runs_are_recorded_in_postgres(warehouse_env, tmp_path: Path):
+    landing = tmp_path / "cli_landing"
+    os.environ["REC_LANDING_DIR"] = str(landing)  # restored by monkeypatch in warehouse_env
+    rec("sample", "--users", "60", "--products", "40", "--landing-dir", str(landing))
+    rec("materialize")
+    tables = ["raw.reviews", "raw.products", "core.users", "core.reviews", "recs.user_recommendations"]
+    first = {t: scalar(warehouse_env, f"SELECT count(*) FROM {t}") for t in tables}
+    assert first["recs.user_recommendations"] == first["core.users"] * 10 > 0
+
+    output = rec("sample", "--users", "60", "--products", "40", "--landing-dir", str(landing))
+    assert "unchanged" in output
+    rec("materialize")
+    second = {t: scalar(warehouse_env, f"SELECT count(*) FROM {t}") for t in tables}
+    assert second == first
+    assert scalar(warehouse_env, "SELECT count(*) FROM raw.ingested_files") == 2
+    assert scalar(warehouse_env, "SELECT count(*) FROM recs.recommendation_runs") == 2
+
+    # Dagster's own storage is the PostgreSQL database named by REC_DAGSTER_DATABASE_URL.
+    from rec_orchestration.settings import DatabaseSettings
+
+    dagster_db = DatabaseSettings.from_url(os.environ["REC_DAGSTER_DATABASE_URL"])
+    statuses = query(dagster_db, "SELECT status FROM runs ORDER BY create_timestamp")
+    assert [s for (s,) in statuses] == ["SUCCESS", "SUCCESS"]
+
+    summary = rec("summary")
+    assert "recs.user_recommendations" in summary and str(first["recs.user_recommendations"]) in summary
