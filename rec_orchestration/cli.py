@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -103,10 +104,7 @@ def db_url(dagster: bool, show_password: bool) -> None:
 def db_psql(psql_args: tuple[str, ...]) -> None:
     """Open psql on the warehouse (extra arguments go to psql, e.g. -c 'SELECT 1')."""
     if settings.external_database_configured():
-        target = settings.warehouse_settings()
-        env = {**os.environ, "PGPASSWORD": target.password or ""}
-        argv = [shutil.which("psql") or "psql", "-h", target.host, "-p", str(target.port), "-U", target.user,
-                "-d", target.dbname]
+        argv, env = settings.warehouse_settings().psql_command(shutil.which("psql") or "psql")
     else:
         server = _embedded()
         server.ensure_running()
@@ -161,13 +159,7 @@ def _dagster_env() -> dict[str, str]:
 def env_cmd() -> None:
     """Print `export` lines so plain `dagster` / `dbt` commands use this project's instance and database."""
     for key, value in settings.dagster_environment().items():
-        click.echo(f"export {key}={_shell_quote(value)}")
-
-
-def _shell_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
+        click.echo(f"export {key}={shlex.quote(value)}")
 
 
 @main.command("materialize")

@@ -111,6 +111,11 @@ class DatabaseSettings:
     def redacted_url(self) -> str:
         return replace(self, password="****" if self.password else None).url()
 
+    def psql_command(self, psql: str = "psql") -> tuple[list[str], dict[str, str]]:
+        """argv and environment that open ``psql`` on this database (password via PGPASSWORD, not argv)."""
+        env = {**os.environ, "PGPASSWORD": self.password or ""}
+        return [psql, "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", self.dbname], env
+
     def dbt_environment(self) -> dict[str, str]:
         """Variables read by ``dbt_project/profiles.yml``; dbt scrubs DBT_ENV_SECRET_* from its logs."""
         return {
@@ -156,11 +161,15 @@ def warehouse_settings(*, start_embedded: bool = True) -> DatabaseSettings:
     return server.app_settings(EMBEDDED_WAREHOUSE_DB)
 
 
-def dagster_storage_settings(*, start_embedded: bool = True) -> DatabaseSettings:
-    """Settings of the database that holds Dagster's run, event and schedule storage."""
+def dagster_storage_settings(*, start_embedded: bool = True,
+                             warehouse: DatabaseSettings | None = None) -> DatabaseSettings:
+    """Settings of the database that holds Dagster's run, event and schedule storage.
+
+    ``warehouse``: the already resolved warehouse settings, when the caller has them.
+    """
     if os.environ.get("REC_DAGSTER_DATABASE_URL"):
         return DatabaseSettings.from_url(os.environ["REC_DAGSTER_DATABASE_URL"])
-    warehouse = warehouse_settings(start_embedded=start_embedded)
+    warehouse = warehouse or warehouse_settings(start_embedded=start_embedded)
     if warehouse.embedded:
         return warehouse.with_database(EMBEDDED_DAGSTER_DB)
     return warehouse
@@ -174,8 +183,8 @@ def dagster_environment(*, start_embedded: bool = True) -> dict[str, str]:
     source_yaml = PROJECT_ROOT / "dagster.yaml"
     if not instance_yaml.exists() or instance_yaml.read_bytes() != source_yaml.read_bytes():
         instance_yaml.write_bytes(source_yaml.read_bytes())
-    storage = dagster_storage_settings(start_embedded=start_embedded)
     warehouse = warehouse_settings(start_embedded=start_embedded)
+    storage = dagster_storage_settings(warehouse=warehouse)
     return {
         "DAGSTER_HOME": str(home),
         "REC_DAGSTER_PG_URL": storage.url(driver="psycopg2"),

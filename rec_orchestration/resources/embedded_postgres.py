@@ -135,11 +135,7 @@ class EmbeddedPostgres:
 
     def psql_command(self, dbname: str = settings.EMBEDDED_WAREHOUSE_DB) -> tuple[list[str], dict[str, str]]:
         """argv and environment that open psql on the warehouse as the application role."""
-        target = self.app_settings(dbname)
-        env = {**os.environ, "PGPASSWORD": target.password or ""}
-        argv = [str(_bin_dir() / "psql"), "-h", target.host, "-p", str(target.port), "-U", target.user,
-                "-d", target.dbname]
-        return argv, env
+        return self.app_settings(dbname).psql_command(str(_bin_dir() / "psql"))
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -276,19 +272,6 @@ class EmbeddedPostgres:
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                         sql.Identifier(dbname), sql.Identifier(role)))
-
-    def create_database(self, dbname: str) -> DatabaseSettings:
-        """Create (if missing) a database owned by the application role; used by the test suite."""
-        self.ensure_running()
-        with psycopg.connect(self.superuser_settings().conninfo(), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(dbname), sql.Identifier(settings.EMBEDDED_APP_ROLE)))
-        return self.app_settings(dbname)
-
-    def drop_database(self, dbname: str) -> None:
-        with psycopg.connect(self.superuser_settings().conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
     def destroy(self) -> None:
         """Stop the server and delete its data directory (``rec db reset``)."""
