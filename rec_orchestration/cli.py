@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -163,14 +164,52 @@ def env_cmd() -> None:
 
 
 @main.command("materialize")
-@click.option("--select", default="*", show_default=True, help="Dagster asset selection.")
+@click.option("--select", default=None,
+              help="Dagster asset selection of unpartitioned assets (e.g. 'recs/*'). Default: the whole "
+                   "refresh_recommendations job over every landing partition.")
 @click.option("--in-process/--multiprocess", default=True, show_default=True,
               help="Run all steps in one process (fastest on a small machine) or one process per step.")
-def materialize(select: str, in_process: bool) -> None:
-    """Materialize assets through the Dagster instance (the run is recorded in PostgreSQL)."""
+def materialize(select: str | None, in_process: bool) -> None:
+    """Materialize assets through the Dagster instance (the run is recorded in PostgreSQL).
+
+    Without --select: adds a landing partition for every new file or folder in the landing directory
+    (what the landing sensor does under `make dev`), then runs the refresh_recommendations job over
+    all landing partitions in one run: ingestion, its blocking checks, dbt, models, publish.
+    """
     executor = {"in_process": {}} if in_process else {"multiprocess": {}}
-    _run([_venv_bin("dagster"), "asset", "materialize", "-m", "rec_orchestration.definitions",
-          "--select", select, "--config-json", json.dumps({"execution": {"config": executor}})], _dagster_env())
+    if select is not None:
+        _run([_venv_bin("dagster"), "asset", "materialize", "-m", "rec_orchestration.definitions",
+              "--select", select, "--config-json", json.dumps({"execution": {"config": executor}})], _dagster_env())
+        return
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    keys = _sync_landing_partitions()
+    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="rec_run_config_") as run_config:
+        json.dump({"execution": {"config": executor}}, run_config)  # JSON is YAML
+        run_config.flush()
+        _run([_venv_bin("dagster"), "job", "execute", "-m", "rec_orchestration.definitions",
+              "-j", "refresh_recommendations", "--tags", json.dumps(tags), "-c", run_config.name], _dagster_env())
+
+
+def _sync_landing_partitions() -> list[str]:
+    import dagster as dg
+
+    from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, sync_landing_partitions
+
+    landing = settings.landing_dir()
+    if not landing.is_dir():
+        raise click.ClickException(f"landing directory {landing} does not exist (run `rec sample` or set "
+                                   "REC_LANDING_DIR)")
+    os.environ.update(settings.dagster_environment())
+    with dg.DagsterInstance.get() as instance:
+        added = sync_landing_partitions(instance, landing)
+        keys = instance.get_dynamic_partitions(LANDING_PARTITIONS_NAME)
+    if added:
+        click.echo(f"landing partitions added: {', '.join(added)}")
+    if not keys:
+        raise click.ClickException(f"no landing files in {landing} (run `rec sample` or add files)")
+    return keys
 
 
 @main.command("dev")
@@ -193,7 +232,7 @@ def run_all(ctx: click.Context) -> None:
     ctx.invoke(db_start)
     ctx.invoke(sample)
     ctx.invoke(dbt_parse)
-    ctx.invoke(materialize, select="*", in_process=True)
+    ctx.invoke(materialize, select=None, in_process=True)
     ctx.invoke(summary)
     click.echo(f"\ntotal {time.perf_counter() - started:.1f} s")
 

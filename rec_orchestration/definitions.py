@@ -1,24 +1,28 @@
-"""The code location: one Definitions with every asset, check, resource, job and schedule."""
+"""The code location: one Definitions with every asset, check, resource, job, schedule and sensor."""
 
 
 import dagster as dg
 
-from rec_orchestration.assets.ingestion import raw_products, raw_reviews
+from rec_orchestration.assets.ingestion import raw_landing
 from rec_orchestration.assets.models import popular_products
 from rec_orchestration.assets.publish import every_user_gets_k_unseen_recommendations, user_recommendations
 from rec_orchestration.assets.warehouse import warehouse_dbt_models
 from rec_orchestration.resources.dbt import dbt_resource
+from rec_orchestration.resources.great_expectations import GreatExpectationsResource
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.schedules import hourly_refresh_schedule, refresh_recommendations_job
+from rec_orchestration.sensors import ingest_landing_job, landing_sensor
 
 defs = dg.Definitions(
-    assets=[raw_products, raw_reviews, warehouse_dbt_models, popular_products, user_recommendations],
+    assets=[raw_landing, warehouse_dbt_models, popular_products, user_recommendations],
     asset_checks=[every_user_gets_k_unseen_recommendations],
-    jobs=[refresh_recommendations_job],
+    jobs=[refresh_recommendations_job, ingest_landing_job],
     schedules=[hourly_refresh_schedule],
+    sensors=[landing_sensor],
     resources={
         "warehouse": PostgresResource(),
+        "great_expectations": GreatExpectationsResource(),
         "dbt": dbt_resource(),
         "model_store": ModelStoreResource(),
     },

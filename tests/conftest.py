@@ -102,6 +102,23 @@ def module_warehouse_env(test_databases: TestDatabases, sample_landing: Path,
         yield prepare_warehouse_env(test_databases, sample_landing, workdir, monkeypatch), workdir
 
 
+def materialize_everything() -> "dg.ExecuteInProcessResult":
+    """What the hourly schedule runs: the refresh job over every landing partition, after the landing
+    directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""
+    import dagster as dg
+
+    from rec_orchestration.definitions import defs
+    from rec_orchestration.partitions import sync_landing_partitions
+    from rec_orchestration.schedules import all_partitions_run_request
+
+    job = defs.resolve_job_def("refresh_recommendations")
+    with dg.DagsterInstance.ephemeral() as instance:
+        sync_landing_partitions(instance, settings.landing_dir())
+        request = all_partitions_run_request(instance)
+        assert request is not None, "no landing partitions"
+        return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+
+
 def query(db: DatabaseSettings, statement: str, params: tuple = ()) -> list[tuple]:
     with psycopg.connect(db.conninfo()) as conn:
         return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]

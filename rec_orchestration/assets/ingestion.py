@@ -1,80 +1,184 @@
-"""Raw ingestion: landing files -> ``raw.products`` and ``raw.reviews`` (binary COPY, one transaction per file)."""
+"""Raw ingestion: landing entries -> ``raw.reviews`` / ``raw.products`` / ``raw.users`` / ``raw.events``.
 
+One multi-asset, partitioned by landing entry (a file or folder in the landing directory; the
+landing sensor adds the partitions). A run over several partitions loads them in one step
+(single-run backfill policy). Each file is loaded once per content, in one transaction (see
+:mod:`rec_orchestration.sources.loader`). Blocking checks on every raw table: the Great Expectations
+suite and the ledger reconciliation; a failure stops everything downstream in the run.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from rec_orchestration import settings
+from rec_orchestration.partitions import landing_partitions
+from rec_orchestration.quality.suites import RAW_SUITES
+from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
 from rec_orchestration.resources.postgres import PostgresResource
-from rec_orchestration.sources.loader import LoadResult, ensure_raw_schema, landing_files, load_file
+from rec_orchestration.sources.formats import FORMATS, UnknownFormatError
+from rec_orchestration.sources.loader import EntryResult, LoadResult, ensure_raw_schema, load_entry
+from rec_orchestration.sources.records import RECORD_KINDS
+
+RAW_KINDS = tuple(RECORD_KINDS)  # reviews, products, users, events
+RAW_ASSET_KEYS = [dg.AssetKey(["raw", kind]) for kind in RAW_KINDS]
+
+_DESCRIPTIONS = {
+    "reviews": "Ratings and reviews (Amazon 2023/2014 reviews, MovieLens ratings), one row per record.",
+    "products": "Product metadata (Amazon meta_* files, MovieLens movies), one row per record.",
+    "users": "User attributes (MovieLens u.user / users.dat), one row per record.",
+    "events": "Generic interaction events (view/click/like/purchase/rating) from CSV or Parquet.",
+}
+
+# Per file of a kind: does the table hold exactly rows_loaded rows, the quarantine rows_rejected, and
+# rows_read = rows_loaded + rows_rejected? Returns the files that disagree.
+_RECONCILE = """
+    SELECT f.file_id, f.path, f.rows_read, f.rows_loaded, f.rows_rejected,
+           coalesce(t.n, 0) AS rows_in_table, coalesce(q.n, 0) AS rows_in_quarantine
+    FROM raw.ingested_files AS f
+    LEFT JOIN (SELECT file_id, count(*) AS n FROM {table} GROUP BY file_id) AS t USING (file_id)
+    LEFT JOIN (SELECT file_id, count(*) AS n FROM raw.rejected_records GROUP BY file_id) AS q USING (file_id)
+    WHERE f.record_kind = %s AND f.finished_at IS NOT NULL
+      AND (f.rows_read <> f.rows_loaded + f.rows_rejected
+           OR coalesce(t.n, 0) <> f.rows_loaded OR coalesce(q.n, 0) <> f.rows_rejected)
+    ORDER BY f.file_id
+"""
 
 
 class LandingConfig(dg.Config):
     landing_dir: str | None = Field(default=None, description="Defaults to REC_LANDING_DIR or <project>/data/landing.")
+    format: str | None = Field(
+        default=None,
+        description="Name the format of a landing file instead of detecting it: " + ", ".join(sorted(FORMATS)),
+    )
 
 
-def _ingest(context: dg.AssetExecutionContext, warehouse: PostgresResource, config: LandingConfig,
-            record_kind: str) -> dg.MaterializeResult:
-    from pathlib import Path
+def _file_row(entry: str, result: LoadResult) -> dict:
+    return {"entry": entry, "file": result.path.name, "format": result.format, "kind": result.record_kind,
+            "status": "skipped (content already loaded)" if result.already_loaded else "loaded",
+            "rows_read": result.rows_read, "rows_loaded": result.rows_loaded, "rows_rejected": result.rows_rejected,
+            "duplicates": result.duplicates, "seconds": round(result.seconds, 3)}
 
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(key, description=_DESCRIPTIONS[kind], group_name="raw", kinds={"python", "postgres"},
+                     metadata={"table": f"raw.{kind}"})
+        for kind, key in zip(RAW_KINDS, RAW_ASSET_KEYS, strict=True)
+    ],
+    check_specs=[
+        spec
+        for key in RAW_ASSET_KEYS
+        for spec in (
+            dg.AssetCheckSpec("great_expectations", asset=key, blocking=True,
+                              description="The table's Great Expectations suite (quality/suites.py) passes."),
+            dg.AssetCheckSpec("ledger_reconciles", asset=key, blocking=True,
+                              description="Per file: rows_read = rows_loaded + rows_rejected, and the table and "
+                              "the quarantine hold exactly those rows."),
+        )
+    ],
+    partitions_def=landing_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=True,
+    name="raw_landing",
+)
+def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
+                great_expectations: GreatExpectationsResource, config: LandingConfig):
+    """Loads the landing entries of this run's partitions, then validates the raw tables."""
     landing = Path(config.landing_dir) if config.landing_dir else settings.landing_dir()
     if not landing.is_dir():
         raise dg.Failure(f"landing directory {landing} does not exist (run `rec sample` or set REC_LANDING_DIR)")
-    files = landing_files(landing, record_kind)
-    results: list[LoadResult] = []
+    results: list[EntryResult] = []
+    missing: list[str] = []
+    failures: list[str] = []
+    now = datetime.now(UTC)
     with warehouse.connection() as conn:
         with conn.transaction():
             ensure_raw_schema(conn)
         conn.commit()
         conn.autocommit = True  # load_file opens its own transaction per file
         try:
-            for path in files:
-                result = load_file(conn, path, record_kind)
+            for key in context.partition_keys:
+                entry = landing / key
+                if not entry.exists():
+                    missing.append(key)
+                    context.log.warning(f"{key}: no longer in {landing}; what was loaded from it stays")
+                    continue
+                try:
+                    result = load_entry(conn, entry, config.format, now=now)
+                except (UnknownFormatError, FileNotFoundError) as exc:
+                    failures.append(str(exc))
+                    continue
                 results.append(result)
-                context.log.info(
-                    f"{path.name}: {'already loaded, skipped' if result.already_loaded else 'loaded'} "
-                    f"(read {result.rows_read}, loaded {result.rows_loaded}, rejected {result.rows_rejected})"
-                )
+                failures.extend(result.failures)
+                for loaded in result.loaded:
+                    context.log.info(f"{key}/{loaded.path.name} ({loaded.format}): "
+                                     f"{_file_row(key, loaded)['status']}, read {loaded.rows_read}, "
+                                     f"loaded {loaded.rows_loaded}, rejected {loaded.rows_rejected}")
+                if result.plan.ignored:
+                    context.log.info(f"{key}: ignored (not data) {', '.join(p.name for p in result.plan.ignored)}")
         finally:
             conn.autocommit = False
-    table = f"raw.{record_kind}"
-    new = [r for r in results if not r.already_loaded]
-    preview = pd.DataFrame(
-        [{"file": r.path.name, "status": "skipped (already loaded)" if r.already_loaded else "loaded",
-          "rows_read": r.rows_read, "rows_loaded": r.rows_loaded, "rows_rejected": r.rows_rejected,
-          "seconds": round(r.seconds, 3)} for r in results]
-    )
-    return dg.MaterializeResult(
+    if failures:
+        # Every other file of the run is loaded and committed; only these are not.
+        raise dg.Failure("landing entries could not be loaded:\n" + "\n".join(failures),
+                         metadata={"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures))})
+
+    selected = context.selected_asset_keys
+    for kind, key in zip(RAW_KINDS, RAW_ASSET_KEYS, strict=True):
+        if key not in selected:
+            continue
+        rows = [_file_row(r.plan.entry.name, f) for r in results for f in r.loaded if f.record_kind == kind]
+        new = [row for row in rows if row["status"] == "loaded"]
+        ignored = sorted({p.name for r in results for p in r.plan.ignored})
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                "landing_dir": dg.MetadataValue.path(str(landing)),
+                "entries": len(context.partition_keys),
+                "files_seen": len(rows),
+                "files_loaded": len(new),
+                "rows_loaded": sum(row["rows_loaded"] for row in new),
+                "rows_rejected": sum(row["rows_rejected"] for row in new),
+                "table_row_count": warehouse.row_count(f"raw.{kind}"),
+                "files": dg.MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "none"),
+                **({"ignored_files": ", ".join(ignored)} if ignored else {}),
+                **({"entries_missing": ", ".join(missing)} if missing else {}),
+            },
+        )
+        yield _reconciliation_check(warehouse, kind, key)
+        yield _great_expectations_check(warehouse, great_expectations, kind, key, now)
+
+
+def _reconciliation_check(warehouse: PostgresResource, kind: str, key: dg.AssetKey) -> dg.AssetCheckResult:
+    from psycopg import sql
+
+    from rec_orchestration.resources.postgres import qualified
+
+    statement = sql.SQL(_RECONCILE).format(table=qualified(f"raw.{kind}"))
+    with warehouse.connection() as conn:
+        bad = conn.execute(statement, (kind,)).fetchall()
+        files, rows_read = conn.execute(
+            "SELECT count(*), coalesce(sum(rows_read), 0) FROM raw.ingested_files WHERE record_kind = %s", (kind,)
+        ).fetchone()
+    columns = ["file_id", "path", "rows_read", "rows_loaded", "rows_rejected", "rows_in_table", "rows_in_quarantine"]
+    return dg.AssetCheckResult(
+        asset_key=key, check_name="ledger_reconciles", passed=not bad,
         metadata={
-            "landing_dir": dg.MetadataValue.path(str(landing)),
-            "files_seen": len(results),
-            "files_loaded": len(new),
-            "rows_loaded": sum(r.rows_loaded for r in new),
-            "rows_rejected": sum(r.rows_rejected for r in new),
-            "table_row_count": warehouse.row_count(table),
-            "files": dg.MetadataValue.md(preview.to_markdown(index=False) if len(preview) else "no files"),
-        }
+            "files": files, "rows_read": int(rows_read), "files_disagreeing": len(bad),
+            **({"disagreements": dg.MetadataValue.md(pd.DataFrame(bad[:20], columns=columns).to_markdown(index=False))}
+               if bad else {}),
+        },
     )
 
 
-@dg.asset(key=["raw", "products"], group_name="raw", kinds={"python", "postgres"})
-def raw_products(context: dg.AssetExecutionContext, warehouse: PostgresResource,
-                 config: LandingConfig) -> dg.MaterializeResult:
-    """Product metadata records (``meta*.jsonl[.gz]`` in the landing directory) in ``raw.products``.
-
-    Each file is loaded once (content-hash ledger ``raw.ingested_files``), in one transaction; bad
-    records go to ``raw.rejected_records`` with line number and reason.
-    """
-    return _ingest(context, warehouse, config, "products")
-
-
-@dg.asset(key=["raw", "reviews"], group_name="raw", kinds={"python", "postgres"})
-def raw_reviews(context: dg.AssetExecutionContext, warehouse: PostgresResource,
-                config: LandingConfig) -> dg.MaterializeResult:
-    """Review records (``*.jsonl[.gz]`` other than ``meta*``) in ``raw.reviews``.
-
-    Each file is loaded once (content-hash ledger ``raw.ingested_files``), in one transaction; bad
-    records go to ``raw.rejected_records`` with line number and reason.
-    """
-    return _ingest(context, warehouse, config, "reviews")
+def _great_expectations_check(warehouse: PostgresResource, great_expectations: GreatExpectationsResource,
+                              kind: str, key: dg.AssetKey, now: datetime) -> dg.AssetCheckResult:
+    suite_name, build = RAW_SUITES[f"raw.{kind}"]
+    validation = great_expectations.validate(
+        warehouse.database_settings().url("psycopg2"), "raw", kind, build(now), suite_name)
+    return dg.AssetCheckResult(asset_key=key, check_name="great_expectations", passed=validation.success,
+                               metadata=to_check_metadata(validation))

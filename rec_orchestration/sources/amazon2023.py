@@ -9,7 +9,7 @@ Products are keyed by ``parent_asin`` (reviews of every variant count for the pa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +18,32 @@ from psycopg.types.json import Jsonb
 from rec_orchestration.sources.records import (
     InvalidRecord,
     Rejected,
+    clean_key,
     clean_text,
-    parse_epoch,
     parse_optional_decimal,
     parse_rating,
+    parse_timestamp,
 )
-from rec_orchestration.sources.text_lines import read_json_lines
-
-FORMAT = "amazon2023"
+from rec_orchestration.sources.text_lines import read_json_lines, shown
 
 
-def is_products_file(path: Path) -> bool:
-    return path.name.startswith("meta")
+def optional_count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
 
 
 def review_row(record: dict[str, Any], now: datetime) -> tuple:
     item = record.get("parent_asin") or record.get("asin")
-    votes = record.get("helpful_vote")
     verified = record.get("verified_purchase")
     return (
-        clean_text(record.get("user_id"), "user_id", required=True, max_len=200),
-        clean_text(item, "parent_asin", required=True, max_len=200),
+        clean_key(record.get("user_id"), "user_id"),
+        clean_key(item, "parent_asin"),
         clean_text(record.get("asin"), "asin", max_len=200),
         parse_rating(record.get("rating")),
         "review",
-        parse_epoch(record.get("timestamp"), now),
-        clean_text(record.get("title"), "title", max_len=2000),
+        parse_timestamp(record.get("timestamp"), now),
+        clean_text(record.get("title"), "title"),
         clean_text(record.get("text"), "text"),
-        int(votes) if isinstance(votes, int) and not isinstance(votes, bool) and votes >= 0 else None,
+        optional_count(record.get("helpful_vote")),
         verified if isinstance(verified, bool) else None,
     )
 
@@ -59,39 +57,39 @@ def product_row(record: dict[str, Any]) -> tuple:
         categories = []
     details = record.get("details")
     return (
-        clean_text(record.get("parent_asin"), "parent_asin", required=True, max_len=200),
-        clean_text(record.get("title"), "title", max_len=2000),
+        clean_key(record.get("parent_asin"), "parent_asin"),
+        clean_text(record.get("title"), "title"),
         clean_text(description, "description"),
-        clean_text(record.get("main_category"), "main_category", max_len=500),
+        clean_text(record.get("main_category"), "main_category"),
         [str(c).replace("\x00", "") for c in categories if c is not None],
-        clean_text(record.get("store"), "store", max_len=500),
+        clean_text(record.get("store"), "store"),
         parse_optional_decimal(record.get("price"), "price", low=0, high=1e9),
         parse_optional_decimal(record.get("average_rating"), "average_rating", low=0, high=5),
-        record.get("rating_number") if isinstance(record.get("rating_number"), int) else None,
+        optional_count(record.get("rating_number")),
         Jsonb(details) if isinstance(details, dict) else None,
     )
 
 
-def read_reviews(path: Path, now: datetime | None = None) -> Iterator[tuple | Rejected]:
-    """Canonical review rows, or :class:`Rejected` for records that cannot be loaded."""
-    now = now or datetime.now(UTC)
-    for line_number, raw, record in read_json_lines(path):
-        if isinstance(record, Rejected):
-            yield record
+def read_reviews(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
+    """``(line_number, line_crc, *review columns)``, or :class:`Rejected` for records that cannot be loaded."""
+    for item in read_json_lines(path):
+        if isinstance(item, Rejected):
+            yield item
             continue
+        line, record = item
         try:
-            yield (line_number, *review_row(record, now))
+            yield (line.number, line.crc, *review_row(record, now))
         except InvalidRecord as exc:
-            yield Rejected(line_number, raw, str(exc))
+            yield Rejected(line.number, shown(line.text), str(exc))
 
 
-def read_products(path: Path) -> Iterator[tuple | Rejected]:
-    for line_number, raw, record in read_json_lines(path):
-        if isinstance(record, Rejected):
-            yield record
+def read_products(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
+    for item in read_json_lines(path):
+        if isinstance(item, Rejected):
+            yield item
             continue
+        line, record = item
         try:
-            yield (line_number, *product_row(record))
+            yield (line.number, line.crc, *product_row(record))
         except InvalidRecord as exc:
-            yield Rejected(line_number, raw, str(exc))
-
+            yield Rejected(line.number, shown(line.text), str(exc))

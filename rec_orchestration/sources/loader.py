@@ -2,37 +2,43 @@
 
 For each file: hash its content; if the ledger (``raw.ingested_files``) has that hash, do nothing.
 Otherwise, in one transaction: take an advisory lock on the hash (two concurrent runs cannot both
-load it), add the ledger row, COPY the good records, insert the rejected ones with their reasons,
-and record ``rows_read = rows_loaded + rows_rejected`` (a CHECK constraint holds the ledger to it).
-A crash or kill at any point rolls the whole file back; the next run loads it whole.
+load it), add the ledger row, stream the good records into the kind's table with binary COPY, spill
+the rejected ones to a temporary file and COPY them into ``raw.rejected_records`` with their reasons,
+move repeated lines of the file to the quarantine as duplicates, and record ``rows_read =
+rows_loaded + rows_rejected`` (a CHECK constraint holds the ledger to it). Memory is bounded by one
+line (plus psycopg's COPY buffer) whatever the file size. A crash or kill at any point rolls the
+whole file back; the next run loads it whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import IO
 
 import psycopg
+from psycopg import sql
 
-from rec_orchestration.resources.postgres import copy_rows
-from rec_orchestration.sources import amazon2023
-from rec_orchestration.sources.records import PRODUCT_COLUMNS, PRODUCT_TYPES, REVIEW_COLUMNS, REVIEW_TYPES, Rejected
-
-LANDING_PATTERNS = ("*.jsonl", "*.jsonl.gz")
+from rec_orchestration.resources.postgres import copy_rows, qualified
+from rec_orchestration.sources.formats import Format, LandingPlan, plan
+from rec_orchestration.sources.records import InvalidFileError, RecordKind, Rejected
 
 
 class UnreadableFileError(RuntimeError):
-    """A landing file could not be read at all; nothing of it was loaded."""
+    """A landing file could not be read (or is not what its format says); nothing of it was loaded."""
 
 
 @dataclass(frozen=True)
 class LoadResult:
     path: Path
+    format: str
     record_kind: str
     content_sha256: str
     file_id: int | None
@@ -40,7 +46,20 @@ class LoadResult:
     rows_read: int = 0
     rows_loaded: int = 0
     rows_rejected: int = 0
+    duplicates: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class EntryResult:
+    """Everything one landing entry (a partition) loaded, skipped, ignored or failed on."""
+
+    plan: LandingPlan
+    loaded: list[LoadResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def kinds(self) -> set[str]:
+        return {r.record_kind for r in self.loaded}
 
 
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
@@ -58,26 +77,67 @@ def content_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def landing_files(landing_dir: Path, record_kind: str) -> list[Path]:
-    """Landing files holding ``record_kind`` ('reviews' or 'products'), oldest name first."""
-    found: set[Path] = set()
-    for pattern in LANDING_PATTERNS:
-        found.update(p for p in landing_dir.glob(pattern) if p.is_file() and not p.name.startswith("."))
-    wanted_products = record_kind == "products"
-    return sorted(p for p in found if amazon2023.is_products_file(p) == wanted_products)
+class _Quarantine:
+    """Rejected records spilled to a temporary file while the COPY of the good ones streams."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._file: IO[bytes] = tempfile.TemporaryFile()
+
+    def split(self, stream: Iterable[tuple | Rejected]) -> Iterator[tuple]:
+        for item in stream:
+            if isinstance(item, Rejected):
+                pickle.dump(tuple(item), self._file)
+                self.count += 1
+            else:
+                yield item
+
+    def replay(self) -> Iterator[Rejected]:
+        self._file.seek(0)
+        for _ in range(self.count):
+            yield Rejected(*pickle.load(self._file))
+
+    def close(self) -> None:
+        self._file.close()
 
 
-def _split(stream: Iterable[tuple | Rejected], rejected: list[Rejected]) -> Iterator[tuple]:
-    for item in stream:
-        if isinstance(item, Rejected):
-            rejected.append(item)
-        else:
-            yield item
+def _quarantine_duplicates(conn: psycopg.Connection, kind: RecordKind, file_id: int) -> int:
+    """Move the 2nd, 3rd... copy of a repeated record of this file to the quarantine; returns how many.
+
+    Candidates share the raw line's CRC-32; they are duplicates only if every column is equal too, so
+    a CRC collision cannot quarantine a distinct record. The quarantined text is the record as JSON
+    (its raw line is the same as the first copy's, which is loaded).
+    """
+    columns = sql.SQL(", ").join(sql.Identifier("r", c) for c in kind.columns)
+    statement = sql.SQL("""
+        WITH candidates AS (
+            SELECT line_crc FROM {table} WHERE file_id = %(file_id)s GROUP BY line_crc HAVING count(*) > 1
+        ), ranked AS (
+            SELECT r.line_number,
+                   first_value(r.line_number) OVER (PARTITION BY r.line_crc, {columns}
+                                                    ORDER BY r.line_number) AS first_line
+            FROM {table} AS r JOIN candidates AS c ON c.line_crc = r.line_crc
+            WHERE r.file_id = %(file_id)s
+        ), moved AS (
+            DELETE FROM {table} AS r USING ranked AS d
+            WHERE r.file_id = %(file_id)s AND r.line_number = d.line_number AND d.line_number <> d.first_line
+            RETURNING r.*, d.first_line
+        )
+        INSERT INTO raw.rejected_records (file_id, line_number, raw_text, reason)
+        SELECT file_id, line_number,
+               (to_jsonb(moved) - 'file_id' - 'line_number' - 'line_crc' - 'first_line')::text,
+               'duplicate of line ' || first_line
+        FROM moved
+    """).format(table=qualified(kind.table), columns=columns)
+    return conn.execute(statement, {"file_id": file_id}).rowcount
 
 
-def load_file(conn: psycopg.Connection, path: Path, record_kind: str) -> LoadResult:
+def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str | None = None,
+              now: datetime | None = None) -> LoadResult:
     """Load one landing file in one transaction on ``conn`` (which must not be in a transaction)."""
     started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    kind = fmt.record_kind
     sha = content_sha256(path)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sha,))
@@ -85,36 +145,59 @@ def load_file(conn: psycopg.Connection, path: Path, record_kind: str) -> LoadRes
             "SELECT file_id FROM raw.ingested_files WHERE content_sha256 = %s", (sha,)
         ).fetchone()
         if existing:
-            return LoadResult(path, record_kind, sha, existing[0], already_loaded=True)
+            return LoadResult(path, fmt.name, kind.name, sha, existing[0], already_loaded=True)
         file_id = conn.execute(
-            """INSERT INTO raw.ingested_files (path, content_sha256, source_format, record_kind, size_bytes,
-                                               started_at)
-               VALUES (%s, %s, %s, %s, %s, %s) RETURNING file_id""",
-            (str(path), sha, amazon2023.FORMAT, record_kind, path.stat().st_size, datetime.now(UTC)),
+            """INSERT INTO raw.ingested_files (path, landing_entry, content_sha256, source_format, record_kind,
+                                               size_bytes, started_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING file_id""",
+            (str(path), entry, sha, fmt.name, kind.name, path.stat().st_size, datetime.now(UTC)),
         ).fetchone()[0]
 
-        rejected: list[Rejected] = []
-        if record_kind == "reviews":
-            stream, table, columns, types = amazon2023.read_reviews(path), "raw.reviews", REVIEW_COLUMNS, REVIEW_TYPES
-        else:
-            stream, table, columns, types = amazon2023.read_products(path), "raw.products", PRODUCT_COLUMNS, PRODUCT_TYPES
+        quarantine = _Quarantine()
         try:
-            loaded = copy_rows(
-                conn, table, ("file_id", "line_number", *columns), ("int8", "int8", *types),
-                ((file_id, *row) for row in _split(stream, rejected)),
+            try:
+                copied = copy_rows(
+                    conn, kind.table, ("file_id", "line_number", "line_crc", *kind.columns),
+                    ("int8", "int8", "int4", *kind.types),
+                    ((file_id, *row) for row in quarantine.split(fmt.read(path, now))),
+                )
+            except (OSError, EOFError) as exc:  # truncated gzip, unreadable file: lose nothing else
+                raise UnreadableFileError(f"{path}: cannot be read ({exc}); nothing of it was loaded") from exc
+            except InvalidFileError as exc:
+                raise UnreadableFileError(f"{exc} ({path}); nothing of it was loaded") from exc
+            copy_rows(
+                conn, "raw.rejected_records", ("file_id", "line_number", "raw_text", "reason"),
+                ("int8", "int8", "text", "text"),
+                ((file_id, r.line_number, r.raw_text, r.reason) for r in quarantine.replay()),
             )
-        except (OSError, EOFError) as exc:  # truncated gzip, unreadable file: lose nothing else
-            raise UnreadableFileError(f"{path}: cannot be read ({exc}); nothing of it was loaded") from exc
-        copy_rows(
-            conn, "raw.rejected_records", ("file_id", "line_number", "raw_text", "reason"),
-            ("int8", "int8", "text", "text"),
-            ((file_id, r.line_number, r.raw_text, r.reason) for r in rejected),
-        )
+        finally:
+            quarantine.close()
+        duplicates = _quarantine_duplicates(conn, kind, file_id)
+        loaded, rejected = copied - duplicates, quarantine.count + duplicates
         conn.execute(
             """UPDATE raw.ingested_files
                SET rows_read = %s, rows_loaded = %s, rows_rejected = %s, finished_at = %s
                WHERE file_id = %s""",
-            (loaded + len(rejected), loaded, len(rejected), datetime.now(UTC), file_id),
+            (loaded + rejected, loaded, rejected, datetime.now(UTC), file_id),
         )
-    return LoadResult(path, record_kind, sha, file_id, already_loaded=False, rows_read=loaded + len(rejected),
-                      rows_loaded=loaded, rows_rejected=len(rejected), seconds=time.perf_counter() - started)
+    return LoadResult(path, fmt.name, kind.name, sha, file_id, already_loaded=False, rows_read=loaded + rejected,
+                      rows_loaded=loaded, rows_rejected=rejected, duplicates=duplicates,
+                      seconds=time.perf_counter() - started)
+
+
+def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = None,
+               now: datetime | None = None) -> EntryResult:
+    """Load every data file of a landing entry, each in its own transaction.
+
+    A file that cannot be read is reported in ``failures`` and the others still load; the caller
+    decides how to fail. Unknown formats raise :class:`~rec_orchestration.sources.formats.UnknownFormatError`
+    before anything is loaded.
+    """
+    landing_plan = plan(entry, format_name)
+    result = EntryResult(landing_plan)
+    for source in landing_plan.files:
+        try:
+            result.loaded.append(load_file(conn, source.path, source.format, entry=entry.name, now=now))
+        except UnreadableFileError as exc:
+            result.failures.append(str(exc))
+    return result

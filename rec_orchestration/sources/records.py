@@ -16,9 +16,44 @@ PRODUCT_COLUMNS = ("item_key", "title", "description", "main_category", "categor
                    "average_rating", "rating_number", "details")
 PRODUCT_TYPES = ("text", "text", "text", "text", "text[]", "text", "numeric", "numeric", "int4", "jsonb")
 
+# User attributes (MovieLens demographics).
+USER_COLUMNS = ("user_key", "age", "gender", "occupation", "postal_code")
+USER_TYPES = ("text", "int4", "text", "text", "text")
+
+# Implicit and explicit events from the generic events format.
+EVENT_COLUMNS = ("user_key", "item_key", "event_type", "value", "event_ts", "quantity", "price")
+EVENT_TYPES = ("text", "text", "text", "numeric", "timestamptz", "int4", "numeric")
+EVENT_KINDS = ("view", "click", "like", "purchase", "rating")
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """One canonical record stream and the ``raw`` table it lands in."""
+
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+    dedupe_key: tuple[str, ...]  # with the line hash: which rows of one file are the same record
+
+    @property
+    def table(self) -> str:
+        return f"raw.{self.name}"
+
+
+RECORD_KINDS = {
+    kind.name: kind
+    for kind in (
+        RecordKind("reviews", REVIEW_COLUMNS, REVIEW_TYPES, ("user_key", "item_key", "event_ts")),
+        RecordKind("products", PRODUCT_COLUMNS, PRODUCT_TYPES, ("item_key",)),
+        RecordKind("users", USER_COLUMNS, USER_TYPES, ("user_key",)),
+        RecordKind("events", EVENT_COLUMNS, EVENT_TYPES, ("user_key", "item_key", "event_type", "event_ts")),
+    )
+}
+
 # Reviews dated before the web shop era or in the future are data errors, not history.
 EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)
+MAX_KEY_LENGTH = 200
 
 
 class Rejected(NamedTuple):
@@ -33,6 +68,10 @@ class InvalidRecord(ValueError):
     """Raised by field parsers; the message becomes the rejection reason."""
 
 
+class InvalidFileError(ValueError):
+    """The file as a whole is not what its format says (a wrong header, say): nothing of it is loaded."""
+
+
 @dataclass(frozen=True)
 class ReadStats:
     rows_read: int
@@ -40,32 +79,75 @@ class ReadStats:
     rows_rejected: int
 
 
-def clean_text(value: object, field: str, *, required: bool = False, max_len: int = 1_000_000) -> str | None:
+def clean_text(value: object, field: str, *, required: bool = False, max_len: int | None = None) -> str | None:
+    """Text as stored: NUL removed (PostgreSQL text cannot hold it). Over ``max_len`` is an error, never cut."""
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise InvalidRecord(f"missing {field}")
         return None
-    if not isinstance(value, (str, int)):
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise InvalidRecord(f"{field} must be a string, got {type(value).__name__}")
-    text = str(value).replace("\x00", "")  # PostgreSQL text cannot hold NUL
-    return text[:max_len]
+    text = str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if max_len is not None and len(text) > max_len:
+        raise InvalidRecord(f"{field} is {len(text)} characters, over the limit of {max_len}")
+    return text
 
 
-def parse_rating(value: object) -> Decimal:
-    """A 1-5 star rating; half stars allowed. Strings like "five", NaN and 0 are rejected."""
+def clean_key(value: object, field: str) -> str:
+    """A user or item identifier: required, stripped, at most 200 characters."""
+    if isinstance(value, str):
+        value = value.strip()
+    return clean_text(value, field, required=True, max_len=MAX_KEY_LENGTH)  # type: ignore[return-value]
+
+
+_HALF_STARS = {str(n / 2): Decimal(n) / 2 for n in range(0, 11)} | {str(n): Decimal(n) for n in range(0, 6)}
+
+
+def parse_rating(value: object, low: Decimal | int = 1) -> Decimal:
+    """A star rating from ``low`` (1 for Amazon, 0.5 for MovieLens) to 5, whole or half stars.
+
+    Strings like "five", NaN, 0 and 6 are rejected.
+    """
     if isinstance(value, bool) or value is None:
         raise InvalidRecord(f"rating is not a number: {value!r}")
-    try:
-        rating = Decimal(str(value).strip())
-    except InvalidOperation as exc:
-        raise InvalidRecord(f"rating is not a number: {value!r}") from exc
-    if not rating.is_finite():
-        raise InvalidRecord(f"rating is not a number: {value!r}")
-    if rating < 1 or rating > 5:
-        raise InvalidRecord(f"rating {value!r} outside 1-5")
+    text = value.strip() if isinstance(value, str) else str(value)
+    rating = _HALF_STARS.get(text)  # the common case, without the cost of Decimal parsing
+    if rating is None:
+        try:
+            rating = Decimal(text)
+        except InvalidOperation as exc:
+            raise InvalidRecord(f"rating is not a number: {value!r}") from exc
+        if not rating.is_finite():
+            raise InvalidRecord(f"rating is not a number: {value!r}")
+    if rating < low or rating > 5:
+        raise InvalidRecord(f"rating {value!r} outside {low}-5")
     if (rating * 2) % 1 != 0:
         raise InvalidRecord(f"rating {value!r} is not a whole or half star")
     return rating
+
+
+def parse_timestamp(value: object, now: datetime) -> datetime:
+    """Epoch seconds or milliseconds (number or digits) or ISO 8601 text (naive means UTC), range-checked."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise InvalidRecord("missing timestamp")
+        if not (text[0].isdigit() and "-" in text[1:]):  # "1600000000", "1.6e9": numbers, not dates
+            return parse_epoch(text, now)
+        try:
+            ts = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise InvalidRecord(f"timestamp is neither epoch nor ISO 8601: {value!r}") from exc
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        return check_plausible(ts, now, value)
+    if isinstance(value, datetime):
+        return check_plausible(value if value.tzinfo else value.replace(tzinfo=UTC), now, value.isoformat())
+    if value is None:
+        raise InvalidRecord("missing timestamp")
+    return parse_epoch(value, now)
 
 
 def parse_epoch(value: object, now: datetime) -> datetime:

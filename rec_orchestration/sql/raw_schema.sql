@@ -7,8 +7,9 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
     file_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     path           text        NOT NULL,
     content_sha256 text        NOT NULL UNIQUE,
+    landing_entry  text,       -- the partition: the file or folder name inside the landing directory
     source_format  text        NOT NULL,
-    record_kind    text        NOT NULL CHECK (record_kind IN ('reviews', 'products')),
+    record_kind    text        NOT NULL,
     size_bytes     bigint      NOT NULL,
     rows_read      bigint      NOT NULL DEFAULT 0,
     rows_loaded    bigint      NOT NULL DEFAULT 0,
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
 CREATE TABLE IF NOT EXISTS raw.reviews (
     file_id           bigint      NOT NULL REFERENCES raw.ingested_files (file_id),
     line_number       bigint      NOT NULL,
+    line_crc          integer,    -- CRC-32 of the raw line; finds duplicate lines within a file
     user_key          text        NOT NULL,
     item_key          text        NOT NULL,
     variant_key       text,
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS raw.reviews (
 CREATE TABLE IF NOT EXISTS raw.products (
     file_id        bigint  NOT NULL REFERENCES raw.ingested_files (file_id),
     line_number    bigint  NOT NULL,
+    line_crc       integer,
     item_key       text    NOT NULL,
     title          text,
     description    text,
@@ -50,6 +53,34 @@ CREATE TABLE IF NOT EXISTS raw.products (
     PRIMARY KEY (file_id, line_number)
 );
 
+-- User attributes (MovieLens u.user / users.dat).
+CREATE TABLE IF NOT EXISTS raw.users (
+    file_id     bigint NOT NULL REFERENCES raw.ingested_files (file_id),
+    line_number bigint NOT NULL,
+    line_crc    integer,
+    user_key    text   NOT NULL,
+    age         integer,
+    gender      text,
+    occupation  text,
+    postal_code text,
+    PRIMARY KEY (file_id, line_number)
+);
+
+-- Generic interaction events (view / click / like / purchase / rating).
+CREATE TABLE IF NOT EXISTS raw.events (
+    file_id     bigint      NOT NULL REFERENCES raw.ingested_files (file_id),
+    line_number bigint      NOT NULL,
+    line_crc    integer,
+    user_key    text        NOT NULL,
+    item_key    text        NOT NULL,
+    event_type  text        NOT NULL,
+    value       numeric,
+    event_ts    timestamptz NOT NULL,
+    quantity    integer,
+    price       numeric(12, 2),
+    PRIMARY KEY (file_id, line_number)
+);
+
 -- Quarantine: every record that could not be loaded, with where it came from and why.
 CREATE TABLE IF NOT EXISTS raw.rejected_records (
     file_id     bigint NOT NULL REFERENCES raw.ingested_files (file_id),
@@ -58,3 +89,9 @@ CREATE TABLE IF NOT EXISTS raw.rejected_records (
     reason      text   NOT NULL,
     PRIMARY KEY (file_id, line_number)
 );
+
+-- Databases made by an earlier version of this file.
+ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS landing_entry text;
+ALTER TABLE raw.ingested_files DROP CONSTRAINT IF EXISTS ingested_files_record_kind_check;
+ALTER TABLE raw.reviews ADD COLUMN IF NOT EXISTS line_crc integer;
+ALTER TABLE raw.products ADD COLUMN IF NOT EXISTS line_crc integer;

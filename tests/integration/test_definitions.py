@@ -14,7 +14,7 @@ import dagster as dg
 from rec_orchestration.definitions import defs
 
 EXPECTED_ASSETS = {
-    "raw/products", "raw/reviews",
+    "raw/products", "raw/reviews", "raw/users", "raw/events",
     "staging/stg_products", "staging/stg_reviews",
     "core/users", "core/products", "core/reviews",
     "recs/popular_products", "recs/user_recommendations",
@@ -39,7 +39,8 @@ def ancestors(key: dg.AssetKey) -> set[str]:
 
 
 def test_lineage_runs_from_raw_files_to_user_recommendations():
-    assert ancestors(dg.AssetKey(["recs", "user_recommendations"])) == EXPECTED_ASSETS - {"recs/user_recommendations"}
+    assert ancestors(dg.AssetKey(["recs", "user_recommendations"])) == EXPECTED_ASSETS - {
+        "recs/user_recommendations", "raw/users", "raw/events"}  # users/events feed the warehouse from issue 4
     assert ancestors(dg.AssetKey(["staging", "stg_reviews"])) == {"raw/reviews"}
     assert ancestors(dg.AssetKey(["core", "products"])) == {
         "raw/reviews", "raw/products", "staging/stg_reviews", "staging/stg_products"}
@@ -53,6 +54,23 @@ def test_dbt_tests_are_asset_checks_and_publish_has_a_blocking_check():
     publish_check = dg.AssetCheckKey(dg.AssetKey(["recs", "user_recommendations"]),
                                      "every_user_gets_k_unseen_recommendations")
     assert graph.get_check_spec(publish_check).blocking
+
+
+def test_raw_tables_have_blocking_quality_and_reconciliation_checks():
+    graph = defs.resolve_asset_graph()
+    for kind in ("reviews", "products", "users", "events"):
+        for name in ("great_expectations", "ledger_reconciles"):
+            assert graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey(["raw", kind]), name)).blocking
+
+
+def test_raw_assets_are_partitioned_by_landing_entry_and_a_sensor_feeds_them():
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["raw", "reviews"])).partitions_def.name == "landing_files"
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    job = defs.resolve_job_def(sensor.job_name)
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "raw/reviews", "raw/products", "raw/users", "raw/events"}
 
 
 def test_hourly_schedule_refreshes_every_asset():

@@ -14,7 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rec_orchestration.sources.formats import FORMATS
 from rec_orchestration.sources.loader import UnreadableFileError, ensure_raw_schema, load_file
+
+REVIEWS = FORMATS["amazon2023_reviews"]
 from tests.conftest import query, scalar
 
 GOOD = {"rating": 5.0, "title": "t", "text": "x", "asin": "A", "parent_asin": "P1", "user_id": "U1",
@@ -38,16 +41,16 @@ def test_bad_records_are_quarantined_and_the_ledger_reconciles(conn, warehouse_e
     lines = review_lines(3) + [b'{"rating": 9, "user_id": "U9", "parent_asin": "P", "timestamp": 1600000000000}',
                                b"not json"]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    result = load_file(conn, path, "reviews")
+    result = load_file(conn, path, REVIEWS)
     assert (result.rows_read, result.rows_loaded, result.rows_rejected) == (5, 3, 2)
     assert query(warehouse_env, "SELECT line_number, reason FROM raw.rejected_records ORDER BY line_number") == [
-        (4, "rating 9 outside 1-5"), (5, "invalid JSON: Expecting value")]
+        (4, "rating 9 outside 1-5"), (5, "invalid JSON: invalid literal, expected 'null' at column 1")]
     assert query(warehouse_env, "SELECT rows_read, rows_loaded, rows_rejected FROM raw.ingested_files") == [(5, 3, 2)]
 
     # The same content under another name is recognised and skipped.
     copy = tmp_path / "reviews_copy.jsonl"
     copy.write_bytes(path.read_bytes())
-    assert load_file(conn, copy, "reviews").already_loaded
+    assert load_file(conn, copy, REVIEWS).already_loaded
     assert scalar(warehouse_env, "SELECT count(*) FROM raw.reviews") == 3
 
 
@@ -56,19 +59,20 @@ def test_an_unreadable_file_loads_nothing_and_fails_clearly(conn, warehouse_env,
     path = tmp_path / "reviews.jsonl.gz"
     path.write_bytes(whole[: len(whole) // 2])  # truncated download
     with pytest.raises(UnreadableFileError, match="reviews.jsonl.gz"):
-        load_file(conn, path, "reviews")
+        load_file(conn, path, REVIEWS)
     assert scalar(warehouse_env, "SELECT count(*) FROM raw.reviews") == 0
     assert scalar(warehouse_env, "SELECT count(*) FROM raw.ingested_files") == 0
     path.write_bytes(whole)  # the complete file arrives
-    assert load_file(conn, path, "reviews").rows_loaded == 5000
+    assert load_file(conn, path, REVIEWS).rows_loaded == 5000
 
 
 KILL_SCRIPT = """
 import sys, psycopg
 from pathlib import Path
+from rec_orchestration.sources.formats import FORMATS
 from rec_orchestration.sources.loader import load_file
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
-    load_file(conn, Path(sys.argv[2]), "reviews")
+    load_file(conn, Path(sys.argv[2]), FORMATS["amazon2023_reviews"])
 """
 
 
@@ -90,5 +94,5 @@ def test_kill_9_in_the_middle_of_a_load_leaves_nothing_and_the_next_run_loads_it
     time.sleep(0.5)  # the server notices the dead client and rolls back
     assert scalar(warehouse_env, "SELECT count(*) FROM raw.reviews") == 0
     assert scalar(warehouse_env, "SELECT count(*) FROM raw.ingested_files") == 0
-    result = load_file(conn, path, "reviews")
+    result = load_file(conn, path, REVIEWS)
     assert (result.already_loaded, result.rows_loaded) == (False, 400_000)

@@ -9,15 +9,7 @@ import dagster as dg
 import pytest
 
 from rec_orchestration.sample_data import SampleSpec, write_sample
-from tests.conftest import TEST_SPEC, query, scalar
-
-
-def materialize_everything() -> dg.ExecuteInProcessResult:
-    from rec_orchestration.definitions import defs
-
-    job = defs.resolve_implicit_global_asset_job_def()
-    with dg.DagsterInstance.ephemeral() as instance:
-        return job.execute_in_process(instance=instance, raise_on_error=False)
+from tests.conftest import TEST_SPEC, materialize_everything, query, scalar
 
 
 def sample_counts(landing: Path) -> tuple[int, int, int]:

@@ -23,7 +23,8 @@ def write_lines(path, lines: list[bytes]):
 def test_good_review_becomes_a_canonical_row(tmp_path):
     path = write_lines(tmp_path / "r.jsonl", [json.dumps(GOOD).encode()])
     (row,) = list(read_reviews(path, now=NOW))
-    assert row == (1, "U1", "B0", "B1", Decimal("4.0"), "review", datetime(2020, 9, 13, 12, 26, 40, tzinfo=UTC),
+    assert row[0] == 1 and isinstance(row[1], int)  # line number, CRC-32 of the line
+    assert row[2:] == ("U1", "B0", "B1", Decimal("4.0"), "review", datetime(2020, 9, 13, 12, 26, 40, tzinfo=UTC),
                    "Nice", "Works", 2, True)
 
 
@@ -40,7 +41,7 @@ def test_bad_lines_are_rejected_with_their_line_number_and_reason(tmp_path):
         variant(rating=0),                           # 6
         variant(rating=6),                           # 7
         variant(rating="five"),                      # 8
-        b'{"rating": NaN, "user_id": "U1", "parent_asin": "B0", "timestamp": 1600000000000}',  # 9
+        variant(rating="NaN"),                       # 9
         variant(timestamp=1_600_000_000),            # 10 seconds: accepted
         variant(timestamp=4_102_444_800_000),        # 11 year 2100
         variant(timestamp=631_152_000_000),          # 12 1990
@@ -53,7 +54,7 @@ def test_bad_lines_are_rejected_with_their_line_number_and_reason(tmp_path):
     assert rejected == {
         2: rejected[2], 3: "invalid UTF-8 at byte 24", 4: "missing user_id", 5: "missing parent_asin",
         6: "rating 0 outside 1-5", 7: "rating 6 outside 1-5", 8: "rating is not a number: 'five'",
-        9: "rating is not a number: nan", 11: "timestamp 4102444800000 is in the future",
+        9: "rating is not a number: 'NaN'", 11: "timestamp 4102444800000 is in the future",
         12: "timestamp 631152000000 is before 1995", 13: "expected a JSON object, got list",
     }
     assert rejected[2].startswith("invalid JSON")
@@ -67,7 +68,7 @@ def test_gzipped_products_are_read_and_keyed_by_parent_asin(tmp_path):
     path = tmp_path / "meta_x.jsonl.gz"
     with gzip.open(path, "wb") as fh:
         fh.write(json.dumps(meta).encode() + b"\n" + json.dumps({"title": "no key"}).encode() + b"\n")
-    first, second = list(read_products(path))
-    assert first[:9] == (1, "B0", "Guitar", "Great\nguitar", "Musical Instruments",
+    first, second = list(read_products(path, NOW))
+    assert first[:1] + first[2:10] == (1, "B0", "Guitar", "Great\nguitar", "Musical Instruments",
                          ["Musical Instruments", "Guitars"], "Acme", Decimal("1299.50"), Decimal("4.50"))
     assert second == Rejected(2, json.dumps({"title": "no key"}), "missing parent_asin")

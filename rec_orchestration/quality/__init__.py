@@ -1,0 +1,1 @@
+"""Data-quality expectation suites for the warehouse tables."""
