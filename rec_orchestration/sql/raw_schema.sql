@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
     source_format  text        NOT NULL,
     record_kind    text        NOT NULL,
     size_bytes     bigint      NOT NULL,
+    mtime_ns       bigint,     -- with path and size: lets a re-run skip a known file without hashing it
     rows_read      bigint      NOT NULL DEFAULT 0,
     rows_loaded    bigint      NOT NULL DEFAULT 0,
     rows_rejected  bigint      NOT NULL DEFAULT 0,
@@ -92,6 +93,8 @@ CREATE TABLE IF NOT EXISTS raw.rejected_records (
 
 -- Databases made by an earlier version of this file.
 ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS landing_entry text;
+ALTER TABLE raw.ingested_files ADD COLUMN IF NOT EXISTS mtime_ns bigint;
+CREATE INDEX IF NOT EXISTS ingested_files_path_idx ON raw.ingested_files (path);
 ALTER TABLE raw.ingested_files DROP CONSTRAINT IF EXISTS ingested_files_record_kind_check;
 ALTER TABLE raw.reviews ADD COLUMN IF NOT EXISTS line_crc integer;
 ALTER TABLE raw.products ADD COLUMN IF NOT EXISTS line_crc integer;

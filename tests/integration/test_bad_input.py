@@ -4,6 +4,7 @@ quarantined (exact lines and reasons), and that the ledger reconciles."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def test_reloading_the_same_content_adds_nothing(conn, warehouse_env, tmp_path: 
     assert load_entry(conn, path).loaded[0].rows_loaded == 2
     again = load_entry(conn, path).loaded[0]
     assert again.already_loaded and again.rows_loaded == 0
+    os.utime(path, ns=(0, 1_000_000_000_000_000_000))  # touched: read and hashed again, same content
+    touched = load_entry(conn, path).loaded[0]
+    assert touched.already_loaded and touched.content_sha256 == again.content_sha256
     assert query(warehouse_env, "SELECT count(*) FROM raw.reviews") == [(2,)]
 
 
