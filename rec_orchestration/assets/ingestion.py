@@ -12,13 +12,14 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from psycopg import sql
 from pydantic import Field
 
 from rec_orchestration import settings
 from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.quality.suites import RAW_SUITES
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
-from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.resources.postgres import PostgresResource, qualified
 from rec_orchestration.sources.formats import FORMATS, UnknownFormatError
 from rec_orchestration.sources.loader import EntryResult, LoadResult, ensure_raw_schema, load_entry
 from rec_orchestration.sources.records import RECORD_KINDS
@@ -154,10 +155,6 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
 
 
 def _reconciliation_check(warehouse: PostgresResource, kind: str, key: dg.AssetKey) -> dg.AssetCheckResult:
-    from psycopg import sql
-
-    from rec_orchestration.resources.postgres import qualified
-
     statement = sql.SQL(_RECONCILE).format(table=qualified(f"raw.{kind}"))
     with warehouse.connection() as conn:
         bad = conn.execute(statement, (kind,)).fetchall()

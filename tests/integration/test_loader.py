@@ -96,3 +96,34 @@ def test_kill_9_in_the_middle_of_a_load_leaves_nothing_and_the_next_run_loads_it
     assert scalar(warehouse_env, "SELECT count(*) FROM raw.ingested_files") == 0
     result = load_file(conn, path, REVIEWS)
     assert (result.already_loaded, result.rows_loaded) == (False, 400_000)
+
+
+MEMORY_SCRIPT = """
+import resource, sys, psycopg
+from pathlib import Path
+from rec_orchestration.sources.formats import FORMATS
+from rec_orchestration.sources.loader import load_file
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = load_file(conn, Path(sys.argv[2]), FORMATS["amazon2023_reviews"])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(result.rows_loaded, result.rows_rejected, (after - before) // 1024)
+"""
+
+
+def test_memory_stays_bounded_by_a_line_not_the_file(conn, warehouse_env, tmp_path: Path):
+    # ~190 MB of reviews, one in ten of them rejected: the loader's peak memory must not grow with it.
+    path = tmp_path / "big.jsonl"
+    text = "a long honest review " * 20
+    with path.open("wb") as fh:
+        for i in range(400_000):
+            rating = 0 if i % 10 == 0 else 4
+            fh.write(json.dumps({**GOOD, "user_id": f"U{i}", "rating": rating, "text": text}).encode() + b"\n")
+    size_mb = path.stat().st_size // 2**20
+    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, warehouse_env.conninfo(), str(path)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded, rejected, growth_mb = map(int, done.stdout.split())
+    print(f"loaded {size_mb} MB file, peak memory grew {growth_mb} MB")
+    assert (loaded, rejected) == (360_000, 40_000)
+    assert size_mb > 150 and growth_mb < 40, f"peak memory grew {growth_mb} MB loading a {size_mb} MB file"
