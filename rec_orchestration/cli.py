@@ -21,7 +21,9 @@ from rec_orchestration import settings
 SUMMARY_TABLES = (
     ("raw.ingested_files", "landing files loaded (ledger)"),
     ("raw.products", "product metadata records"),
-    ("raw.reviews", "review records"),
+    ("raw.reviews", "review and rating records"),
+    ("raw.users", "user attribute records"),
+    ("raw.events", "interaction event records"),
     ("raw.rejected_records", "quarantined records"),
     ("core.users", "users"),
     ("core.products", "products"),
