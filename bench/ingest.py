@@ -28,16 +28,18 @@ columns and types, primary key and foreign key to the ledger) on the same server
                  on the first ``--to-sql-rows`` rows (default: all of them).
 
 Method (house rules: ``shared/BENCHMARKS.md``): peers side by side in one run on one machine, so the
-ratios hold where absolute times on a shared machine do not. ``--rounds`` rounds (default 3); in each,
-ours and ``\copy`` each load into a freshly truncated table after a CHECKPOINT, alternating which
-goes first; the median rows/s of each is reported. The first round also checks that the three tables
-hold the same values (an md5 over every row). Ratios are rows/s of ours over rows/s of the peer: above
-1 means ours is faster. The goal is ``ingest_vs_psql_copy >= 0.5``.
+ratios hold where absolute times on a shared machine do not. ``--rounds`` rounds (default 5); in each,
+ours and ``\copy`` each load into freshly made tables (no rows, no statistics) after a CHECKPOINT,
+alternating which goes first; the median rows/s of each is reported. The first round also checks that
+the three tables hold the same values (an md5 over every row). Ratios are rows/s of ours over rows/s
+of the peer: above 1 means ours is faster. The goal is ``ingest_vs_psql_copy >= 0.5``.
 
 Then, on the first ``--breakdown-rows`` lines (default 200,000), each stage of our loader is timed on
 its own (hashing; reading lines; + JSON parsing; + validation; binary COPY of already validated rows;
 the duplicate pass) beside the whole ``load_file``, to show where the time goes; ``--profile`` adds a
-cProfile of ``load_file`` on that file.
+cProfile of ``load_file`` on that file. Last, the steady state of a warehouse: a second file loaded
+into ``raw.reviews`` after ANALYZE has seen the first (so the new file_id is outside the statistics),
+cancelled after ``--second-file-timeout`` seconds (at least 10x the first load) if it takes that long.
 
 Database: a throw-away database on the server named by ``REC_DATABASE_URL`` / ``PG*``, or else on the
 project's embedded PostgreSQL (started if needed, and stopped at the end if this started it), dropped
@@ -47,7 +49,7 @@ Output: the report as text, ending with ``ingest_vs_to_sql=<ratio>`` and, last,
 ``ingest_vs_psql_copy=<ratio>``. With ``--json`` the figures go to stdout as one JSON object and the
 text report to stderr. Progress goes to stderr.
 
-    .venv/bin/python bench/ingest.py [--rows 1000000] [--rounds 3] [--to-sql-rows N] [--profile] [--json]
+    .venv/bin/python bench/ingest.py [--rows 1000000] [--rounds 5] [--to-sql-rows N] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import psycopg
+import sqlalchemy
 from psycopg import sql
 
 from rec_orchestration import settings
@@ -301,9 +304,12 @@ class Server:
             self.embedded.stop()
 
 
-def prepare_schema(conn: psycopg.Connection) -> None:
-    """raw.* as the pipeline makes it, and the peers' tables: raw.reviews' DDL, foreign key included."""
+def fresh_tables(conn: psycopg.Connection) -> None:
+    """Drop and remake raw.* (as the pipeline makes it) and the peers' tables: raw.reviews' DDL, foreign
+    key included, and a ledger row for the peers. Every timed load starts from this: empty tables that
+    no ANALYZE has seen, as in a new warehouse (``second_file`` measures the steady state)."""
     with conn.transaction():
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}, raw CASCADE").format(sql.Identifier(PEER_SCHEMA)))
         ensure_raw_schema(conn)
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(PEER_SCHEMA)))
         for table in (COPY_TABLE, TO_SQL_TABLE, SCRATCH_TABLE):
@@ -311,19 +317,10 @@ def prepare_schema(conn: psycopg.Connection) -> None:
             conn.execute(sql.SQL("CREATE TABLE {} (LIKE raw.reviews INCLUDING ALL)").format(name))
             conn.execute(sql.SQL("ALTER TABLE {} ADD FOREIGN KEY (file_id) REFERENCES raw.ingested_files (file_id)")
                          .format(name))
-        conn.execute("""INSERT INTO raw.ingested_files (file_id, path, content_sha256, source_format, record_kind,
-                                                        size_bytes, started_at)
-                        OVERRIDING SYSTEM VALUE VALUES (%s, 'bench peers', 'bench peers', 'csv', 'reviews', 0, now())""",
-                     (PEER_FILE_ID,))
-
-
-def clear_ours(conn: psycopg.Connection) -> None:
-    conn.execute("TRUNCATE raw.reviews, raw.rejected_records")
-    conn.execute("DELETE FROM raw.ingested_files WHERE file_id <> %s", (PEER_FILE_ID,))
-
-
-def clear_peer(conn: psycopg.Connection, table: str) -> None:
-    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(PEER_SCHEMA, table)))
+        conn.execute("""INSERT INTO raw.ingested_files (file_id, path, content_sha256, source_format,
+                                                        record_kind, size_bytes, started_at)
+                        OVERRIDING SYSTEM VALUE
+                        VALUES (%s, 'bench peers', 'bench peers', 'csv', 'reviews', 0, now())""", (PEER_FILE_ID,))
 
 
 def fingerprint(conn: psycopg.Connection, table: sql.Composable, up_to_line: int) -> tuple[int, str]:
@@ -357,7 +354,7 @@ def time_psql_copy(argv: list[str], env: dict[str, str], csv_path: Path) -> floa
     return seconds
 
 
-def time_to_sql(engine, frame: pd.DataFrame) -> float:
+def time_to_sql(engine: sqlalchemy.Engine, frame: pd.DataFrame) -> float:
     with engine.connect():  # dialect initialised and a pooled connection open before the clock starts
         pass
     started = time.perf_counter()
@@ -387,7 +384,7 @@ def breakdown(conn: psycopg.Connection, server: Server, path: Path, n: int) -> l
     stage("read lines (readline, strip, UTF-8 decode, CRC-32)", lambda: _drain(read_lines(path)))
     stage("  + orjson parse", lambda: _drain(read_json_lines(path)))
     rows = stage("  + validate into canonical rows", lambda: list(FORMAT.read(path, now)))
-    clear_peer(conn, SCRATCH_TABLE)
+    fresh_tables(conn)
     server.checkpoint()
 
     def copy_only() -> None:
@@ -397,8 +394,7 @@ def breakdown(conn: psycopg.Connection, server: Server, path: Path, n: int) -> l
 
     stage("binary COPY of validated rows, + COMMIT", copy_only)
     del rows
-    clear_peer(conn, SCRATCH_TABLE)
-    clear_ours(conn)
+    fresh_tables(conn)
     server.checkpoint()
     stage("whole load_file", lambda: time_ours(conn, path, n))
     file_id = conn.execute("SELECT max(file_id) FROM raw.ingested_files").fetchone()[0]
@@ -407,16 +403,38 @@ def breakdown(conn: psycopg.Connection, server: Server, path: Path, n: int) -> l
         with conn.transaction():
             loader._quarantine_duplicates(conn, KIND, file_id)
 
-    stage("duplicate pass (after the load)", dedupe)
-    clear_ours(conn)
+    stage("duplicate pass alone (after the load)", dedupe)
     return stages
 
 
+def second_file(conn: psycopg.Connection, first: Path, n: int, work: Path, limit_s: float) -> float | None:
+    """Seconds to load a second file into raw.reviews once ANALYZE has seen the first: the steady state
+    of a warehouse, where each new file_id lies outside the column statistics. The second file is the
+    first one with every 1000th line repeated at its end (real files hold duplicate lines). None when
+    it did not finish within ``limit_s`` (cancelled by statement_timeout)."""
+    lines = first.read_bytes().splitlines(keepends=True)
+    second = work / "second_file.jsonl"
+    second.write_bytes(b"".join(lines + lines[::1000]))
+    fresh_tables(conn)
+    time_ours(conn, first, n)
+    conn.execute("ANALYZE raw.reviews")
+    conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(limit_s * 1000)}ms")))
+    started = time.perf_counter()
+    try:
+        result = load_file(conn, second, FORMAT)
+    except psycopg.errors.QueryCanceled:
+        return None
+    finally:
+        conn.execute("RESET statement_timeout")
+    if result.rows_read != len(lines) + len(lines[::1000]) or result.rows_loaded != n:
+        raise SystemExit(f"second file: unexpected load {result}")
+    return time.perf_counter() - started
+
+
 def profile(conn: psycopg.Connection, path: Path, n: int, top: int = 25) -> str:
-    clear_ours(conn)
+    fresh_tables(conn)
     profiler = cProfile.Profile()
     profiler.runcall(time_ours, conn, path, n)
-    clear_ours(conn)
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(top)
     return out.getvalue()
@@ -439,10 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="review lines in the file (1,000,000)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed loads of ours and of \\copy each (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed loads of ours and of \\copy each (5)")
     parser.add_argument("--to-sql-rows", type=int, default=None, help="rows for to_sql (default: all)")
     parser.add_argument("--breakdown-rows", type=int, default=200_000,
-                        help="lines for the per-stage breakdown (200,000; 0 skips it)")
+                        help="lines for the per-stage breakdown and the second-file load (200,000; 0 skips them)")
+    parser.add_argument("--second-file-timeout", type=float, default=30.0,
+                        help="seconds before the second-file load is cancelled (30; at least 10x the first)")
     parser.add_argument("--profile", action="store_true", help="cProfile load_file on the breakdown file")
     parser.add_argument("--seed", type=int, default=20230901)
     parser.add_argument("--json", action="store_true", help="figures as JSON on stdout, the report on stderr")
@@ -453,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
 
     report: list[str] = []
     figures: dict[str, object] = {"rows": n, "rounds": args.rounds, "machine": machine()}
+    ours: list[float] = []
+    copies: list[float] = []
+    stages: list[tuple[str, float]] = []
+    second_seconds = second_limit = profiled = None
+    checkpoints = True
     server = Server()
     try:
         with tempfile.TemporaryDirectory(prefix="rec-bench-ingest-") as tmp:
@@ -463,15 +488,13 @@ def main(argv: list[str] | None = None) -> int:
             jsonl = work / "reviews.jsonl"
             crcs = write_jsonl(reviews, jsonl)
             frame = canonical_frame(reviews, crcs)
-            del reviews
+            del reviews, crcs
             csv_path = work / "reviews.csv"
             frame.to_csv(csv_path, index=False)
             say(f"  files written in {time.perf_counter() - started:.1f} s")
-            subset = work / "reviews_head.jsonl"
-            if n_breakdown:
-                with jsonl.open("rb") as src, subset.open("wb") as dst:
-                    for _, line in zip(range(n_breakdown), src):
-                        dst.write(line)
+            head = work / "reviews_head.jsonl"
+            with jsonl.open("rb") as src, head.open("wb") as dst:
+                dst.writelines(line for _, line in zip(range(n_breakdown), src))
 
             db = server.create()
             psql_argv, psql_env = server.psql_command(db)
@@ -480,51 +503,51 @@ def main(argv: list[str] | None = None) -> int:
             report.append(f"ingestion benchmark: {n:,} Amazon-2023 review lines ({sizes}), {args.rounds} rounds")
             report.append(f"machine: {figures['machine']}; {figures['server']}")
 
-            import sqlalchemy
-
             engine = sqlalchemy.create_engine(db.url("psycopg2"))
-            ours: list[float] = []
-            copies: list[float] = []
-            to_sql_seconds = None
-            checkpoints = True
             with psycopg.connect(db.conninfo(), autocommit=True) as conn:
-                prepare_schema(conn)
+
+                def timed(label: str, load: Callable[[], float]) -> float:
+                    nonlocal checkpoints
+                    fresh_tables(conn)
+                    checkpoints &= server.checkpoint()
+                    say(f"{label} ...")
+                    seconds = load()
+                    say(f"  {seconds:.2f} s")
+                    return seconds
+
+                prints: dict[str, tuple[int, str]] = {}
                 for round_number in range(1, args.rounds + 1):
-                    order = ("ours", "copy") if round_number % 2 else ("copy", "ours")
-                    for who in order:
+                    first_round = round_number == 1
+                    for who in ("ours", "copy") if round_number % 2 else ("copy", "ours"):
                         if who == "ours":
-                            clear_ours(conn)
-                            checkpoints &= server.checkpoint()
-                            say(f"round {round_number}: ours ...")
-                            ours.append(time_ours(conn, jsonl, n))
-                            say(f"  {ours[-1]:.1f} s")
+                            ours.append(timed(f"round {round_number}: ours", lambda: time_ours(conn, jsonl, n)))
+                            if first_round:
+                                prints["ours"] = fingerprint(conn, sql.Identifier("raw", "reviews"), n)
+                                prints["ours head"] = fingerprint(conn, sql.Identifier("raw", "reviews"), n_to_sql)
                         else:
-                            clear_peer(conn, COPY_TABLE)
-                            checkpoints &= server.checkpoint()
-                            say(f"round {round_number}: psql \\copy ...")
-                            copies.append(time_psql_copy(psql_argv, psql_env, csv_path))
-                            say(f"  {copies[-1]:.1f} s")
-                    if round_number == 1:
-                        say("checking that ours and \\copy loaded the same values ...")
-                        mine = fingerprint(conn, sql.Identifier("raw", "reviews"), n)
-                        theirs = fingerprint(conn, sql.Identifier(PEER_SCHEMA, COPY_TABLE), n)
-                        if mine != theirs or mine[0] != n:
-                            raise SystemExit(f"ours and \\copy loaded different rows: {mine} vs {theirs}")
-                        clear_peer(conn, TO_SQL_TABLE)
-                        checkpoints &= server.checkpoint()
-                        say(f"to_sql of {n_to_sql:,} rows ...")
-                        to_sql_seconds = time_to_sql(engine, frame.iloc[:n_to_sql])
-                        say(f"  {to_sql_seconds:.1f} s")
-                        theirs = fingerprint(conn, sql.Identifier(PEER_SCHEMA, TO_SQL_TABLE), n)
-                        mine = fingerprint(conn, sql.Identifier("raw", "reviews"), n_to_sql)
-                        if mine != theirs:
-                            raise SystemExit(f"ours and to_sql loaded different rows: {mine} vs {theirs}")
-                        clear_peer(conn, TO_SQL_TABLE)
-                engine.dispose()
-                del frame
-                clear_peer(conn, COPY_TABLE)
-                stages = breakdown(conn, server, subset, n_breakdown) if n_breakdown else []
-                profiled = profile(conn, subset, n_breakdown) if args.profile and n_breakdown else None
+                            copies.append(timed(f"round {round_number}: psql \\copy",
+                                                lambda: time_psql_copy(psql_argv, psql_env, csv_path)))
+                            if first_round:
+                                prints["copy"] = fingerprint(conn, sql.Identifier(PEER_SCHEMA, COPY_TABLE), n)
+                    if first_round:
+                        to_sql_seconds = timed(f"to_sql of {n_to_sql:,} rows",
+                                               lambda: time_to_sql(engine, frame.iloc[:n_to_sql]))
+                        prints["to_sql"] = fingerprint(conn, sql.Identifier(PEER_SCHEMA, TO_SQL_TABLE), n)
+                        engine.dispose()
+                        del frame
+                        if not (prints["ours"] == prints["copy"] and prints["ours"][0] == n
+                                and prints["ours head"] == prints["to_sql"]):
+                            raise SystemExit(f"the contenders loaded different rows: {prints}")
+
+                if n_breakdown:
+                    say(f"breakdown of load_file on {n_breakdown:,} lines ...")
+                    stages = breakdown(conn, server, head, n_breakdown)
+                    second_limit = max(args.second_file_timeout, 10 * dict(stages)["whole load_file"])
+                    say(f"second file into an analysed table (at most {second_limit:.0f} s) ...")
+                    second_seconds = second_file(conn, head, n_breakdown, work, second_limit)
+                    if args.profile:
+                        say("cProfile of load_file ...")
+                        profiled = profile(conn, head, n_breakdown)
     finally:
         server.close()
 
@@ -532,7 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     copy_rate = statistics.median(rate(n, s) for s in copies)
     to_sql_rate = rate(n_to_sql, to_sql_seconds)
     vs_copy, vs_to_sql = ours_rate / copy_rate, ours_rate / to_sql_rate
-    runs = lambda times: ", ".join(f"{s:.2f} s" for s in times)  # noqa: E731
+
+    def runs(times: list[float]) -> str:
+        return ", ".join(f"{s:.2f} s" for s in times)
+
     report.append("same values in all three tables: checked (md5 over every row)")
     if not checkpoints:
         report.append("note: no CHECKPOINT between loads (the role may not run it): expect more noise")
@@ -546,11 +572,21 @@ def main(argv: list[str] | None = None) -> int:
     report.append(f"ratio vs to_sql: {vs_to_sql:.3f}")
     if stages:
         whole = dict(stages)["whole load_file"]
-        report.append(f"where ours spends its time, first {n_breakdown:,} lines, each stage run on its own "
-                      f"(the read stages include the ones above them):")
+        report.append(f"where ours spends its time, first {n_breakdown:,} lines into fresh tables, each stage "
+                      f"run on its own (each read stage includes the ones above it):")
         for name, seconds in stages:
             report.append(f"  {name:<52} {seconds:7.2f} s  {rate(n_breakdown, seconds):>12,.0f} rows/s"
                           f"  {seconds / whole:6.1%} of load_file")
+        extra = n_breakdown // 1000 + (1 if n_breakdown % 1000 else 0)
+        label = (f"second file ({n_breakdown:,} lines + {extra:,} repeated) into raw.reviews after ANALYZE "
+                 f"saw the first")
+        if second_seconds is None:
+            report.append(f"{label}: did not finish in {second_limit:.0f} s (cancelled), "
+                          f"< {rate(n_breakdown, second_limit):,.0f} rows/s vs {rate(n_breakdown, whole):,.0f} "
+                          f"into fresh tables")
+        else:
+            report.append(f"{label}: {rate(n_breakdown, second_seconds):,.0f} rows/s ({second_seconds:.2f} s) vs "
+                          f"{rate(n_breakdown, whole):,.0f} into fresh tables")
     if profiled:
         report.append(f"cProfile of load_file on the first {n_breakdown:,} lines (by own time):")
         report.extend("  " + line for line in profiled.strip().splitlines())
@@ -563,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "to_sql_rows": n_to_sql, "to_sql_rows_per_s": to_sql_rate, "to_sql_seconds": to_sql_seconds,
         "ingest_vs_psql_copy": vs_copy, "ingest_vs_to_sql": vs_to_sql,
         "breakdown_rows": n_breakdown, "breakdown_seconds": dict(stages),
+        "second_file_seconds": second_seconds, "second_file_timeout_s": second_limit,
     })
     text = "\n".join(report)
     if args.json:

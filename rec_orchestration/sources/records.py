@@ -81,6 +81,10 @@ class ReadStats:
 
 def clean_text(value: object, field: str, *, required: bool = False, max_len: int | None = None) -> str | None:
     """Text as stored: NUL removed (PostgreSQL text cannot hold it). Over ``max_len`` is an error, never cut."""
+    if type(value) is str and value and not value.isspace() and "\x00" not in value:  # the common case, fast
+        if max_len is not None and len(value) > max_len:
+            raise InvalidRecord(f"{field} is {len(value)} characters, over the limit of {max_len}")
+        return value
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise InvalidRecord(f"missing {field}")
@@ -97,6 +101,9 @@ def clean_text(value: object, field: str, *, required: bool = False, max_len: in
 
 def clean_key(value: object, field: str) -> str:
     """A user or item identifier: required, stripped, at most 200 characters."""
+    if (type(value) is str and 0 < len(value) <= MAX_KEY_LENGTH and not value[0].isspace()
+            and not value[-1].isspace() and "\x00" not in value):  # the common case, fast
+        return value
     if isinstance(value, str):
         value = value.strip()
     return clean_text(value, field, required=True, max_len=MAX_KEY_LENGTH)  # type: ignore[return-value]
@@ -142,6 +149,12 @@ def parse_timestamp(value: object, now: datetime) -> datetime:
             raise InvalidRecord(f"timestamp is neither epoch nor ISO 8601: {value!r}") from exc
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
+        return check_plausible(ts, now, value)
+    if type(value) is int:  # the common case, fast: epoch seconds or milliseconds
+        try:
+            ts = datetime.fromtimestamp(value / 1000 if abs(value) >= 100_000_000_000 else value, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise InvalidRecord(f"timestamp out of range: {value!r}") from exc
         return check_plausible(ts, now, value)
     if isinstance(value, datetime):
         return check_plausible(value if value.tzinfo else value.replace(tzinfo=UTC), now, value.isoformat())
