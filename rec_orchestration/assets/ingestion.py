@@ -20,6 +20,7 @@ from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.quality.suites import RAW_SUITES
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
 from rec_orchestration.resources.postgres import PostgresResource, qualified
+from rec_orchestration.resources.roles import ensure_roles
 from rec_orchestration.sources.formats import FORMATS, UnknownFormatError
 from rec_orchestration.sources.loader import EntryResult, LoadResult, ensure_raw_schema, load_entry
 from rec_orchestration.sources.records import RECORD_KINDS
@@ -99,6 +100,7 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
     with warehouse.connection() as conn:
         with conn.transaction():
             ensure_raw_schema(conn)
+            ensure_roles(conn)  # raw and core readable by rec_analyst, now and for tables made later
         conn.commit()
         conn.autocommit = True  # load_file opens its own transaction per file
         try:

@@ -12,6 +12,7 @@ from pydantic import Field
 from rec_orchestration.assets.models import load_interactions
 from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.resources.postgres import PostgresResource, replace_table
+from rec_orchestration.resources.roles import ensure_roles
 
 RECOMMENDATIONS_TABLE = "recs.user_recommendations"
 
@@ -64,7 +65,7 @@ def user_recommendations(context: dg.AssetExecutionContext, config: Recommendati
     rows = [(user, item, rank, score, "popular", model.name, model_version, run_id, generated_at)
             for user, item, rank, score in recs.to_rows()]
     with warehouse.connection() as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS recs"))
+        ensure_roles(conn)  # creates the recs schema; readers get SELECT on what is published into it
         conn.execute(RUNS_DDL)
         replace_table(
             conn, RECOMMENDATIONS_TABLE,
