@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -121,3 +122,25 @@ def test_rerunning_changes_nothing_and_a_new_landing_file_is_loaded_once(warehou
     assert after["recs.user_recommendations"] == after["core.users"] * 10
     assert materialize_everything().success
     assert table_counts(materialized) == after
+
+
+def test_real_movielens_100k_and_amazon_2014_files_run_through_the_whole_graph(warehouse_env, tmp_path,
+                                                                                monkeypatch):
+    from tests.unit.test_formats import AMAZON_2014, ML_100K
+
+    landing = tmp_path / "real_landing"
+    landing.mkdir()
+    shutil.copytree(ML_100K, landing / "ml-100k")
+    shutil.copy(AMAZON_2014, landing / AMAZON_2014.name)
+    monkeypatch.setenv("REC_LANDING_DIR", str(landing))
+    assert_success(materialize_everything())
+
+    assert scalar(warehouse_env, "SELECT count(*) FROM raw.rejected_records") == 0
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.reviews") == 100_000 + 10_261
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.users") == 943 + 1_429
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.products") == 1_682 + 900
+    assert scalar(warehouse_env, "SELECT count(*) FROM recs.user_recommendations") == (943 + 1_429) * 10
+    # MovieLens movies keep their titles and genres through dbt.
+    assert query(warehouse_env, """SELECT title, categories FROM core.products WHERE product_key = '1'
+                                   AND title IS NOT NULL""") == [("Toy Story (1995)", ["Animation", "Children's",
+                                                                                        "Comedy"])]
