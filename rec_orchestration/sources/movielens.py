@@ -131,8 +131,8 @@ def read_100k_movies(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
 def _age(text: str) -> int | None:
     if not text.strip():
         return None
-    if not text.strip().isdigit() or not 0 < int(text) < 130:
-        raise InvalidRecord(f"age {text!r} is not a number from 1 to 129")
+    if not text.strip().isdigit() or not 0 < int(text) <= 120:
+        raise InvalidRecord(f"age {text!r} is not a number from 1 to 120")
     return int(text)
 
 

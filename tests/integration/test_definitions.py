@@ -15,7 +15,7 @@ from rec_orchestration.definitions import defs
 
 EXPECTED_ASSETS = {
     "raw/products", "raw/reviews", "raw/users", "raw/events",
-    "staging/stg_products", "staging/stg_reviews",
+    "staging/stg_products", "staging/stg_reviews", "staging/stg_users",
     "core/users", "core/products", "core/reviews",
     "recs/popular_products", "recs/user_recommendations",
 }
@@ -40,7 +40,7 @@ def ancestors(key: dg.AssetKey) -> set[str]:
 
 def test_lineage_runs_from_raw_files_to_user_recommendations():
     assert ancestors(dg.AssetKey(["recs", "user_recommendations"])) == EXPECTED_ASSETS - {
-        "recs/user_recommendations", "raw/users", "raw/events"}  # users/events feed the warehouse from issue 4
+        "recs/user_recommendations", "raw/events"}  # events feed the warehouse from issue 4 (interactions)
     assert ancestors(dg.AssetKey(["staging", "stg_reviews"])) == {"raw/reviews"}
     assert ancestors(dg.AssetKey(["core", "products"])) == {
         "raw/reviews", "raw/products", "staging/stg_reviews", "staging/stg_products"}

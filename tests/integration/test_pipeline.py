@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 
 from rec_orchestration.sample_data import SampleSpec, write_sample
@@ -140,7 +141,34 @@ def test_real_movielens_100k_and_amazon_2014_files_run_through_the_whole_graph(w
     assert scalar(warehouse_env, "SELECT count(*) FROM core.users") == 943 + 1_429
     assert scalar(warehouse_env, "SELECT count(*) FROM core.products") == 1_682 + 900
     assert scalar(warehouse_env, "SELECT count(*) FROM recs.user_recommendations") == (943 + 1_429) * 10
+    # MovieLens users keep their profile; Amazon reviewers have none.
+    assert query(warehouse_env, """SELECT age, gender, occupation, postal_code FROM core.users
+                                   WHERE user_key = '1'""") == [(24, "M", "technician", "85711")]
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.users WHERE age IS NOT NULL") == 943
     # MovieLens movies keep their titles and genres through dbt.
     assert query(warehouse_env, """SELECT title, categories FROM core.products WHERE product_key = '1'
                                    AND title IS NOT NULL""") == [("Toy Story (1995)", ["Animation", "Children's",
                                                                                         "Comedy"])]
+
+
+def test_a_failing_dbt_test_stops_the_python_assets_downstream(warehouse_env):
+    from rec_orchestration.assets.models import popular_products
+    from rec_orchestration.assets.publish import user_recommendations
+    from rec_orchestration.assets.warehouse import warehouse_dbt_models
+    from rec_orchestration.definitions import defs
+
+    assert_success(materialize_everything())
+    publishes = scalar(warehouse_env, "SELECT count(*) FROM recs.recommendation_runs")
+    # An impossible average rating reaches raw around the loader (which would have nulled it); only the
+    # dbt test on core.products (0-5) stands between it and the models when the warehouse is rebuilt alone.
+    with psycopg.connect(warehouse_env.conninfo()) as conn:
+        assert conn.execute("UPDATE raw.products SET average_rating = 7 WHERE line_number = 1").rowcount == 1
+
+    result = dg.materialize([warehouse_dbt_models, popular_products, user_recommendations],
+                            resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    failed_checks = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert failed_checks == {"value_between_products_average_rating__5__0"}
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert started == {"warehouse_dbt_models"}  # the popularity model and publish never ran
+    assert scalar(warehouse_env, "SELECT count(*) FROM recs.recommendation_runs") == publishes

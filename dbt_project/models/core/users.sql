@@ -1,5 +1,6 @@
 -- One row per reviewer. user_id is a stable surrogate: keys are numbered in the order their first
--- landing file was loaded, so loading more files never renumbers existing users.
+-- landing file was loaded, so loading more files never renumbers existing users. Profile columns
+-- come from sources that carry them (MovieLens); NULL elsewhere.
 with activity as (
     select
         user_key,
@@ -12,9 +13,14 @@ with activity as (
 )
 
 select
-    row_number() over (order by first_file_id, user_key)::bigint as user_id,
-    user_key,
-    first_review_at,
-    last_review_at,
-    review_count::integer as review_count
-from activity
+    row_number() over (order by a.first_file_id, a.user_key)::bigint as user_id,
+    a.user_key,
+    a.first_review_at,
+    a.last_review_at,
+    a.review_count::integer as review_count,
+    p.age,
+    p.gender,
+    p.occupation,
+    p.postal_code
+from activity as a
+left join {{ ref('stg_users') }} as p on p.user_key = a.user_key
