@@ -7,6 +7,7 @@ landing sensor adds the partitions). A run over several partitions loads them in
 suite and the ledger reconciliation; a failure stops everything downstream in the run.
 """
 
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                     result = load_entry(conn, entry, config.format, now=now)
                 except (UnknownFormatError, FileNotFoundError) as exc:
                     failures.append(str(exc))
+                    continue
+                except (OSError, EOFError, zlib.error) as exc:  # detection could not even read it
+                    failures.append(f"{entry}: cannot be read ({exc!r})")
                     continue
                 results.append(result)
                 failures.extend(result.failures)

@@ -27,6 +27,17 @@ from rec_orchestration.sources.records import (
 from rec_orchestration.sources.text_lines import read_json_lines, shown
 
 
+def without_nul(value: Any) -> Any:
+    """JSON with every NUL character removed (PostgreSQL jsonb cannot hold \\u0000)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def optional_count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
 
@@ -66,7 +77,7 @@ def product_row(record: dict[str, Any]) -> tuple:
         parse_optional_decimal(record.get("price"), "price", low=0, high=1e9),
         parse_optional_decimal(record.get("average_rating"), "average_rating", low=0, high=5),
         optional_count(record.get("rating_number")),
-        Jsonb(details) if isinstance(details, dict) else None,
+        Jsonb(without_nul(details)) if isinstance(details, dict) else None,
     )
 
 

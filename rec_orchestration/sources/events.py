@@ -38,6 +38,7 @@ PARQUET_BATCH_ROWS = 65_536
 def check_columns(path: Path, columns: list[str]) -> dict[str, int]:
     """Column name -> position; a clear error when required ones are missing or unknown ones present."""
     names = [c.strip().lower() for c in columns]
+    names = [n for n in names if not n.startswith("__index_level_")]  # pandas' index, not data
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     unknown = [c for c in names if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown or len(set(names)) != len(names):
@@ -50,7 +51,7 @@ def check_columns(path: Path, columns: list[str]) -> dict[str, int]:
             problems.append("repeated column names")
         raise InvalidFileError(
             f"{path.name}: {'; '.join(problems)} (expected {','.join(REQUIRED_COLUMNS)}[,quantity,price])")
-    return {name: i for i, name in enumerate(names)}
+    return {c.strip().lower(): i for i, c in enumerate(columns) if not c.strip().lower().startswith("__index_level_")}
 
 
 def _number(value: object, field: str) -> Decimal | None:
@@ -103,11 +104,11 @@ def read_csv(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
             continue
         fields = next(csv.reader([line.text])) if '"' in line.text else line.text.split(",")
         if positions is None:
-            positions = check_columns(path, fields)
+            positions, header_fields = check_columns(path, fields), fields
             continue
         try:
-            if len(fields) != len(positions):
-                raise InvalidRecord(f"expected {len(positions)} fields, got {len(fields)}")
+            if len(fields) != len(header_fields):
+                raise InvalidRecord(f"expected {len(header_fields)} fields, got {len(fields)}")
             yield (line.number, line.crc, *event_row(*_pick(fields, positions), now))
         except InvalidRecord as exc:
             yield Rejected(line.number, shown(line.text), str(exc))

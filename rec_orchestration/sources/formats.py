@@ -113,14 +113,14 @@ def _sniff_json(path: Path) -> str | None:
         if "parent_asin" in keys:
             return "amazon2023_products"
         return None
-    return "amazon2023_reviews" if path.name.lower().split(".")[-1] in ("jsonl", "gz") else None
+    return None  # nothing in the first lines is a JSON object: not a format we know
 
 
 def _sniff_csv(path: Path) -> str | None:
     lines = _first_lines(path, 1)
     if not lines:
         return "events_csv"  # empty: nothing to load, whatever it was meant to be
-    header = tuple(c.strip().strip('"') for c in lines[0].decode("utf-8", errors="replace").split(","))
+    header = tuple(c.strip().strip('"') for c in lines[0].decode("utf-8-sig", errors="replace").split(","))
     if header == movielens.RATINGS_CSV_HEADER:
         return "movielens_csv_ratings"
     if header == movielens.MOVIES_CSV_HEADER:
@@ -138,10 +138,8 @@ def detect(path: Path) -> Format | None:
     name: str | None = None
     if base.endswith((".jsonl", ".json")):
         empty = path.stat().st_size == 0
-        if base.startswith("meta"):
-            name = "amazon2023_products"
-        elif empty:
-            name = "amazon2023_reviews"
+        if empty:
+            name = "amazon2023_products" if base.startswith("meta") else "amazon2023_reviews"
         else:
             name = _sniff_json(path)
     elif base.endswith(".csv"):

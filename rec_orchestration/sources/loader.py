@@ -17,6 +17,7 @@ import hashlib
 import pickle
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from rec_orchestration.resources.postgres import copy_rows, qualified
-from rec_orchestration.sources.formats import Format, LandingPlan, plan
+from rec_orchestration.sources.formats import FORMATS, Format, LandingPlan, plan
 from rec_orchestration.sources.records import InvalidFileError, RecordKind, Rejected
 
 
@@ -105,6 +106,9 @@ class _Quarantine:
 def _quarantine_duplicates(conn: psycopg.Connection, kind: RecordKind, file_id: int) -> int:
     """Move the 2nd, 3rd... copy of a repeated record of this file to the quarantine; returns how many.
 
+    Kinds with a ``unique_key`` (products, users) also keep only the first record per key: a delivery
+    that describes one product twice is ambiguous, and which one to trust is a person's call.
+
     Candidates share the raw line's CRC-32 (one pass over the file's rows); they are duplicates only if
     every column is equal too, so a CRC collision cannot quarantine a distinct record. The quarantined
     text is the record as JSON (its raw line is the same as the first copy's, which is loaded).
@@ -136,21 +140,42 @@ def _quarantine_duplicates(conn: psycopg.Connection, kind: RecordKind, file_id: 
         ) AS ranked
         WHERE line_number <> first_line
     """).format(table=table, columns=columns), params)
-    moved = conn.execute(sql.SQL("""
+    moved = _move_to_quarantine(conn, kind, file_id, "duplicate_lines", "duplicate of line ")
+    if kind.unique_key:  # distinct records with the same key: the first one stays, later ones are quarantined
+        keys = sql.SQL(", ").join(sql.Identifier(c) for c in kind.unique_key)
+        conn.execute(sql.SQL("""
+            CREATE TEMPORARY TABLE duplicate_keys ON COMMIT DROP AS
+            SELECT line_number, first_line FROM (
+                SELECT line_number, first_value(line_number) OVER (PARTITION BY {keys} ORDER BY line_number)
+                       AS first_line
+                FROM {table} WHERE file_id = %(file_id)s
+            ) AS ranked
+            WHERE line_number <> first_line
+        """).format(keys=keys, table=table), params)
+        moved += _move_to_quarantine(conn, kind, file_id, "duplicate_keys",
+                                     f"duplicate {', '.join(kind.unique_key)} of line ")
+        conn.execute("DROP TABLE duplicate_keys")
+    conn.execute("DROP TABLE duplicate_candidates, duplicate_lines")
+    return moved
+
+
+def _move_to_quarantine(conn: psycopg.Connection, kind: RecordKind, file_id: int, lines_table: str,
+                        reason: str) -> int:
+    """Moves the rows listed in ``lines_table (line_number, first_line)`` to the quarantine."""
+    return conn.execute(sql.SQL("""
         WITH moved AS (
             DELETE FROM {table} AS r
             WHERE r.file_id = %(file_id)s
-              AND r.line_number = ANY(ARRAY(SELECT line_number FROM duplicate_lines))
+              AND r.line_number = ANY(ARRAY(SELECT line_number FROM {lines}))
             RETURNING r.*
         )
         INSERT INTO raw.rejected_records (file_id, line_number, raw_text, reason)
         SELECT m.file_id, m.line_number,
                (to_jsonb(m) - 'file_id' - 'line_number' - 'line_crc')::text,
-               'duplicate of line ' || d.first_line
-        FROM moved AS m JOIN duplicate_lines AS d USING (line_number)
-    """).format(table=table), params).rowcount
-    conn.execute("DROP TABLE duplicate_candidates, duplicate_lines")
-    return moved
+               %(reason)s || d.first_line
+        FROM moved AS m JOIN {lines} AS d USING (line_number)
+    """).format(table=qualified(kind.table), lines=sql.Identifier(lines_table)),
+        {"file_id": file_id, "reason": reason}).rowcount
 
 
 def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str | None = None,
@@ -192,10 +217,13 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
                     ("int8", "int8", "int4", *kind.types),
                     ((file_id, *row) for row in quarantine.split(fmt.read(path, now))),
                 )
-            except (OSError, EOFError) as exc:  # truncated gzip, unreadable file: lose nothing else
-                raise UnreadableFileError(f"{path}: cannot be read ({exc}); nothing of it was loaded") from exc
             except InvalidFileError as exc:
                 raise UnreadableFileError(f"{exc} ({path}); nothing of it was loaded") from exc
+            except (OSError, EOFError, zlib.error, ValueError) as exc:  # truncated or corrupt gzip, bad Parquet
+                raise UnreadableFileError(f"{path}: cannot be read ({exc!r}); nothing of it was loaded") from exc
+            except psycopg.errors.DataError as exc:  # a value the reader let through and PostgreSQL refused
+                raise UnreadableFileError(f"{path}: PostgreSQL refused a value ({exc}); nothing of it was loaded"
+                                          ) from exc
             copy_rows(
                 conn, "raw.rejected_records", ("file_id", "line_number", "raw_text", "reason"),
                 ("int8", "int8", "text", "text"),
@@ -216,6 +244,16 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
                       seconds=time.perf_counter() - started)
 
 
+def _known_format(conn: psycopg.Connection, path: Path) -> str | None:
+    stat = path.stat()
+    row = conn.execute(
+        """SELECT source_format FROM raw.ingested_files
+           WHERE path = %s AND size_bytes = %s AND mtime_ns = %s AND finished_at IS NOT NULL""",
+        (str(path), stat.st_size, stat.st_mtime_ns),
+    ).fetchone()
+    return row[0] if row and row[0] in FORMATS else None
+
+
 def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = None,
                now: datetime | None = None) -> EntryResult:
     """Load every data file of a landing entry, each in its own transaction.
@@ -224,6 +262,10 @@ def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = 
     decides how to fail. Unknown formats raise :class:`~rec_orchestration.sources.formats.UnknownFormatError`
     before anything is loaded.
     """
+    if entry.is_file() and format_name is None:
+        known = _known_format(conn, entry)
+        if known is not None:  # loaded before, unchanged: no detection (its format may have been named)
+            format_name = known
     landing_plan = plan(entry, format_name)
     result = EntryResult(landing_plan)
     for source in landing_plan.files:

@@ -33,7 +33,7 @@ class RecordKind:
     name: str
     columns: tuple[str, ...]
     types: tuple[str, ...]
-    dedupe_key: tuple[str, ...]  # with the line hash: which rows of one file are the same record
+    unique_key: tuple[str, ...] = ()  # at most one record per key in a file: later ones are quarantined
 
     @property
     def table(self) -> str:
@@ -43,10 +43,10 @@ class RecordKind:
 RECORD_KINDS = {
     kind.name: kind
     for kind in (
-        RecordKind("reviews", REVIEW_COLUMNS, REVIEW_TYPES, ("user_key", "item_key", "event_ts")),
+        RecordKind("reviews", REVIEW_COLUMNS, REVIEW_TYPES),
         RecordKind("products", PRODUCT_COLUMNS, PRODUCT_TYPES, ("item_key",)),
         RecordKind("users", USER_COLUMNS, USER_TYPES, ("user_key",)),
-        RecordKind("events", EVENT_COLUMNS, EVENT_TYPES, ("user_key", "item_key", "event_type", "event_ts")),
+        RecordKind("events", EVENT_COLUMNS, EVENT_TYPES),
     )
 }
 
@@ -94,6 +94,10 @@ def clean_text(value: object, field: str, *, required: bool = False, max_len: in
     text = str(value)
     if "\x00" in text:
         text = text.replace("\x00", "")
+        if not text.strip():
+            if required:
+                raise InvalidRecord(f"missing {field}")
+            return None
     if max_len is not None and len(text) > max_len:
         raise InvalidRecord(f"{field} is {len(text)} characters, over the limit of {max_len}")
     return text
@@ -106,6 +110,8 @@ def clean_key(value: object, field: str) -> str:
         return value
     if isinstance(value, str):
         value = value.strip()
+    elif isinstance(value, float) and value.is_integer():  # integer ids read through pandas with NULLs
+        value = int(value)
     return clean_text(value, field, required=True, max_len=MAX_KEY_LENGTH)  # type: ignore[return-value]
 
 

@@ -76,6 +76,8 @@ def read_lines(path: Path, encoding: str = "utf-8") -> Iterator[Line | Rejected]
                                f"line is {size:,} bytes, over the limit of {MAX_LINE_BYTES:,}")
                 continue
             stripped = raw.strip()
+            if line_number == 1 and stripped.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+                stripped = stripped[3:].strip()
             if not stripped:
                 continue
             try:

@@ -165,3 +165,30 @@ def test_an_unreadable_gzip_inside_a_folder_fails_only_that_file(conn, warehouse
         from rec_orchestration.sources.loader import load_file
 
         load_file(conn, folder / "a.jsonl.gz", FORMATS["amazon2023_reviews"])
+
+
+def test_one_delivery_describing_a_product_twice_keeps_the_first_and_quarantines_the_rest(conn, warehouse_env,
+                                                                                           tmp_path: Path):
+    path = tmp_path / "meta_Things.jsonl"
+    lines = [{"parent_asin": "P1", "title": "first"}, {"parent_asin": "P2", "title": "other"},
+             {"parent_asin": "P1", "title": "second", "details": {"Brand": "A\u0000cme"}}]
+    path.write_bytes(b"\n".join(json.dumps(line).encode() for line in lines) + b"\n")
+    (loaded,) = load_entry(conn, path).loaded
+    assert (loaded.rows_loaded, loaded.rows_rejected) == (2, 1)
+    assert query(warehouse_env, "SELECT item_key, title FROM raw.products ORDER BY line_number") == [
+        ("P1", "first"), ("P2", "other")]
+    assert rejected(warehouse_env) == [(3, "duplicate item_key of line 1")]
+    # NUL inside JSON details (PostgreSQL jsonb cannot hold it) is removed, not a reason to fail the file.
+    assert '"Acme"' in query(warehouse_env, "SELECT raw_text FROM raw.rejected_records")[0][0]
+
+
+def test_a_byte_order_mark_and_a_format_named_once_are_handled(conn, warehouse_env, tmp_path: Path):
+    bom = tmp_path / "events.csv"
+    bom.write_bytes(b"\xef\xbb\xbfuser_id,item_id,event_type,value,timestamp\r\nu1,i1,view,,1700000000\r\n")
+    assert load_entry(conn, bom).loaded[0].rows_loaded == 1
+
+    odd = tmp_path / "clicks.txt"  # no detectable format: the run config named it
+    odd.write_text("user_id,item_id,event_type,value,timestamp\nu2,i2,click,,1700000000\n")
+    assert load_entry(conn, odd, "events_csv").loaded[0].rows_loaded == 1
+    again = load_entry(conn, odd)  # the hourly refresh has no config: the ledger remembers the format
+    assert again.loaded[0].already_loaded and again.loaded[0].format == "events_csv"

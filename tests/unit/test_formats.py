@@ -154,6 +154,18 @@ def test_generic_events_csv_and_parquet_give_the_same_rows(tmp_path: Path):
     assert [r[0] for r in out[4:]] == [5, 6]  # Parquet "line" = row number
 
 
+def test_parquet_written_by_pandas_with_null_ids_and_an_index(tmp_path: Path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"user_id": [1, None, 3], "item_id": [10, 20, None], "event_type": ["view"] * 3,
+                          "value": [None] * 3, "timestamp": [1_700_000_000] * 3}, index=[5, 6, 7])
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path)  # float64 ids (NULLs) and an __index_level_0__ column
+    out = canonical(list(detect(path).read(path, NOW)))
+    assert out[0][:3] == ("1", "10", "view")
+    assert out[1:] == [(2, "missing user_id"), (3, "missing item_id")]
+
+
 def test_events_with_missing_or_unknown_columns_fail_naming_them(tmp_path: Path):
     path = tmp_path / "events.csv"
     path.write_text("user_id,item_id,event_type,timestamp,colour\nu1,i1,view,1700000000,red\n")
@@ -174,6 +186,8 @@ def test_detection_by_name_content_and_extension(tmp_path: Path):
         "amazon2014_reviews"
     assert detect(make("u.data", b"1\t2\t3\t881250949\n")).name == "movielens_100k_ratings"
     assert detect(make("empty.csv", b"")).name == "events_csv"
+    # 2014-style metadata is Python literals, not JSON: not mistaken for Amazon 2023 products.
+    assert detect(make("meta_Books.json.gz", b"{'asin': '0001', 'title': 'A book'}\n")) is None
     assert detect(make("notes.txt", b"hello")) is None
     with pytest.raises(UnknownFormatError, match="notes.txt: unknown landing file format"):
         plan(tmp_path / "notes.txt")
