@@ -94,26 +94,22 @@ CREATE TABLE IF NOT EXISTS raw.rejected_records (
 -- Databases made by an earlier version of this file. Guarded by catalog lookups: ALTER TABLE takes an
 -- ACCESS EXCLUSIVE lock even when IF NOT EXISTS makes it a no-op, and this runs before every load.
 DO $$
+DECLARE
+    added record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'raw'
-                   AND table_name = 'ingested_files' AND column_name = 'landing_entry') THEN
-        ALTER TABLE raw.ingested_files ADD COLUMN landing_entry text;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'raw'
-                   AND table_name = 'ingested_files' AND column_name = 'mtime_ns') THEN
-        ALTER TABLE raw.ingested_files ADD COLUMN mtime_ns bigint;
-    END IF;
+    FOR added IN SELECT * FROM (VALUES ('ingested_files', 'landing_entry', 'text'),
+                                       ('ingested_files', 'mtime_ns', 'bigint'),
+                                       ('reviews', 'line_crc', 'integer'),
+                                       ('products', 'line_crc', 'integer')) AS c (tbl, col, typ)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_schema = 'raw' AND table_name = added.tbl AND column_name = added.col) THEN
+            EXECUTE format('ALTER TABLE raw.%I ADD COLUMN %I %s', added.tbl, added.col, added.typ);
+        END IF;
+    END LOOP;
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ingested_files_record_kind_check'
                AND conrelid = 'raw.ingested_files'::regclass) THEN
         ALTER TABLE raw.ingested_files DROP CONSTRAINT ingested_files_record_kind_check;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'raw'
-                   AND table_name = 'reviews' AND column_name = 'line_crc') THEN
-        ALTER TABLE raw.reviews ADD COLUMN line_crc integer;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'raw'
-                   AND table_name = 'products' AND column_name = 'line_crc') THEN
-        ALTER TABLE raw.products ADD COLUMN line_crc integer;
     END IF;
     IF to_regclass('raw.ingested_files_path_idx') IS NULL THEN
         CREATE INDEX ingested_files_path_idx ON raw.ingested_files (path);
