@@ -102,6 +102,17 @@ def module_warehouse_env(test_databases: TestDatabases, sample_landing: Path,
         yield prepare_warehouse_env(test_databases, sample_landing, workdir, monkeypatch), workdir
 
 
+@pytest.fixture()
+def conn(warehouse_env: DatabaseSettings) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to this test's warehouse with the raw schema in place (what the loader needs)."""
+    from rec_orchestration.sources.loader import ensure_raw_schema
+
+    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as connection:
+        with connection.transaction():
+            ensure_raw_schema(connection)
+        yield connection
+
+
 def materialize_everything() -> "dg.ExecuteInProcessResult":
     """What the hourly schedule runs: the refresh job over every landing partition, after the landing
     directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""

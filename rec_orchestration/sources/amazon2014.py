@@ -14,14 +14,13 @@ from typing import Any
 
 from rec_orchestration.sources.amazon2023 import optional_count
 from rec_orchestration.sources.records import (
-    InvalidRecord,
     Rejected,
     clean_key,
     clean_text,
     parse_rating,
     parse_timestamp,
 )
-from rec_orchestration.sources.text_lines import read_json_lines, shown
+from rec_orchestration.sources.text_lines import read_json_rows
 
 SIGNATURE = frozenset({"reviewerID", "asin", "overall"})
 
@@ -44,12 +43,4 @@ def review_row(record: dict[str, Any], now: datetime) -> tuple:
 
 
 def read_reviews(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
-    for item in read_json_lines(path):
-        if isinstance(item, Rejected):
-            yield item
-            continue
-        line, record = item
-        try:
-            yield (line.number, line.crc, *review_row(record, now))
-        except InvalidRecord as exc:
-            yield Rejected(line.number, shown(line.text), str(exc))
+    return read_json_rows(path, lambda record: review_row(record, now))

@@ -16,7 +16,6 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from rec_orchestration.sources.records import (
-    InvalidRecord,
     Rejected,
     clean_key,
     clean_text,
@@ -24,7 +23,7 @@ from rec_orchestration.sources.records import (
     parse_rating,
     parse_timestamp,
 )
-from rec_orchestration.sources.text_lines import read_json_lines, shown
+from rec_orchestration.sources.text_lines import read_json_rows
 
 
 def without_nul(value: Any) -> Any:
@@ -83,24 +82,8 @@ def product_row(record: dict[str, Any]) -> tuple:
 
 def read_reviews(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
     """``(line_number, line_crc, *review columns)``, or :class:`Rejected` for records that cannot be loaded."""
-    for item in read_json_lines(path):
-        if isinstance(item, Rejected):
-            yield item
-            continue
-        line, record = item
-        try:
-            yield (line.number, line.crc, *review_row(record, now))
-        except InvalidRecord as exc:
-            yield Rejected(line.number, shown(line.text), str(exc))
+    return read_json_rows(path, lambda record: review_row(record, now))
 
 
 def read_products(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
-    for item in read_json_lines(path):
-        if isinstance(item, Rejected):
-            yield item
-            continue
-        line, record = item
-        try:
-            yield (line.number, line.crc, *product_row(record))
-        except InvalidRecord as exc:
-            yield Rejected(line.number, shown(line.text), str(exc))
+    return read_json_rows(path, product_row)

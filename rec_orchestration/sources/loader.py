@@ -71,6 +71,16 @@ def ensure_raw_schema(conn: psycopg.Connection) -> None:
     conn.execute(ddl)
 
 
+def _unchanged_in_ledger(conn: psycopg.Connection, path: Path) -> tuple[int, str, str] | None:
+    """``(file_id, content_sha256, source_format)`` of this path if loaded with its current size and mtime."""
+    stat = path.stat()
+    return conn.execute(
+        """SELECT file_id, content_sha256, source_format FROM raw.ingested_files
+           WHERE path = %s AND size_bytes = %s AND mtime_ns = %s AND finished_at IS NOT NULL""",
+        (str(path), stat.st_size, stat.st_mtime_ns),
+    ).fetchone()
+
+
 def content_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -187,11 +197,7 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
     stat = path.stat()
     # The hourly refresh revisits every landing file: one already loaded from this path, unchanged
     # (same size and mtime), is skipped without reading it.
-    known = conn.execute(
-        """SELECT file_id, content_sha256 FROM raw.ingested_files
-           WHERE path = %s AND size_bytes = %s AND mtime_ns = %s AND finished_at IS NOT NULL""",
-        (str(path), stat.st_size, stat.st_mtime_ns),
-    ).fetchone()
+    known = _unchanged_in_ledger(conn, path)
     if known:
         return LoadResult(path, fmt.name, kind.name, known[1], known[0], already_loaded=True)
     sha = content_sha256(path)
@@ -244,16 +250,6 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
                       seconds=time.perf_counter() - started)
 
 
-def _known_format(conn: psycopg.Connection, path: Path) -> str | None:
-    stat = path.stat()
-    row = conn.execute(
-        """SELECT source_format FROM raw.ingested_files
-           WHERE path = %s AND size_bytes = %s AND mtime_ns = %s AND finished_at IS NOT NULL""",
-        (str(path), stat.st_size, stat.st_mtime_ns),
-    ).fetchone()
-    return row[0] if row and row[0] in FORMATS else None
-
-
 def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = None,
                now: datetime | None = None) -> EntryResult:
     """Load every data file of a landing entry, each in its own transaction.
@@ -263,9 +259,9 @@ def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = 
     before anything is loaded.
     """
     if entry.is_file() and format_name is None:
-        known = _known_format(conn, entry)
-        if known is not None:  # loaded before, unchanged: no detection (its format may have been named)
-            format_name = known
+        known = _unchanged_in_ledger(conn, entry)
+        if known is not None and known[2] in FORMATS:  # loaded before, unchanged: no detection (its
+            format_name = known[2]                      # format may have been named in run config)
     landing_plan = plan(entry, format_name)
     result = EntryResult(landing_plan)
     for source in landing_plan.files:

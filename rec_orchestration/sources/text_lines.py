@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import orjson
 
-from rec_orchestration.sources.records import Rejected
+from rec_orchestration.sources.records import InvalidRecord, Rejected
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real review, far below what would strain memory
 MAX_RAW_TEXT = 10_000  # keep quarantined lines readable; the reason says what was wrong
@@ -105,3 +105,17 @@ def read_json_lines(path: Path) -> Iterator[tuple[Line, dict[str, Any]] | Reject
             yield Rejected(line.number, shown(line.text), f"expected a JSON object, got {type(value).__name__}")
             continue
         yield line, value
+
+
+def read_json_rows(path: Path, to_row: Callable[[dict[str, Any]], tuple]) -> Iterator[tuple | Rejected]:
+    """``(line_number, line_crc, *to_row(object))`` per JSON-object line; :class:`Rejected` for lines that
+    are not JSON objects or that ``to_row`` refuses (by raising :class:`InvalidRecord`)."""
+    for item in read_json_lines(path):
+        if isinstance(item, Rejected):
+            yield item
+            continue
+        line, record = item
+        try:
+            yield (line.number, line.crc, *to_row(record))
+        except InvalidRecord as exc:
+            yield Rejected(line.number, shown(line.text), str(exc))

@@ -8,10 +8,9 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from rec_orchestration.sources.loader import UnreadableFileError, ensure_raw_schema, load_entry
+from rec_orchestration.sources.loader import UnreadableFileError, load_entry
 from rec_orchestration.sources.text_lines import MAX_LINE_BYTES
 from tests.conftest import query
 
@@ -21,14 +20,6 @@ GOOD = {"rating": 5.0, "title": "t", "text": "x", "asin": "A", "parent_asin": "P
 
 def review(**changes) -> bytes:
     return json.dumps({**GOOD, **changes}).encode()
-
-
-@pytest.fixture()
-def conn(warehouse_env):
-    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as connection:
-        with connection.transaction():
-            ensure_raw_schema(connection)
-        yield connection
 
 
 def rejected(db) -> list[tuple[int, str]]:

@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from rec_orchestration.sources.formats import FORMATS
-from rec_orchestration.sources.loader import UnreadableFileError, ensure_raw_schema, load_file
+from rec_orchestration.sources.loader import UnreadableFileError, load_file
 
 REVIEWS = FORMATS["amazon2023_reviews"]
 from tests.conftest import query, scalar
@@ -26,14 +25,6 @@ GOOD = {"rating": 5.0, "title": "t", "text": "x", "asin": "A", "parent_asin": "P
 
 def review_lines(n: int) -> list[bytes]:
     return [json.dumps({**GOOD, "user_id": f"U{i}"}).encode() for i in range(n)]
-
-
-@pytest.fixture()
-def conn(warehouse_env):
-    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as connection:
-        with connection.transaction():
-            ensure_raw_schema(connection)
-        yield connection
 
 
 def test_bad_records_are_quarantined_and_the_ledger_reconciles(conn, warehouse_env, tmp_path: Path):
