@@ -13,14 +13,14 @@ from rec_orchestration.resources.postgres import PostgresResource, replace_table
 
 POPULARITY_CODE_VERSION = "popularity-v1"
 
-# Implicit-feedback weight of a review: a 5-star review counts fully, a 1-star one a fifth.
+# The training input: one row per (user, product), weighted by dbt (var interaction_weights).
 INTERACTIONS_QUERY = sql.SQL("""
-    SELECT user_id, product_id, rating / 5.0 AS weight, reviewed_at AS ts
-    FROM core.reviews
+    SELECT user_id, product_id, weight, last_at AS ts
+    FROM core.interactions
 """)
 DATA_VERSION_QUERY = sql.SQL("""
-    SELECT count(*) || ':' || coalesce(max(reviewed_at)::text, '') || ':' || coalesce(sum(rating)::text, '')
-    FROM core.reviews
+    SELECT count(*) || ':' || coalesce(max(last_at)::text, '') || ':' || coalesce(sum(weight)::text, '')
+    FROM core.interactions
 """)
 
 
@@ -31,7 +31,7 @@ class PopularityConfig(dg.Config):
 def load_interactions(warehouse: PostgresResource) -> Interactions:
     frame = warehouse.read_dataframe(INTERACTIONS_QUERY)
     if frame.empty:
-        raise dg.Failure("core.reviews is empty: nothing to train on")
+        raise dg.Failure("core.interactions is empty: nothing to train on")
     frame["weight"] = frame["weight"].astype(float)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return Interactions.from_frame(frame)
@@ -41,7 +41,7 @@ def load_interactions(warehouse: PostgresResource) -> Interactions:
     key=["recs", "popular_products"],
     group_name="models",
     kinds={"python", "postgres"},
-    deps=[dg.AssetKey(["core", "reviews"]), dg.AssetKey(["core", "products"])],
+    deps=[dg.AssetKey(["core", "interactions"]), dg.AssetKey(["core", "products"])],
 )
 def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig, warehouse: PostgresResource,
                      model_store: ModelStoreResource) -> dg.MaterializeResult:

@@ -38,11 +38,11 @@ class RecommendationsConfig(dg.Config):
     group_name="publish",
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["recs", "popular_products"]), dg.AssetKey(["core", "users"]),
-          dg.AssetKey(["core", "reviews"])],
+          dg.AssetKey(["core", "interactions"])],
 )
 def user_recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig,
                          warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Top-k products per user in ``recs.user_recommendations``, excluding what the user already reviewed.
+    """Top-k products per user in ``recs.user_recommendations``, excluding what the user already interacted with.
 
     Written beside the live table and swapped in with one short transaction, so readers see the old
     set or the new one, never a mix; each publish is recorded in ``recs.recommendation_runs``.
@@ -97,7 +97,7 @@ def user_recommendations(context: dg.AssetExecutionContext, config: Recommendati
 
 
 @dg.asset_check(asset=user_recommendations, blocking=True,
-                description="Every user has k recommendations and none of them is a product they reviewed.")
+                description="Every user has k recommendations and none of them is a product they interacted with.")
 def every_user_gets_k_unseen_recommendations(warehouse: PostgresResource) -> dg.AssetCheckResult:
     users_without = warehouse.fetch_value("""
         SELECT count(*) FROM core.users u
@@ -106,7 +106,7 @@ def every_user_gets_k_unseen_recommendations(warehouse: PostgresResource) -> dg.
         SELECT min(n), max(n) FROM (SELECT count(*) AS n FROM recs.user_recommendations GROUP BY user_id) c""")
     already_reviewed = warehouse.fetch_value("""
         SELECT count(*) FROM recs.user_recommendations r
-        JOIN core.reviews v ON v.user_id = r.user_id AND v.product_id = r.product_id""")
+        JOIN core.interactions v ON v.user_id = r.user_id AND v.product_id = r.product_id""")
     k = warehouse.fetch_value("SELECT k FROM recs.recommendation_runs ORDER BY finished_at DESC LIMIT 1")
     low, high = per_user[0]
     passed = users_without == 0 and already_reviewed == 0 and low == k and high == k

@@ -239,9 +239,12 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
             quarantine.close()
         duplicates = _quarantine_duplicates(conn, kind, file_id)
         loaded, rejected = copied - duplicates, quarantine.count + duplicates
+        # Held until commit, so load_seq numbers become visible in order (see raw_schema.sql).
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('rec_orchestration.load_seq'))")
         conn.execute(
             """UPDATE raw.ingested_files
-               SET rows_read = %s, rows_loaded = %s, rows_rejected = %s, finished_at = %s
+               SET rows_read = %s, rows_loaded = %s, rows_rejected = %s, finished_at = %s,
+                   load_seq = nextval('raw.load_seq')
                WHERE file_id = %s""",
             (loaded + rejected, loaded, rejected, datetime.now(UTC), file_id),
         )

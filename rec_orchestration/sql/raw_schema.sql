@@ -2,6 +2,12 @@
 -- Idempotent: run before every ingestion.
 CREATE SCHEMA IF NOT EXISTS raw;
 
+-- Commit order of loaded files. file_id is taken when a load starts, so two loads running at once
+-- can commit out of file_id order; load_seq is taken under a global lock just before commit, so a
+-- reader that sees load_seq N has also seen every file below N. The dbt models' incremental
+-- watermark and their "latest load wins" rule use it.
+CREATE SEQUENCE IF NOT EXISTS raw.load_seq;
+
 -- Ledger: one row per landing file content ever loaded. A content hash seen before is never loaded again.
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
     file_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -17,6 +23,7 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
     rows_rejected  bigint      NOT NULL DEFAULT 0,
     started_at     timestamptz NOT NULL,
     finished_at    timestamptz,
+    load_seq       bigint      UNIQUE,  -- set in the load's transaction, just before it commits
     CHECK (rows_read = rows_loaded + rows_rejected)
 );
 
@@ -100,7 +107,8 @@ BEGIN
     FOR added IN SELECT * FROM (VALUES ('ingested_files', 'landing_entry', 'text'),
                                        ('ingested_files', 'mtime_ns', 'bigint'),
                                        ('reviews', 'line_crc', 'integer'),
-                                       ('products', 'line_crc', 'integer')) AS c (tbl, col, typ)
+                                       ('products', 'line_crc', 'integer'),
+                                       ('ingested_files', 'load_seq', 'bigint UNIQUE')) AS c (tbl, col, typ)
     LOOP
         IF NOT EXISTS (SELECT 1 FROM information_schema.columns
                        WHERE table_schema = 'raw' AND table_name = added.tbl AND column_name = added.col) THEN
@@ -110,6 +118,16 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ingested_files_record_kind_check'
                AND conrelid = 'raw.ingested_files'::regclass) THEN
         ALTER TABLE raw.ingested_files DROP CONSTRAINT ingested_files_record_kind_check;
+    END IF;
+    -- Files loaded before load_seq existed committed in file_id order (one loader at a time).
+    IF EXISTS (SELECT 1 FROM raw.ingested_files WHERE load_seq IS NULL) THEN
+        UPDATE raw.ingested_files AS f SET load_seq = o.seq
+        FROM (SELECT file_id,
+                     row_number() OVER (ORDER BY file_id)
+                     + (SELECT coalesce(max(load_seq), 0) FROM raw.ingested_files) AS seq
+              FROM raw.ingested_files WHERE load_seq IS NULL) AS o
+        WHERE f.file_id = o.file_id;
+        PERFORM setval('raw.load_seq', (SELECT max(load_seq) FROM raw.ingested_files));
     END IF;
     IF to_regclass('raw.ingested_files_path_idx') IS NULL THEN
         CREATE INDEX ingested_files_path_idx ON raw.ingested_files (path);

@@ -15,8 +15,9 @@ from rec_orchestration.definitions import defs
 
 EXPECTED_ASSETS = {
     "raw/products", "raw/reviews", "raw/users", "raw/events",
-    "staging/stg_products", "staging/stg_reviews", "staging/stg_users",
-    "core/users", "core/products", "core/reviews",
+    "staging/load_ceiling", "staging/stg_products", "staging/stg_reviews", "staging/stg_users", "staging/stg_events",
+    "core/users", "core/products", "core/reviews", "core/events", "core/interactions",
+    "core/categories", "core/product_categories", "core/transactions", "core/transaction_items",
     "recs/popular_products", "recs/user_recommendations",
 }
 
@@ -39,11 +40,16 @@ def ancestors(key: dg.AssetKey) -> set[str]:
 
 
 def test_lineage_runs_from_raw_files_to_user_recommendations():
-    assert ancestors(dg.AssetKey(["recs", "user_recommendations"])) == EXPECTED_ASSETS - {
-        "recs/user_recommendations", "raw/events"}  # events feed the warehouse from issue 4 (interactions)
+    assert ancestors(dg.AssetKey(["recs", "user_recommendations"])) >= EXPECTED_ASSETS - {
+        "recs/user_recommendations", "core/categories", "core/product_categories", "core/transactions",
+        "core/transaction_items"}
     assert ancestors(dg.AssetKey(["staging", "stg_reviews"])) == {"raw/reviews"}
-    assert ancestors(dg.AssetKey(["core", "products"])) == {
-        "raw/reviews", "raw/products", "staging/stg_reviews", "staging/stg_products"}
+    # Every build reads the same landing files: the ceiling comes first, from all four raw tables.
+    assert ancestors(dg.AssetKey(["staging", "load_ceiling"])) == {"raw/reviews", "raw/products", "raw/users",
+                                                                   "raw/events"}
+    assert "staging/load_ceiling" in ancestors(dg.AssetKey(["core", "reviews"]))
+    assert ancestors(dg.AssetKey(["core", "interactions"])) >= {"core/reviews", "core/events", "raw/events"}
+    assert ancestors(dg.AssetKey(["core", "product_categories"])) >= {"core/categories", "core/products"}
 
 
 def test_dbt_tests_are_asset_checks_and_publish_has_a_blocking_check():
@@ -51,6 +57,8 @@ def test_dbt_tests_are_asset_checks_and_publish_has_a_blocking_check():
     check_keys = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert ("core/users", "unique_users_user_id") in check_keys
     assert any(asset == "core/reviews" and name.startswith("relationships") for asset, name in check_keys)
+    assert any(asset == "core/interactions" and name.startswith("value_between") for asset, name in check_keys)
+    assert any(asset == "core/categories" and name.startswith("accepted_values") for asset, name in check_keys)
     publish_check = dg.AssetCheckKey(dg.AssetKey(["recs", "user_recommendations"]),
                                      "every_user_gets_k_unseen_recommendations")
     assert graph.get_check_spec(publish_check).blocking

@@ -149,6 +149,19 @@ def test_real_movielens_100k_and_amazon_2014_files_run_through_the_whole_graph(w
     assert query(warehouse_env, """SELECT title, categories FROM core.products WHERE product_key = '1'
                                    AND title IS NOT NULL""") == [("Toy Story (1995)", ["Animation", "Children's",
                                                                                         "Comedy"])]
+    # Genres become categories; the release date, the date first available; the rating figures come
+    # from the loaded ratings (MovieLens has no figures of its own).
+    assert query(warehouse_env, """
+        SELECT array_agg(c.name ORDER BY c.name), min(c.taxonomy) FROM core.product_categories pc
+        JOIN core.categories c USING (category_id) JOIN core.products p USING (product_id)
+        WHERE p.product_key = '1' AND p.title IS NOT NULL""") == [(["Animation", "Children's", "Comedy"], "genre")]
+    assert query(warehouse_env, """
+        SELECT date_first_available::text, average_rating::text, rating_count, rating_bin FROM core.products
+        WHERE product_key = '1' AND title IS NOT NULL""") == [("1995-01-01", "3.88", 452, "Medium")]
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.categories WHERE depth = 1 AND taxonomy = 'genre'") == 19
+    # Amazon 2014 has reviews only: its products exist, without metadata or categories.
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.products WHERE taxonomy IS NULL") == 900
+    assert scalar(warehouse_env, "SELECT count(*) FROM core.interactions") == 100_000 + 10_261
 
 
 def test_a_failing_dbt_test_stops_the_python_assets_downstream(warehouse_env):
@@ -160,12 +173,14 @@ def test_a_failing_dbt_test_stops_the_python_assets_downstream(warehouse_env):
     assert_success(materialize_everything())
     publishes = scalar(warehouse_env, "SELECT count(*) FROM recs.recommendation_runs")
     # An impossible average rating reaches raw around the loader (which would have nulled it); only the
-    # dbt test on core.products (0-5) stands between it and the models when the warehouse is rebuilt alone.
+    # dbt test on core.products (0-5) stands between it and the models when the warehouse is rebuilt
+    # alone (a full refresh: the file it sits in was processed already).
     with psycopg.connect(warehouse_env.conninfo()) as conn:
         assert conn.execute("UPDATE raw.products SET average_rating = 7 WHERE line_number = 1").rowcount == 1
 
     result = dg.materialize([warehouse_dbt_models, popular_products, user_recommendations],
-                            resources=defs.resources, raise_on_error=False)
+                            resources=defs.resources, raise_on_error=False,
+                            run_config={"ops": {"warehouse_dbt_models": {"config": {"full_refresh": True}}}})
     assert not result.success
     failed_checks = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed_checks == {"value_between_products_average_rating__5__0"}

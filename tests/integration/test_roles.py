@@ -12,7 +12,7 @@ import pytest
 from psycopg import errors, sql
 
 from rec_orchestration.resources.roles import ANALYST_ROLE, READER_ROLE
-from tests.conftest import materialize_everything
+from tests.conftest import materialize_everything, query
 
 
 @pytest.fixture()
@@ -57,7 +57,12 @@ def test_reader_sees_only_recs_and_analyst_only_raw_and_core(warehouse_env, logi
     assert reader.execute("SELECT count(*) FROM recs.user_recommendations WHERE user_id = 1").fetchone()[0] == 10
 
     assert can_select(analyst, "raw.reviews") and can_select(analyst, "raw.rejected_records")
-    assert can_select(analyst, "core.users") and can_select(analyst, "core.reviews")
+    core_tables = [f"core.{name}" for (name,) in query(
+        warehouse_env, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'core'")]
+    assert {"core.users", "core.interactions", "core.categories", "core.transactions"} <= set(core_tables)
+    for table in core_tables:
+        assert can_select(analyst, table), table
+        assert not can_select(reader, table), table
     assert not can_select(analyst, "recs.user_recommendations")
 
     for conn, table in ((reader, "recs.user_recommendations"), (analyst, "core.users"), (analyst, "raw.reviews")):

@@ -1,53 +1,129 @@
--- One row per product: every product with metadata plus any product that was reviewed without it.
--- product_id is stable like users.user_id (numbered by first landing file, then key).
--- average_rating / rating_count are the source's own figures when it has them (Amazon's cover all of
--- Amazon, not just the loaded reviews), else computed from the loaded reviews.
--- rating_bin: Low below 3.0 stars, Medium from 3.0 to below 4.0, High from 4.0; NULL when unrated.
-with review_stats as (
-    select
-        item_key,
-        min(file_id) as first_file_id,
-        avg(rating) as average_rating,
-        count(*) as rating_count
-    from {{ ref('stg_reviews') }}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='merge',
+    unique_key='product_key',
+    on_schema_change='fail',
+    indexes=[{'columns': ['load_seq']}],
+) }}
+-- One row per product key seen in metadata, reviews or events. product_id is a stable surrogate
+-- numbered like core.users.user_id. Metadata comes from the newest metadata record; a product that
+-- was only reviewed has none until its metadata lands.
+-- average_rating / rating_count are the source's own figures when it has them (Amazon's cover all
+-- of Amazon, not just the loaded reviews), else computed from the loaded reviews (review_average,
+-- review_count); both are rolled up from core.interactions by its post-hook.
+-- rating_bin from average_rating: Low below 3.0, Medium from 3.0 to below 4.0, High from 4.0.
+{% set batch = load_batch() %}
+with mentions as (
+    select item_key, load_seq from {{ ref('stg_reviews') }} where {{ batch.filter }}
+    union all
+    select item_key, load_seq from {{ ref('stg_events') }} where {{ batch.filter }}
+    union all
+    select item_key, load_seq from {{ ref('stg_products') }} where {{ batch.filter }}
+),
+
+keys as (
+    select item_key, min(load_seq) as first_seq, max(load_seq) as last_seq
+    from mentions
     group by item_key
 ),
 
 meta as (
-    select * from {{ ref('stg_products') }}
+    select distinct on (item_key) *
+    from {{ ref('stg_products') }}
+    where {{ batch.filter }}
+    order by item_key, load_seq desc, line_number desc
 ),
 
-keyed as (
+{% if is_incremental() %}
+existing as (
+    select t.* from {{ this }} as t inner join keys on keys.item_key = t.product_key
+),
+
+numbered_from as (
+    select coalesce(max(product_id), 0) as last_id from {{ this }}
+)
+{% else %}
+existing as (
+    select * from (select
+        null::bigint as product_id, null::text as product_key, null::text as title, null::text as description,
+        null::text as brand, null::text as store, null::text as color, null::text as main_category,
+        null::text[] as categories, null::text as taxonomy, null::date as date_first_available,
+        null::numeric(12, 2) as price, null::numeric(3, 2) as source_average_rating,
+        null::integer as source_rating_count, null::integer as review_count,
+        null::numeric(3, 2) as review_average) as none
+    where false
+),
+
+numbered_from as (
+    select 0::bigint as last_id
+)
+{% endif %}
+
+, merged as (
     select
-        coalesce(m.item_key, s.item_key) as product_key,
-        least(m.first_file_id, s.first_file_id) as first_file_id,
-        m.title,
-        m.description,
-        m.main_category,
-        m.categories,
-        m.store,
-        m.price,
-        round(coalesce(m.average_rating, s.average_rating), 2) as average_rating,
-        coalesce(m.rating_number, s.rating_count)::integer as rating_count
-    from meta as m
-    full outer join review_stats as s on s.item_key = m.item_key
+        coalesce(
+            e.product_id,
+            n.last_id + row_number() over (partition by e.product_id is null order by k.first_seq, k.item_key)
+        )::bigint as product_id,
+        k.item_key as product_key,
+        m.item_key is not null as has_meta,
+        m.title, m.description, m.brand, m.store, m.color, m.main_category, m.categories, m.taxonomy,
+        m.date_first_available, m.price, m.average_rating, m.rating_number,
+        e.title as e_title, e.description as e_description, e.brand as e_brand, e.store as e_store,
+        e.color as e_color, e.main_category as e_main_category, e.categories as e_categories,
+        e.taxonomy as e_taxonomy, e.date_first_available as e_date_first_available, e.price as e_price,
+        e.source_average_rating as e_average_rating, e.source_rating_count as e_rating_number,
+        coalesce(e.review_count, 0) as review_count,
+        e.review_average,
+        k.last_seq
+    from keys as k
+    cross join numbered_from as n
+    left join existing as e on e.product_key = k.item_key
+    left join meta as m on m.item_key = k.item_key
+),
+
+described as (
+    select
+        product_id,
+        product_key,
+        case when has_meta then title else e_title end as title,
+        case when has_meta then description else e_description end as description,
+        case when has_meta then brand else e_brand end as brand,
+        case when has_meta then store else e_store end as store,
+        case when has_meta then color else e_color end as color,
+        case when has_meta then main_category else e_main_category end as main_category,
+        coalesce(case when has_meta then categories else e_categories end, array[]::text[]) as categories,
+        case when has_meta then taxonomy else e_taxonomy end as taxonomy,
+        case when has_meta then date_first_available else e_date_first_available end as date_first_available,
+        case when has_meta then price else e_price end as price,
+        case when has_meta then average_rating else e_average_rating end as source_average_rating,
+        case when has_meta then rating_number else e_rating_number end as source_rating_count,
+        review_count,
+        review_average,
+        last_seq
+    from merged
 )
 
 select
-    row_number() over (order by first_file_id, product_key)::bigint as product_id,
+    product_id,
     product_key,
     title,
     description,
-    main_category,
-    coalesce(categories, array[]::text[]) as categories,
+    brand,
     store,
+    color,
+    main_category,
+    categories,
+    taxonomy,
+    date_first_available,
     price::numeric(12, 2) as price,
-    average_rating::numeric(3, 2) as average_rating,
-    rating_count,
-    case
-        when average_rating is null then null
-        when average_rating < 3.0 then 'Low'
-        when average_rating < 4.0 then 'Medium'
-        else 'High'
-    end as rating_bin
-from keyed
+    coalesce(source_average_rating, review_average)::numeric(3, 2) as average_rating,
+    coalesce(source_rating_count, review_count)::integer as rating_count,
+    {{ rating_bin('coalesce(source_average_rating, review_average)') }} as rating_bin,
+    source_average_rating::numeric(3, 2) as source_average_rating,
+    source_rating_count::integer as source_rating_count,
+    review_count::integer as review_count,
+    review_average::numeric(3, 2) as review_average,
+    last_seq as load_seq,
+    '{{ run_started_at }}'::timestamptz as refreshed_at
+from described

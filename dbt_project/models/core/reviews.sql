@@ -1,9 +1,22 @@
-{{ config(indexes=[
-    {'columns': ['product_id']},
-    {'columns': ['reviewed_at']},
-]) }}
--- One row per (user, product, timestamp) with surrogate keys and the calendar parts (UTC) that
--- reports group by.
+{{ config(
+    materialized='incremental',
+    incremental_strategy='merge',
+    unique_key=['user_id', 'product_id', 'reviewed_at'],
+    on_schema_change='fail',
+    indexes=[{'columns': ['product_id']}, {'columns': ['reviewed_at']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
+) }}
+-- One row per (user, product, review time) with surrogate keys and the calendar parts (UTC) that
+-- reports group by. Incremental: a build reads only the landing files committed since the last one.
+-- The same review delivered again collapses into one row; when it comes back with other values the
+-- most recently loaded record wins (newest file, then last line), within a batch and over earlier ones.
+{% set batch = load_batch() %}
+with batch as (
+    select distinct on (user_key, item_key, event_ts) *
+    from {{ ref('stg_reviews') }}
+    where {{ batch.filter }}
+    order by user_key, item_key, event_ts, load_seq desc, line_number desc
+)
+
 select
     u.user_id,
     p.product_id,
@@ -17,7 +30,11 @@ select
     r.title,
     r.body,
     r.helpful_votes,
-    r.verified_purchase
-from {{ ref('stg_reviews') }} as r
+    r.verified_purchase,
+    r.file_id as source_file_id,
+    r.line_number as source_line,
+    r.load_seq,
+    '{{ run_started_at }}'::timestamptz as refreshed_at
+from batch as r
 inner join {{ ref('users') }} as u on u.user_key = r.user_key
 inner join {{ ref('products') }} as p on p.product_key = r.item_key

@@ -1,26 +1,17 @@
--- One row per (user, item, timestamp): exact re-deliveries collapse, and when the same key arrives
--- again with other values the most recently loaded record wins.
-with ranked as (
-    select
-        r.*,
-        row_number() over (
-            partition by r.user_key, r.item_key, r.event_ts
-            order by r.file_id desc, r.line_number desc
-        ) as recency
-    from {{ source('raw', 'reviews') }} as r
-)
-
+-- Raw reviews with the commit order of their landing file. Deduplication happens per batch in
+-- core.reviews (latest load wins).
 select
-    file_id,
-    line_number,
-    user_key,
-    item_key,
-    rating,
-    event_type,
-    event_ts,
-    title,
-    body,
-    helpful_votes,
-    verified_purchase
-from ranked
-where recency = 1
+    f.load_seq,
+    r.file_id,
+    r.line_number,
+    r.user_key,
+    r.item_key,
+    r.rating,
+    r.event_type,
+    r.event_ts,
+    r.title,
+    r.body,
+    r.helpful_votes,
+    r.verified_purchase
+from {{ source('raw', 'reviews') }} as r
+inner join raw.ingested_files as f on f.file_id = r.file_id

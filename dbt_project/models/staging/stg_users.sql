@@ -1,17 +1,12 @@
--- Latest attribute record per user key (MovieLens u.user / users.dat); users of other sources have none.
-with ranked as (
-    select
-        u.*,
-        row_number() over (partition by u.user_key order by u.file_id desc, u.line_number desc) as recency
-    from {{ source('raw', 'users') }} as u
-)
-
+-- User attribute records (MovieLens u.user / users.dat) with their file's commit order.
 select
-    file_id,
-    user_key,
-    age,
-    gender,
-    occupation,
-    postal_code
-from ranked
-where recency = 1
+    f.load_seq,
+    u.file_id,
+    u.line_number,
+    u.user_key,
+    u.age,
+    u.gender,
+    u.occupation,
+    u.postal_code
+from {{ source('raw', 'users') }} as u
+inner join raw.ingested_files as f on f.file_id = u.file_id
