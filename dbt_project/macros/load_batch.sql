@@ -1,36 +1,85 @@
 {#-
   Incremental loading by landing-file commit order (raw.ingested_files.load_seq, see raw_schema.sql).
 
-  Every core model stores, per row, the load_seq of the newest landing file that changed it. A model's
-  watermark is the largest load_seq in its table: every file above it is new to the model. The upper
-  bound is staging.load_ceiling, written once at the start of a build, so every model of one build
-  sees the same files even while more land; a model that failed catches up on the next build.
+  Every incremental core model records how far it has got in staging.model_progress: the load_seq of
+  the newest landing file it has processed, written by its post-hook in the same transaction as its
+  rows. A build processes, per model, the files above that and up to the smallest of
+    - staging.load_ceiling: the newest committed file when the build started (a table written first,
+      so every model of one build sees the same files even while more land), and
+    - the progress of the models it reads (users and products for reviews and events; reviews and
+      events for interactions): a model never runs ahead of its inputs, whether an input failed, was
+      left out of a selection, or had nothing to do.
+  A model that failed or was not selected catches up on its next build.
 
-  load_batch() returns {'low', 'high', 'filter'}: filter is a predicate on a staging relation's
-  file_id / load_seq columns selecting exactly the batch. Resolved to literals at run time so that
-  PostgreSQL plans a primary-key scan of only the new files' rows.
+  load_batch(parents) returns {'low', 'high', 'filter'}: filter is a predicate on a staging relation's
+  file_id / load_seq columns selecting exactly the batch, resolved to literals at run time so that
+  PostgreSQL plans a primary-key scan of only the new files' rows. Every core row also keeps the
+  load_seq of the newest file that changed it (lineage, and the fallback watermark of a table whose
+  progress row is missing).
 -#}
-{% macro load_batch() %}
+{% macro load_batch(parents=[]) %}
     {%- set ceiling_relation = ref('load_ceiling') -%}
     {%- if not execute -%}
         {{ return({'low': 0, 'high': 0, 'filter': 'true'}) }}
     {%- endif -%}
-    {%- set high = run_query('select load_seq_ceiling from ' ~ ceiling_relation).columns[0].values()[0] -%}
+    {%- set high = batch_high(parents) -%}
     {%- if not is_incremental() -%}
         {{ return({'low': 0, 'high': high, 'filter': 'load_seq <= ' ~ high}) }}
     {%- endif -%}
-    {%- set low = watermark() -%}
+    {%- set low = model_progress(this.name) -%}
+    {%- if low is none -%}
+        {%- set low = run_query('select coalesce(max(load_seq), 0) from ' ~ this).columns[0].values()[0] | int -%}
+    {%- endif -%}
     {%- set files = run_query(
-        'select file_id from raw.ingested_files where load_seq > ' ~ low ~ ' and load_seq <= ' ~ high ~ ' order by file_id'
+        'select file_id from raw.ingested_files where load_seq > ' ~ low ~ ' and load_seq <= ' ~ high
+        ~ ' order by file_id'
     ).columns[0].values() -%}
     {%- set ids = files | map('int') | join(',') -%}
     {{ return({'low': low, 'high': high, 'filter': "file_id = any('{" ~ ids ~ "}'::bigint[])"}) }}
 {% endmacro %}
 
 
-{#- The largest load_seq in this incremental model's table: every landing file above it is new to it. -#}
-{% macro watermark() %}
-    {{ return(run_query('select coalesce(max(load_seq), 0) from ' ~ this).columns[0].values()[0]) }}
+{#- The upper end of this build's batch for a model reading `parents` (see load_batch). -#}
+{% macro batch_high(parents=[]) %}
+    {%- set ceiling_relation = ref('load_ceiling') -%}
+    {%- if not execute -%}{{ return(0) }}{%- endif -%}
+    {%- set ceiling = run_query('select load_seq_ceiling from ' ~ ceiling_relation).columns[0].values()[0] -%}
+    {%- set state = namespace(high=ceiling | int) -%}
+    {%- for parent in parents -%}
+        {%- set state.high = [state.high, model_progress(parent) or 0] | min -%}
+    {%- endfor -%}
+    {{ return(state.high) }}
+{% endmacro %}
+
+
+{#- How far a model has got (load_seq), or none before its first build. -#}
+{% macro model_progress(model_name) %}
+    {%- if not execute -%}{{ return(none) }}{%- endif -%}
+    {%- set found = run_query("select load_seq from staging.model_progress where model = '" ~ model_name ~ "'") -%}
+    {{ return(found.columns[0].values()[0] | int if found.rows | length > 0 else none) }}
+{% endmacro %}
+
+
+{#- Post-hook of every incremental model: record the batch it processed, in its own transaction. -#}
+{% macro record_progress(parents=[]) %}
+    insert into staging.model_progress (model, load_seq, built_at)
+    values ('{{ this.name }}', {{ batch_high(parents) }}, '{{ run_started_at }}'::timestamptz)
+    on conflict (model) do update set load_seq = excluded.load_seq, built_at = excluded.built_at
+{% endmacro %}
+
+
+{#- Build bookkeeping, created before any model runs (on-run-start). -#}
+{% macro create_build_state() %}
+    create schema if not exists staging;
+    create table if not exists staging.model_progress (
+        model    text primary key,
+        load_seq bigint not null,        -- the newest landing file the model has processed
+        built_at timestamptz not null    -- start of the build that recorded it
+    );
+    create table if not exists staging.test_window (
+        singleton      boolean primary key default true check (singleton),
+        tested_through timestamptz not null  -- start of the last complete build whose every test passed
+    );
 {% endmacro %}
 
 
@@ -66,12 +115,18 @@
 
 {#-
   Roll interactions up into the activity columns of core.users and the rating columns of
-  core.products, for the users and products whose interactions this build changed (all of them
-  after a full refresh). Runs as core.interactions' post-hook, inside its transaction.
+  core.products. Runs as core.interactions' post-hook, inside its transaction, before its progress is
+  recorded. Recomputed: the users and products whose interactions this build changed, and every user
+  and product row written since interactions last ran (rows a full refresh reset while interactions
+  failed or was not selected get their figures back).
 -#}
 {% macro refresh_activity_stats() %}
-    with touched as (
-        select distinct user_id from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
+    with since as (
+        select coalesce(max(built_at), '-infinity') as at from staging.model_progress where model = '{{ this.name }}'
+    ), touched as (
+        select user_id from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
+        union
+        select user_id from {{ ref('users') }}, since where refreshed_at > since.at
     ), stats as (
         select i.user_id, min(i.first_at) as first_at, max(i.last_at) as last_at,
                sum(i.review_count)::integer as reviews, count(*)::integer as products
@@ -84,8 +139,12 @@
     from stats as s
     where u.user_id = s.user_id;
 
-    with touched as (
-        select distinct product_id from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
+    with since as (
+        select coalesce(max(built_at), '-infinity') as at from staging.model_progress where model = '{{ this.name }}'
+    ), touched as (
+        select product_id from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
+        union
+        select product_id from {{ ref('products') }}, since where refreshed_at > since.at
     ), stats as (
         select i.product_id, sum(i.review_count)::integer as reviews, sum(i.rating_sum) as rating_sum
         from {{ this }} as i join touched using (product_id)

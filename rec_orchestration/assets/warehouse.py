@@ -1,6 +1,7 @@
 """The normalized warehouse: every dbt model is an asset (``staging/*``, ``core/*``), its tests asset checks."""
 
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,6 @@ from rec_orchestration.resources.dbt import WarehouseDbtTranslator, dbt_project
 from rec_orchestration.resources.postgres import PostgresResource
 
 BUILD_LOCK = "rec_orchestration.dbt_build"
-INCREMENTAL_MODELS = ("users", "products", "reviews", "events", "interactions")
 
 
 @contextmanager
@@ -45,16 +45,21 @@ def _one_build_at_a_time(warehouse: PostgresResource,
         yield conn
 
 
-def _tables_from_before_incremental(conn: psycopg.Connection) -> list[str]:
-    """Incremental core tables built by a project version that rebuilt them whole (issues 2 and 3): an
-    incremental run on them would stop with dbt's "schema out of sync" error."""
-    rows = conn.execute("""
-        SELECT 'core.' || t.table_name FROM information_schema.tables t
-        WHERE t.table_schema = 'core' AND t.table_name = ANY(%s)
-          AND NOT EXISTS (SELECT 1 FROM information_schema.columns c WHERE c.table_schema = 'core'
-                          AND c.table_name = t.table_name AND c.column_name = 'load_seq')
-        ORDER BY 1""", (list(INCREMENTAL_MODELS),)).fetchall()
-    return [row[0] for row in rows]
+def _incremental_tables_out_of_date(conn: psycopg.Connection) -> list[str]:
+    """Incremental tables whose columns differ from their model's contract, e.g. built by an earlier
+    version of the project: an incremental run would stop on them with dbt's "schema out of sync"."""
+    manifest = json.loads(dbt_project().manifest_path.read_text())
+    outdated = []
+    for node in manifest["nodes"].values():
+        if node["resource_type"] != "model" or node["config"].get("materialized") != "incremental":
+            continue
+        table = node.get("alias") or node["name"]
+        actual = {row[0] for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (node["schema"], table)).fetchall()}
+        if actual and actual != set(node["columns"]):
+            outdated.append(f"{node['schema']}.{table}")
+    return sorted(outdated)
 
 
 class WarehouseConfig(dg.Config):
@@ -77,11 +82,16 @@ def warehouse_dbt_models(context: dg.AssetExecutionContext, config: WarehouseCon
     The large core models are incremental: a build reads only the landing files committed since the
     last one. ``full_refresh: true`` rebuilds them from all of raw.
     """
+    if config.full_refresh and context.is_subset:
+        # Rebuilding one incremental model drops the foreign keys pointing at it (dbt swaps the table,
+        # dropping the old one with CASCADE) and resets the activity columns the others roll up.
+        raise dg.Failure("full_refresh rebuilds the whole warehouse: select every dbt asset (the whole "
+                         "warehouse group), not a subset")
     with _one_build_at_a_time(warehouse, context) as conn:
         full_refresh = config.full_refresh
-        if not full_refresh and (outdated := _tables_from_before_incremental(conn)):
-            context.log.warning(f"{', '.join(outdated)} predate the incremental models (no load_seq column): "
-                                "rebuilding the warehouse from raw (--full-refresh)")
+        if not full_refresh and (outdated := _incremental_tables_out_of_date(conn)):
+            context.log.warning(f"{', '.join(outdated)} do not have the columns of their model (built by an "
+                                "earlier version?): rebuilding the warehouse from raw (--full-refresh)")
             full_refresh = True
         args = ["build", *(["--full-refresh"] if full_refresh else [])]
         with _environment(warehouse.database_settings().dbt_environment()):

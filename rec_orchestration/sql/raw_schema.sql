@@ -119,8 +119,9 @@ BEGIN
                AND conrelid = 'raw.ingested_files'::regclass) THEN
         ALTER TABLE raw.ingested_files DROP CONSTRAINT ingested_files_record_kind_check;
     END IF;
-    -- Files loaded before load_seq existed committed in file_id order (one loader at a time).
+    -- Files loaded before load_seq existed are numbered in file_id order, under the loaders' lock.
     IF EXISTS (SELECT 1 FROM raw.ingested_files WHERE load_seq IS NULL) THEN
+        PERFORM pg_advisory_xact_lock(hashtext('rec_orchestration.load_seq'));
         UPDATE raw.ingested_files AS f SET load_seq = o.seq
         FROM (SELECT file_id,
                      row_number() OVER (ORDER BY file_id)

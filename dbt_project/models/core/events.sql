@@ -3,11 +3,12 @@
     incremental_strategy='merge',
     unique_key=['user_id', 'product_id', 'event_type', 'occurred_at'],
     on_schema_change='fail',
+    post_hook=["{{ record_progress(['users', 'products']) }}"],
     indexes=[{'columns': ['product_id']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
 ) }}
 -- One row per (user, product, event type, time) from the generic events files; a re-delivered event
 -- collapses into one row, the most recently loaded record winning. Incremental like core.reviews.
-{% set batch = load_batch() %}
+{% set batch = load_batch(['users', 'products']) %}
 with batch as (
     select distinct on (user_key, item_key, event_type, event_ts) *
     from {{ ref('stg_events') }}

@@ -4,21 +4,21 @@
     unique_key=['user_id', 'product_id'],
     on_schema_change='fail',
     indexes=[{'columns': ['product_id']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
-    post_hook=["{{ refresh_activity_stats() }}"],
+    post_hook=["{{ refresh_activity_stats() }}", "{{ record_progress(['reviews', 'events']) }}"],
 ) }}
 -- The training input: one row per (user, product) with an implicit-feedback weight, the sum over
 -- every signal of the pair (var interaction_weights): a view 1, a click 2, a like 2.5, a purchase 3,
 -- a review or rating event its stars times 0.6 (5 stars count like a purchase, 1 star less than a view).
--- Incremental: only pairs with a review or event newer than the table's watermark are recomputed,
--- from all of their signals.
+-- Incremental: only pairs with a review or event from the landing files of this batch (see
+-- macros/load_batch.sql) are recomputed, from all of their signals up to the batch's end.
 {%- set w = var('interaction_weights') %}
-{%- set low = watermark() if is_incremental() and execute else 0 %}
+{%- set batch = load_batch(['reviews', 'events']) %}
 with
 {% if is_incremental() %}
 changed as (
-    select user_id, product_id from {{ ref('reviews') }} where load_seq > {{ low }}
+    select user_id, product_id from {{ ref('reviews') }} where load_seq > {{ batch.low }} and load_seq <= {{ batch.high }}
     union
-    select user_id, product_id from {{ ref('events') }} where load_seq > {{ low }}
+    select user_id, product_id from {{ ref('events') }} where load_seq > {{ batch.low }} and load_seq <= {{ batch.high }}
 ),
 {% endif %}
 
@@ -29,6 +29,7 @@ signals as (
         1 as is_review, r.rating, r.reviewed_at as at, r.load_seq
     from {{ ref('reviews') }} as r
     {% if is_incremental() %}inner join changed using (user_id, product_id){% endif %}
+    where r.load_seq <= {{ batch.high }}
     union all
     select
         e.user_id, e.product_id,
@@ -42,6 +43,7 @@ signals as (
         0 as is_review, null as rating, e.occurred_at as at, e.load_seq
     from {{ ref('events') }} as e
     {% if is_incremental() %}inner join changed using (user_id, product_id){% endif %}
+    where e.load_seq <= {{ batch.high }}
 )
 
 select

@@ -3,6 +3,7 @@
     incremental_strategy='merge',
     unique_key='product_key',
     on_schema_change='fail',
+    post_hook=["{{ record_progress([]) }}"],
     indexes=[{'columns': ['load_seq']}],
 ) }}
 -- One row per product key seen in metadata, reviews or events. product_id is a stable surrogate

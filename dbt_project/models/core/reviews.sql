@@ -3,13 +3,14 @@
     incremental_strategy='merge',
     unique_key=['user_id', 'product_id', 'reviewed_at'],
     on_schema_change='fail',
+    post_hook=["{{ record_progress(['users', 'products']) }}"],
     indexes=[{'columns': ['product_id']}, {'columns': ['reviewed_at']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
 ) }}
 -- One row per (user, product, review time) with surrogate keys and the calendar parts (UTC) that
 -- reports group by. Incremental: a build reads only the landing files committed since the last one.
 -- The same review delivered again collapses into one row; when it comes back with other values the
 -- most recently loaded record wins (newest file, then last line), within a batch and over earlier ones.
-{% set batch = load_batch() %}
+{% set batch = load_batch(['users', 'products']) %}
 with batch as (
     select distinct on (user_key, item_key, event_ts) *
     from {{ ref('stg_reviews') }}

@@ -3,6 +3,7 @@
     incremental_strategy='merge',
     unique_key='user_key',
     on_schema_change='fail',
+    post_hook=["{{ record_progress([]) }}"],
     indexes=[{'columns': ['load_seq']}],
 ) }}
 -- One row per user key seen in reviews, events or profiles. user_id is a stable surrogate: new keys
