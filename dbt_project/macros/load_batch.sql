@@ -68,6 +68,39 @@
 {% endmacro %}
 
 
+{#-
+  For the dimension models (users, products): the keys the batch's `relations` name, with the first
+  and last load_seq naming each, and the rows of this table for those keys (none on a full refresh,
+  with the model's contract columns). New keys are numbered after next_id_base().
+-#}
+{% macro keys_in_batch(key_column, relations, batch) %}
+    select {{ key_column }}, min(load_seq) as first_seq, max(load_seq) as last_seq
+    from (
+        {%- for relation in relations %}
+        select {{ key_column }}, load_seq from {{ relation }} where {{ batch.filter }}
+        {%- if not loop.last %} union all{% endif %}
+        {%- endfor %}
+    ) as mentions
+    group by {{ key_column }}
+{% endmacro %}
+
+{% macro existing_rows(key_column, keys_relation, keys_key_column) %}
+    {%- if is_incremental() %}
+    select t.* from {{ this }} as t inner join {{ keys_relation }} as k on k.{{ keys_key_column }} = t.{{ key_column }}
+    {%- else %}
+    select
+        {%- for name, column in model.columns.items() %}
+        null::{{ column.data_type }} as {{ name }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    where false
+    {%- endif %}
+{% endmacro %}
+
+{% macro next_id_base(id_column) -%}
+    {%- if is_incremental() -%}(select coalesce(max({{ id_column }}), 0) from {{ this }}){%- else -%}0{%- endif -%}
+{%- endmacro %}
+
+
 {#- Build bookkeeping, created before any model runs (on-run-start). -#}
 {% macro create_build_state() %}
     create schema if not exists staging;
@@ -120,13 +153,17 @@
   and product row written since interactions last ran (rows a full refresh reset while interactions
   failed or was not selected get their figures back).
 -#}
+{% macro stats_to_refresh(id_column, dimension) %}
+    select {{ id_column }} from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
+    union
+    select {{ id_column }} from {{ dimension }}
+    where refreshed_at > (select coalesce(max(built_at), '-infinity') from staging.model_progress
+                          where model = '{{ this.name }}')
+{% endmacro %}
+
 {% macro refresh_activity_stats() %}
-    with since as (
-        select coalesce(max(built_at), '-infinity') as at from staging.model_progress where model = '{{ this.name }}'
-    ), touched as (
-        select user_id from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
-        union
-        select user_id from {{ ref('users') }}, since where refreshed_at > since.at
+    with touched as (
+        {{ stats_to_refresh('user_id', ref('users')) }}
     ), stats as (
         select i.user_id, min(i.first_at) as first_at, max(i.last_at) as last_at,
                sum(i.review_count)::integer as reviews, count(*)::integer as products
@@ -139,12 +176,8 @@
     from stats as s
     where u.user_id = s.user_id;
 
-    with since as (
-        select coalesce(max(built_at), '-infinity') as at from staging.model_progress where model = '{{ this.name }}'
-    ), touched as (
-        select product_id from {{ this }} where refreshed_at = '{{ run_started_at }}'::timestamptz
-        union
-        select product_id from {{ ref('products') }}, since where refreshed_at > since.at
+    with touched as (
+        {{ stats_to_refresh('product_id', ref('products')) }}
     ), stats as (
         select i.product_id, sum(i.review_count)::integer as reviews, sum(i.rating_sum) as rating_sum
         from {{ this }} as i join touched using (product_id)

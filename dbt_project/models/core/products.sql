@@ -14,18 +14,8 @@
 -- review_count); both are rolled up from core.interactions by its post-hook.
 -- rating_bin from average_rating: Low below 3.0, Medium from 3.0 to below 4.0, High from 4.0.
 {% set batch = load_batch() %}
-with mentions as (
-    select item_key, load_seq from {{ ref('stg_reviews') }} where {{ batch.filter }}
-    union all
-    select item_key, load_seq from {{ ref('stg_events') }} where {{ batch.filter }}
-    union all
-    select item_key, load_seq from {{ ref('stg_products') }} where {{ batch.filter }}
-),
-
-keys as (
-    select item_key, min(load_seq) as first_seq, max(load_seq) as last_seq
-    from mentions
-    group by item_key
+with keys as (
+    {{ keys_in_batch('item_key', [ref('stg_reviews'), ref('stg_events'), ref('stg_products')], batch) }}
 ),
 
 meta as (
@@ -35,36 +25,16 @@ meta as (
     order by item_key, load_seq desc, line_number desc
 ),
 
-{% if is_incremental() %}
 existing as (
-    select t.* from {{ this }} as t inner join keys on keys.item_key = t.product_key
+    {{ existing_rows('product_key', 'keys', 'item_key') }}
 ),
 
-numbered_from as (
-    select coalesce(max(product_id), 0) as last_id from {{ this }}
-)
-{% else %}
-existing as (
-    select * from (select
-        null::bigint as product_id, null::text as product_key, null::text as title, null::text as description,
-        null::text as brand, null::text as store, null::text as color, null::text as main_category,
-        null::text[] as categories, null::text as taxonomy, null::date as date_first_available,
-        null::numeric(12, 2) as price, null::numeric(3, 2) as source_average_rating,
-        null::integer as source_rating_count, null::integer as review_count,
-        null::numeric(3, 2) as review_average) as none
-    where false
-),
-
-numbered_from as (
-    select 0::bigint as last_id
-)
-{% endif %}
-
-, merged as (
+merged as (
     select
         coalesce(
             e.product_id,
-            n.last_id + row_number() over (partition by e.product_id is null order by k.first_seq, k.item_key)
+            {{ next_id_base('product_id') }}
+            + row_number() over (partition by e.product_id is null order by k.first_seq, k.item_key)
         )::bigint as product_id,
         k.item_key as product_key,
         m.item_key is not null as has_meta,
@@ -78,7 +48,6 @@ numbered_from as (
         e.review_average,
         k.last_seq
     from keys as k
-    cross join numbered_from as n
     left join existing as e on e.product_key = k.item_key
     left join meta as m on m.item_key = k.item_key
 ),

@@ -11,18 +11,8 @@
 -- which is exactly the numbering a full rebuild gives. Profile columns (MovieLens) come from the
 -- newest profile record. The activity columns are rolled up from core.interactions by its post-hook.
 {% set batch = load_batch() %}
-with mentions as (
-    select user_key, load_seq from {{ ref('stg_reviews') }} where {{ batch.filter }}
-    union all
-    select user_key, load_seq from {{ ref('stg_events') }} where {{ batch.filter }}
-    union all
-    select user_key, load_seq from {{ ref('stg_users') }} where {{ batch.filter }}
-),
-
-keys as (
-    select user_key, min(load_seq) as first_seq, max(load_seq) as last_seq
-    from mentions
-    group by user_key
+with keys as (
+    {{ keys_in_batch('user_key', [ref('stg_reviews'), ref('stg_events'), ref('stg_users')], batch) }}
 ),
 
 profiles as (
@@ -32,32 +22,15 @@ profiles as (
     order by user_key, load_seq desc, line_number desc
 ),
 
-{% if is_incremental() %}
 existing as (
-    select t.* from {{ this }} as t inner join keys using (user_key)
-),
-
-numbered_from as (
-    select coalesce(max(user_id), 0) as last_id from {{ this }}
+    {{ existing_rows('user_key', 'keys', 'user_key') }}
 )
-{% else %}
-existing as (
-    select
-        null::bigint as user_id, null::text as user_key, null::integer as age, null::text as gender,
-        null::text as occupation, null::text as postal_code, null::timestamptz as first_activity_at,
-        null::timestamptz as last_activity_at, null::integer as review_count, null::integer as product_count
-    where false
-),
-
-numbered_from as (
-    select 0::bigint as last_id
-)
-{% endif %}
 
 select
     coalesce(
         e.user_id,
-        n.last_id + row_number() over (partition by e.user_id is null order by k.first_seq, k.user_key)
+        {{ next_id_base('user_id') }}
+        + row_number() over (partition by e.user_id is null order by k.first_seq, k.user_key)
     )::bigint as user_id,
     k.user_key,
     case when p.user_key is not null then p.age else e.age end as age,
@@ -71,6 +44,5 @@ select
     k.last_seq as load_seq,
     '{{ run_started_at }}'::timestamptz as refreshed_at
 from keys as k
-cross join numbered_from as n
 left join existing as e on e.user_key = k.user_key
 left join profiles as p on p.user_key = k.user_key
