@@ -33,9 +33,18 @@ SUMMARY_TABLES = (
     ("core.interactions", "user-product interactions (training input)"),
     ("core.transactions", "orders"),
     ("recs.popular_products", "popularity ranking"),
+    ("recs.item_similarity", "similar products (collaborative, content, embedding)"),
+    ("recs.model_evaluations", "model versions evaluated"),
     ("recs.user_recommendations", "recommendations"),
     ("recs.recommendation_runs", "publishes"),
 )
+
+MODELS_QUERY = """SELECT e.model_name, e.ndcg_at_k, e.precision_at_k, e.recall_at_k,
+       CASE WHEN e.model_name = c.model_name THEN 'champion' ELSE '' END
+FROM recs.model_evaluations e
+JOIN (SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1) c ON e.data_version = (
+     SELECT data_version FROM recs.model_evaluations WHERE model_version = c.model_version LIMIT 1)
+ORDER BY e.ndcg_at_k DESC"""
 
 EXAMPLE_QUERY = """SELECT r.rank, p.title, p.main_category, round(r.score::numeric, 3) AS score, r.reason
 FROM recs.user_recommendations r
@@ -260,6 +269,10 @@ def summary() -> None:
             click.echo("  " + EXAMPLE_QUERY.replace("\n", "\n  "))
             for row in conn.execute(EXAMPLE_QUERY).fetchall():
                 click.echo(f"    {row[0]:>2}  {row[1]:<45} {row[2]:<22} {row[3]}  {row[4]}")
+        if conn.execute("SELECT to_regclass('recs.model_champions') IS NOT NULL").fetchone()[0]:
+            click.echo("\nmodels, evaluated on each user's latest interaction (recs.model_evaluations):\n")
+            for row in conn.execute(MODELS_QUERY).fetchall():
+                click.echo(f"    {row[0]:<11} nDCG@10 {row[1]:.4f}  P@10 {row[2]:.4f}  R@10 {row[3]:.4f}  {row[4]}")
     click.echo("\nUI: `make dev`, then open http://127.0.0.1:3000 (asset graph, runs, checks)")
 
 

@@ -113,7 +113,15 @@ def conn(warehouse_env: DatabaseSettings) -> Iterator[psycopg.Connection]:
         yield connection
 
 
-def materialize_everything() -> "dg.ExecuteInProcessResult":
+# Fewer training epochs than the pipeline's defaults, so the suite stays quick on two CPU cores; the
+# models still learn the sample's planted tastes (tests/integration/test_models.py asserts it).
+QUICK_MODELS = {"ops": {
+    "models__lightgcn": {"config": {"epochs": 40, "patience": 5}},
+    "models__lightfm": {"config": {"epochs": 10}},
+}}
+
+
+def materialize_everything(run_config: dict | None = None) -> "dg.ExecuteInProcessResult":
     """What the hourly schedule runs: the refresh job over every landing partition, after the landing
     directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""
     import dagster as dg
@@ -127,7 +135,8 @@ def materialize_everything() -> "dg.ExecuteInProcessResult":
         sync_landing_partitions(instance, settings.landing_dir())
         request = all_partitions_run_request(instance)
         assert request is not None, "no landing partitions"
-        return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+        return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
+                                       run_config=run_config if run_config is not None else QUICK_MODELS)
 
 
 def query(db: DatabaseSettings, statement: str, params: tuple = ()) -> list[tuple]:

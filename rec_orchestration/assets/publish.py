@@ -10,7 +10,10 @@ from psycopg import sql
 from pydantic import Field
 
 from rec_orchestration.assets.models import load_interactions
+from rec_orchestration.ml import registry
+from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.popularity import PopularityRecommender
+from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource, replace_table
 from rec_orchestration.resources.roles import ensure_roles
 
@@ -31,23 +34,11 @@ RUNS_DDL = sql.SQL("""
 
 class RecommendationsConfig(dg.Config):
     k: int = Field(default=10, ge=1, le=1000, description="Recommendations per user.")
+    min_interactions: int = Field(default=3, ge=0, description=(
+        "Users with fewer interactions get popular products instead of the champion's."))
 
 
-@dg.asset(
-    key=["recs", "user_recommendations"],
-    group_name="publish",
-    kinds={"python", "postgres"},
-    deps=[dg.AssetKey(["recs", "popular_products"]), dg.AssetKey(["core", "users"]),
-          dg.AssetKey(["core", "interactions"])],
-)
-def user_recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig,
-                         warehouse: PostgresResource) -> dg.MaterializeResult:
-    """Top-k products per user in ``recs.user_recommendations``, excluding what the user already interacted with.
-
-    Written beside the live table and swapped in with one short transaction, so readers see the old
-    set or the new one, never a mix; each publish is recorded in ``recs.recommendation_runs``.
-    """
-    started = datetime.now(UTC)
+def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender, str]:
     ranked = warehouse.read_dataframe(sql.SQL(
         "SELECT product_id, score, model_version FROM recs.popular_products ORDER BY rank"))
     if ranked.empty:
@@ -55,15 +46,66 @@ def user_recommendations(context: dg.AssetExecutionContext, config: Recommendati
     model = PopularityRecommender()
     model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
     model.item_scores = ranked["score"].to_numpy(dtype=float)
-    model_version = str(ranked["model_version"].iloc[0])
+    return model, str(ranked["model_version"].iloc[0])
 
+
+def champion_model(warehouse: PostgresResource, model_store: ModelStoreResource) -> tuple[Recommender, str]:
+    """The model ``recs/model_evaluations`` chose last (its blocking check has passed, or we would not run)."""
+    name, version = warehouse.fetch_all(
+        "SELECT model_name, model_version FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1")[0]
+    state, _ = model_store.load(name, version)
+    return registry.model_class(name).from_state_dict(state), version
+
+
+@dg.asset(
+    key=["recs", "user_recommendations"],
+    group_name="publish",
+    kinds={"python", "postgres"},
+    deps=[dg.AssetKey(["recs", "popular_products"]), dg.AssetKey(["recs", "model_evaluations"]),
+          dg.AssetKey(["core", "users"]), dg.AssetKey(["core", "interactions"])],
+)
+def user_recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig,
+                         warehouse: PostgresResource, model_store: ModelStoreResource) -> dg.MaterializeResult:
+    """Top-k products per user in ``recs.user_recommendations``, excluding what the user already interacted with.
+
+    Users with at least ``min_interactions`` get the champion's ranking (reason ``personalized``), topped
+    up from popularity when it has fewer than k unseen items; everyone else gets popular products
+    (reason ``popular``). Written beside the live table and swapped in with one short transaction, so
+    readers see the old set or the new one, never a mix; each publish is recorded in
+    ``recs.recommendation_runs``.
+    """
+    started = datetime.now(UTC)
+    popular, popular_version = popularity_model(warehouse)
+    champion, champion_version = champion_model(warehouse, model_store)
     interactions = load_interactions(warehouse)
+    seen = interactions.items_by_user()
     users = np.array([row[0] for row in warehouse.fetch_all("SELECT user_id FROM core.users ORDER BY user_id")])
-    recs = model.recommend(users, config.k, exclude=interactions.items_by_user())
+    history = {user: len(items) for user, items in seen.items()}
+    active = np.array([user for user in users if history.get(user, 0) >= config.min_interactions])
+    personal = {}
+    if len(active):
+        ranked = champion.recommend(active, config.k, exclude=seen)
+        personal = dict(zip(active.tolist(), zip(ranked.items, ranked.scores, strict=True), strict=True))
+    fallback = popular.recommend(users, config.k, exclude=seen)
     run_id = context.run.run_id if context.run else str(uuid.uuid4())
     generated_at = datetime.now(UTC)
-    rows = [(user, item, rank, score, "popular", model.name, model_version, run_id, generated_at)
-            for user, item, rank, score in recs.to_rows()]
+    rows = []
+    counts = {"personalized": 0, "popular": 0}
+    for user, popular_items, popular_scores in zip(users.tolist(), fallback.items, fallback.scores, strict=True):
+        chosen, chosen_scores = personal.get(user, (champion.item_ids[:0], np.empty(0)))
+        rows += [(user, int(item), rank, float(score), "personalized", champion.name, champion_version, run_id,
+                  generated_at)
+                 for rank, (item, score) in enumerate(zip(chosen.tolist(), chosen_scores.tolist(), strict=True),
+                                                      start=1)]
+        taken = set(chosen.tolist())
+        for item, score in zip(popular_items.tolist(), popular_scores.tolist(), strict=True):
+            if len(taken) >= config.k:
+                break
+            if item not in taken:
+                taken.add(item)
+                rows.append((user, int(item), len(taken), float(score), "popular", popular.name, popular_version,
+                             run_id, generated_at))
+        counts["personalized" if len(chosen) else "popular"] += 1
     with warehouse.connection() as conn:
         ensure_roles(conn)  # creates the recs schema; readers get SELECT on what is published into it
         conn.execute(RUNS_DDL)
@@ -84,15 +126,15 @@ def user_recommendations(context: dg.AssetExecutionContext, config: Recommendati
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (run_id) DO UPDATE SET rows_written = EXCLUDED.rows_written,
                                                   finished_at = EXCLUDED.finished_at""",
-            (run_id, model.name, model_version, config.k, len(users), len(rows), started, datetime.now(UTC)),
+            (run_id, champion.name, champion_version, config.k, len(users), len(rows), started, datetime.now(UTC)),
         )
-    short = sum(1 for items in recs.items if len(items) < config.k)
     return dg.MaterializeResult(metadata={
         "rows": len(rows),
         "users": len(users),
-        "users_with_fewer_than_k": short,
+        "users_personalized": counts["personalized"],
+        "users_popular_only": counts["popular"],
         "k": config.k,
-        "model": f"{model.name} {model_version}",
+        "model": f"{champion.name} {champion_version}",
     })
 
 

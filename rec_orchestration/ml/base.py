@@ -1,15 +1,28 @@
-"""One API for every recommender: fit, recommend, save (state dict) and load."""
+"""One API for every recommender: fit, recommend, similar_items, save and load.
+
+Same shape as benfred/implicit's ``RecommenderBase``: a model is fitted on :class:`Interactions`
+(external ids mapped to dense indices), answers in external ids, and is fully described by a
+``state_dict`` of tensors and plain numbers, so artifacts load with ``torch.load(weights_only=True)``.
+
+A subclass implements ``fit``, ``score_users`` (dense scores of every item for some users),
+``state_dict`` and ``from_state_dict``; ``recommend``, ``similar_items`` (from ``item_vectors``),
+``save`` and ``load`` come from here.
+"""
 
 from __future__ import annotations
 
+import io
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rec_orchestration.ml.interactions import Interactions
+
+USER_BATCH = 2048  # users scored per dense block in recommend()
 
 
 @dataclass(frozen=True)
@@ -29,18 +42,43 @@ class Recommendations:
         ]
 
 
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the ``k`` largest entries of each row, best first; ``-inf`` never returned.
+
+    Ties are broken by the lower column index, so results are deterministic.
+    """
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    if k <= 0:
+        empty = np.empty((n_rows, 0))
+        return empty.astype(np.int64), empty
+    if k < n_cols:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(n_cols), (n_rows, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    index = np.take_along_axis(part, order, axis=1)
+    return index, np.take_along_axis(part_scores, order, axis=1)
+
+
 class Recommender(ABC):
-    """Base class of the project's models (same shape as benfred/implicit's ``RecommenderBase``)."""
+    """Base class of the project's models."""
 
     name: str
+    user_ids: np.ndarray   # external id of each user index seen in fit
+    item_ids: np.ndarray   # external id of each item index seen in fit
 
     @abstractmethod
     def fit(self, interactions: Interactions) -> Recommender: ...
 
     @abstractmethod
-    def recommend(self, user_ids: np.ndarray, k: int,
-                  exclude: Mapping[Any, np.ndarray] | None = None) -> Recommendations:
-        """Top ``k`` items for each user, leaving out ``exclude[user]`` (e.g. what they already rated)."""
+    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+        """Dense ``(len(user_index), n_items)`` float scores, higher is better, for users given by index."""
+
+    def item_vectors(self) -> np.ndarray | None:
+        """One vector per item index whose cosine is the model's item similarity; None if it has none."""
+        return None
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -49,3 +87,84 @@ class Recommender(ABC):
     @classmethod
     @abstractmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Recommender: ...
+
+    # ------------------------------------------------------------------ derived API
+
+    def user_index_of(self, user_ids: np.ndarray) -> np.ndarray:
+        """Dense index of each external user id, -1 where the model never saw the user."""
+        return _index_of(self.user_ids, np.asarray(user_ids))
+
+    def recommend(self, user_ids: np.ndarray, k: int,
+                  exclude: Mapping[Any, np.ndarray] | None = None) -> Recommendations:
+        """Top ``k`` items for each user, leaving out ``exclude[user]`` (e.g. what they already rated).
+
+        A user the model never saw gets no items (the caller falls back to popularity).
+        """
+        user_ids = np.asarray(user_ids)
+        index = self.user_index_of(user_ids)
+        items_out: list[np.ndarray] = [self.item_ids[:0]] * len(user_ids)
+        scores_out: list[np.ndarray] = [np.empty(0)] * len(user_ids)
+        known = np.flatnonzero(index >= 0)
+        for start in range(0, len(known), USER_BATCH):
+            rows = known[start:start + USER_BATCH]
+            scores = np.asarray(self.score_users(index[rows]), dtype=np.float64)
+            if exclude is not None:
+                for row_in_block, row in enumerate(rows):
+                    seen = exclude.get(user_ids[row])
+                    if seen is not None and len(seen):
+                        seen_index = _index_of(self.item_ids, np.asarray(seen))
+                        scores[row_in_block, seen_index[seen_index >= 0]] = -np.inf
+            best, best_scores = top_k(scores, k)
+            for row_in_block, row in enumerate(rows):
+                keep = np.isfinite(best_scores[row_in_block])
+                items_out[row] = self.item_ids[best[row_in_block][keep]]
+                scores_out[row] = best_scores[row_in_block][keep]
+        return Recommendations(user_ids, items_out, scores_out)
+
+    def similar_items(self, item_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most similar items (cosine of ``item_vectors``) to each item, itself excluded.
+
+        Returns ``(neighbours, scores)``, both ``(len(item_ids), n)``, external (integer) ids; an unknown
+        item's row is all -1 / NaN.
+        """
+        vectors = self.item_vectors()
+        if vectors is None:
+            raise NotImplementedError(f"{self.name} has no item vectors")
+        from rec_orchestration.ml.similarity import cosine_top_n_dense
+
+        item_ids = np.asarray(item_ids)
+        index = _index_of(self.item_ids, item_ids)
+        n = min(n, len(self.item_ids) - 1)
+        neighbours = np.full((len(item_ids), n), -1, dtype=np.int64)
+        scores = np.full((len(item_ids), n), np.nan)
+        known = np.flatnonzero(index >= 0)
+        if len(known):
+            nb, sc = cosine_top_n_dense(vectors, n, rows=index[known])
+            neighbours[known] = self.item_ids[nb]
+            scores[known] = sc
+        return neighbours, scores
+
+    def save(self, path: str | Path) -> None:
+        """Write the state dict to ``path`` (torch format)."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        Path(path).write_bytes(buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> Recommender:
+        """Read a model written by :meth:`save`; tensors land on ``map_location`` (a CPU by default)."""
+        import torch
+
+        state = torch.load(io.BytesIO(Path(path).read_bytes()), map_location=map_location, weights_only=True)
+        return cls.from_state_dict(state)
+
+
+def _index_of(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Position of each of ``ids`` in the sorted array ``known_ids``, -1 where absent."""
+    if len(known_ids) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    pos = np.searchsorted(known_ids, ids)
+    pos = np.clip(pos, 0, len(known_ids) - 1)
+    return np.where(known_ids[pos] == ids, pos, -1).astype(np.int64)

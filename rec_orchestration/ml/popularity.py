@@ -7,7 +7,7 @@ on last year's data is the same model whenever it is fitted).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,9 @@ class PopularityRecommender(Recommender):
         self.item_scores = scores
         return self
 
+    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+        return np.tile(self.item_scores, (len(user_index), 1))
+
     def ranking(self) -> tuple[np.ndarray, np.ndarray]:
         """All items, most popular first (ties broken by item id for determinism)."""
         order = np.lexsort((self.item_ids, -self.item_scores))
@@ -58,6 +61,20 @@ class PopularityRecommender(Recommender):
             items_out.append(ranked_items[:window][keep][:k])
             scores_out.append(ranked_scores[:window][keep][:k])
         return Recommendations(np.asarray(user_ids), items_out, scores_out)
+
+    def ranking_by_category(self, item_categories: Mapping[Any, Sequence[Any]],
+                            top: int | None = None) -> list[tuple[Any, Any, int, float]]:
+        """``(category, item, rank, score)``: items ranked within each of their categories, best first."""
+        items, scores = self.ranking()
+        per_category: dict[Any, list[tuple[Any, float]]] = {}
+        for item, score in zip(items.tolist(), scores.tolist(), strict=True):
+            for category in item_categories.get(item, ()):
+                ranked = per_category.setdefault(category, [])
+                if top is None or len(ranked) < top:
+                    ranked.append((item, score))
+        return [(category, item, rank, score)
+                for category, ranked in per_category.items()
+                for rank, (item, score) in enumerate(ranked, start=1)]
 
     def state_dict(self) -> dict[str, Any]:
         import torch

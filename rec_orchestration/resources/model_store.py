@@ -6,6 +6,7 @@ pickled code is ever executed) and ``map_location`` so a GPU-trained model loads
 """
 
 
+import base64
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ from rec_orchestration import settings
 
 STATE_FILE = "state_dict.pt"
 MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "LATEST"
 
 
 def artifact_version(data_version: str, params: Mapping[str, Any], code_version: str) -> str:
@@ -44,29 +46,65 @@ class ModelStoreResource(dg.ConfigurableResource):
         fs, path = fsspec.core.url_to_fs(self._path(model_name, version, MANIFEST_FILE))
         return fs.exists(path)
 
+    def location(self, model_name: str, version: str) -> str:
+        return self._path(model_name, version, "")
+
     def save(self, model_name: str, version: str, state_dict: Mapping[str, Any],
-             manifest: Mapping[str, Any]) -> str:
-        """Write the state dict, then the manifest (the manifest's presence marks a complete artifact)."""
+             manifest: Mapping[str, Any], files: Mapping[str, bytes] | None = None) -> str:
+        """Write the state dict and any extra ``files`` (plots), then the manifest: the manifest's presence
+        marks a complete artifact, so a crash mid-save leaves an artifact that ``exists`` calls absent."""
         import torch
 
         buffer = io.BytesIO()
         torch.save(dict(state_dict), buffer)
-        fs, state_path = fsspec.core.url_to_fs(self._path(model_name, version, STATE_FILE))
-        fs.makedirs(fs._parent(state_path), exist_ok=True)
-        with fs.open(state_path, "wb") as fh:
-            fh.write(buffer.getvalue())
-        fs_m, manifest_path = fsspec.core.url_to_fs(self._path(model_name, version, MANIFEST_FILE))
-        with fs_m.open(manifest_path, "w") as fh:
-            json.dump({"model_name": model_name, "version": version, **manifest}, fh, indent=2, default=str)
-        return self._path(model_name, version, "")
+        self._write(self._path(model_name, version, STATE_FILE), buffer.getvalue())
+        for filename, payload in (files or {}).items():
+            self._write(self._path(model_name, version, filename), payload)
+        body = json.dumps({"model_name": model_name, "version": version, **manifest}, indent=2, default=str)
+        self._write(self._path(model_name, version, MANIFEST_FILE), body.encode())
+        return self.location(model_name, version)
+
+    def _write(self, url: str, payload: bytes) -> None:
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        with fs.open(path, "wb") as fh:
+            fh.write(payload)
+
+    def _read(self, url: str) -> bytes:
+        fs, path = fsspec.core.url_to_fs(url)
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+
+    def manifest(self, model_name: str, version: str) -> dict[str, Any]:
+        return json.loads(self._read(self._path(model_name, version, MANIFEST_FILE)))
+
+    def has_file(self, model_name: str, version: str, filename: str) -> bool:
+        fs, path = fsspec.core.url_to_fs(self._path(model_name, version, filename))
+        return fs.exists(path)
+
+    def read_file(self, model_name: str, version: str, filename: str) -> bytes:
+        return self._read(self._path(model_name, version, filename))
+
+    def markdown_image(self, model_name: str, version: str, filename: str, alt: str) -> str:
+        """A PNG of the artifact inlined as Markdown (the Dagster UI renders it in the asset's metadata)."""
+        encoded = base64.b64encode(self.read_file(model_name, version, filename)).decode()
+        return f"![{alt}](data:image/png;base64,{encoded})"
+
+    def set_latest(self, model_name: str, version: str) -> None:
+        """Point ``<model_name>/LATEST`` at ``version`` (what evaluation and publishing read)."""
+        if not self.exists(model_name, version):
+            raise ValueError(f"no complete artifact {model_name} {version}")
+        self._write(f"{self._root()}/{model_name}/{LATEST_FILE}", version.encode())
+
+    def latest(self, model_name: str) -> str | None:
+        fs, path = fsspec.core.url_to_fs(f"{self._root()}/{model_name}/{LATEST_FILE}")
+        if not fs.exists(path):
+            return None
+        return self._read(f"{self._root()}/{model_name}/{LATEST_FILE}").decode().strip()
 
     def load(self, model_name: str, version: str, map_location: str = "cpu") -> tuple[dict[str, Any], dict]:
         import torch
 
-        fs, state_path = fsspec.core.url_to_fs(self._path(model_name, version, STATE_FILE))
-        with fs.open(state_path, "rb") as fh:
-            state = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
-        fs_m, manifest_path = fsspec.core.url_to_fs(self._path(model_name, version, MANIFEST_FILE))
-        with fs_m.open(manifest_path, "r") as fh:
-            manifest = json.load(fh)
-        return state, manifest
+        payload = self._read(self._path(model_name, version, STATE_FILE))
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        return state, self.manifest(model_name, version)

@@ -72,8 +72,15 @@ def test_every_user_gets_ten_recommendations_none_already_reviewed(materialized)
         SELECT count(*) FROM recs.user_recommendations r
         JOIN core.reviews v ON v.user_id = r.user_id AND v.product_id = r.product_id""")
     assert reviewed == 0
-    metadata = query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations")
-    assert metadata == [("popular", "popularity")]
+    # Every sample user has at least 5 reviews: all are ranked by the champion model, topped up from
+    # popularity only where the champion has fewer than 10 unseen items for them.
+    champion = query(materialized, "SELECT model_name FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1")
+    metadata = set(query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations"))
+    assert ("personalized", champion[0][0]) in metadata
+    assert metadata <= {("personalized", champion[0][0]), ("popular", "popularity")}
+    assert scalar(materialized, """SELECT count(DISTINCT user_id) FROM recs.user_recommendations
+                                   WHERE reason = 'personalized' AND rank = 1""") == scalar(
+        materialized, "SELECT count(*) FROM core.users")
 
 
 def test_recommendations_follow_the_time_decayed_popularity_ranking(materialized):
@@ -88,15 +95,23 @@ def test_recommendations_follow_the_time_decayed_popularity_ranking(materialized
         LIMIT 20""")
     ranked = query(materialized, "SELECT product_id FROM recs.popular_products ORDER BY rank LIMIT 20")
     assert ranked == expected
-    # A user's first recommendation is the most popular product they have not reviewed.
+    # Users with too little history get the most popular products they have not reviewed: publish
+    # again with a threshold no sample user reaches.
+    from rec_orchestration.assets.publish import user_recommendations
+    from rec_orchestration.definitions import defs
+
+    assert_success(dg.materialize([user_recommendations], resources=defs.resources, run_config={
+        "ops": {"recs__user_recommendations": {"config": {"min_interactions": 1000}}}}))
+    assert query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations") == [
+        ("popular", "popularity")]
     user_id = scalar(materialized, "SELECT min(user_id) FROM core.users")
     reviewed = {row[0] for row in query(materialized, "SELECT product_id FROM core.reviews WHERE user_id = %s",
                                         (user_id,))}
-    first_unseen = next(pid for (pid,) in query(materialized,
-                        "SELECT product_id FROM recs.popular_products ORDER BY rank") if pid not in reviewed)
-    top = scalar(materialized, "SELECT product_id FROM recs.user_recommendations WHERE user_id = %s AND rank = 1",
-                 (user_id,))
-    assert top == first_unseen
+    unseen = [pid for (pid,) in query(materialized, "SELECT product_id FROM recs.popular_products ORDER BY rank")
+              if pid not in reviewed][:10]
+    top = [pid for (pid,) in query(materialized, """SELECT product_id FROM recs.user_recommendations
+                                                    WHERE user_id = %s ORDER BY rank""", (user_id,))]
+    assert top == unseen
 
 
 def test_rerunning_changes_nothing_and_a_new_landing_file_is_loaded_once(warehouse_env, tmp_path):

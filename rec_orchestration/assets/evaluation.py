@@ -1,0 +1,147 @@
+"""Offline evaluation: every model's metrics side by side, a champion, and the gate before publishing.
+
+``recs/model_evaluations`` reads the latest artifact of each model (their manifests carry the metrics
+measured on the shared time-based split), records them per model version in ``recs.model_evaluations``,
+picks the champion (highest nDCG@k) into ``recs.model_champions``, and shows a metrics table and a
+comparison plot in the UI. The blocking check ``champion_beats_popularity`` stops publishing when the
+champion is not better than the popularity baseline.
+"""
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+import pandas as pd
+from psycopg import sql
+from pydantic import Field
+
+from rec_orchestration.assets.models import EVAL_K
+from rec_orchestration.ml import registry
+from rec_orchestration.ml.plots import metric_comparison
+from rec_orchestration.resources.model_store import ModelStoreResource
+from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.resources.roles import ensure_roles
+
+BASELINE = "popularity"
+EVALUATIONS_DDL = sql.SQL("""
+    CREATE TABLE IF NOT EXISTS recs.model_evaluations (
+        model_name     text NOT NULL,
+        model_version  text NOT NULL,
+        k              integer NOT NULL,
+        precision_at_k double precision NOT NULL,
+        recall_at_k    double precision NOT NULL,
+        ndcg_at_k      double precision NOT NULL,
+        map            double precision NOT NULL,
+        coverage       double precision NOT NULL,
+        users          integer NOT NULL,
+        fit_seconds    double precision NOT NULL,
+        data_version   text NOT NULL,
+        split          jsonb NOT NULL,
+        params         jsonb NOT NULL,
+        evaluated_at   timestamptz NOT NULL,
+        PRIMARY KEY (model_name, model_version, k)
+    )""")
+CHAMPIONS_DDL = sql.SQL("""
+    CREATE TABLE IF NOT EXISTS recs.model_champions (
+        run_id              text PRIMARY KEY,
+        chosen_at           timestamptz NOT NULL,
+        model_name          text NOT NULL,
+        model_version       text NOT NULL,
+        k                   integer NOT NULL,
+        ndcg_at_k           double precision NOT NULL,
+        baseline_version    text NOT NULL,
+        baseline_ndcg_at_k  double precision NOT NULL,
+        required_lift       double precision NOT NULL,
+        beats_baseline      boolean NOT NULL
+    )""")
+CHAMPION_QUERY = "SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1"
+
+
+class EvaluationConfig(dg.Config):
+    min_lift: float = Field(default=0.0, ge=0.0, description=(
+        "The champion must beat popularity's nDCG@k by more than this fraction (0.05 = 5 %) to be published."))
+
+
+def latest_manifests(model_store: ModelStoreResource) -> dict[str, dict]:
+    manifests = {}
+    for name in registry.MODEL_NAMES:
+        version = model_store.latest(name)
+        if version is None:
+            raise dg.Failure(f"model {name} has no artifact yet: materialize models/{name} first")
+        manifests[name] = model_store.manifest(name, version)
+    data_versions = {m["data_version"] for m in manifests.values()}
+    if len(data_versions) > 1:
+        raise dg.Failure("the models' latest artifacts were fitted on different data; materialize the models "
+                         f"together so their metrics compare: {sorted(data_versions)}")
+    return manifests
+
+
+@dg.asset(
+    key=["recs", "model_evaluations"],
+    group_name="evaluation",
+    kinds={"python", "postgres"},
+    deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],
+)
+def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: PostgresResource,
+                      model_store: ModelStoreResource) -> dg.MaterializeResult:
+    """Each model's metrics at k on the held-out latest interactions, per version; the champion chosen."""
+    manifests = latest_manifests(model_store)
+    now = datetime.now(UTC)
+    rows = []
+    for name, manifest in manifests.items():
+        m = manifest["metrics"]
+        rows.append((name, manifest["version"], EVAL_K, m[f"precision@{EVAL_K}"], m[f"recall@{EVAL_K}"],
+                     m[f"ndcg@{EVAL_K}"], m["map"], m["coverage"], int(m["users"]), manifest["fit_seconds"],
+                     manifest["data_version"], json.dumps(manifest["split"]), json.dumps(manifest["params"]), now))
+    champion = max(manifests, key=lambda name: (manifests[name]["metrics"][f"ndcg@{EVAL_K}"], name != BASELINE))
+    champion_ndcg = manifests[champion]["metrics"][f"ndcg@{EVAL_K}"]
+    baseline_ndcg = manifests[BASELINE]["metrics"][f"ndcg@{EVAL_K}"]
+    beats = champion != BASELINE and champion_ndcg > baseline_ndcg * (1.0 + config.min_lift)
+    run_id = context.run.run_id if context.run else now.isoformat()
+    with warehouse.connection() as conn:
+        ensure_roles(conn)
+        conn.execute(EVALUATIONS_DDL)
+        conn.execute(CHAMPIONS_DDL)
+        with conn.cursor() as cur:
+            cur.executemany("""
+                INSERT INTO recs.model_evaluations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (model_name, model_version, k) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at""",
+                rows)
+        conn.execute("""
+            INSERT INTO recs.model_champions VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (run_id) DO UPDATE SET chosen_at = EXCLUDED.chosen_at, model_name = EXCLUDED.model_name,
+                model_version = EXCLUDED.model_version, ndcg_at_k = EXCLUDED.ndcg_at_k,
+                baseline_version = EXCLUDED.baseline_version, baseline_ndcg_at_k = EXCLUDED.baseline_ndcg_at_k,
+                required_lift = EXCLUDED.required_lift, beats_baseline = EXCLUDED.beats_baseline""",
+            (run_id, now, champion, manifests[champion]["version"], EVAL_K, champion_ndcg,
+             manifests[BASELINE]["version"], baseline_ndcg, config.min_lift, beats))
+    table = pd.DataFrame([{"model": name, "version": m["version"],
+                           **{key: round(float(value), 4) for key, value in m["metrics"].items() if key != "users"},
+                           "fit_s": m["fit_seconds"]}
+                          for name, m in manifests.items()]).sort_values(f"ndcg@{EVAL_K}", ascending=False)
+    keys = [f"precision@{EVAL_K}", f"recall@{EVAL_K}", f"ndcg@{EVAL_K}", "map", "coverage"]
+    plot = metric_comparison({name: m["metrics"] for name, m in manifests.items()}, keys,
+                             f"held-out latest interaction per user, k={EVAL_K}")
+    return dg.MaterializeResult(metadata={
+        "champion": f"{champion} {manifests[champion]['version']}",
+        f"champion_ndcg@{EVAL_K}": float(champion_ndcg),
+        f"popularity_ndcg@{EVAL_K}": float(baseline_ndcg),
+        "beats_popularity": beats,
+        "metrics": dg.MetadataValue.md(table.to_markdown(index=False)),
+        "comparison": dg.MetadataValue.md(
+            f"![metric comparison](data:image/png;base64,{base64.b64encode(plot).decode()})"),
+    })
+
+
+@dg.asset_check(asset=model_evaluations, blocking=True,
+                description="The champion beats the popularity baseline (by more than min_lift); otherwise "
+                            "nothing downstream publishes it.")
+def champion_beats_popularity(warehouse: PostgresResource) -> dg.AssetCheckResult:
+    row = warehouse.read_dataframe(sql.SQL(CHAMPION_QUERY)).iloc[0]
+    return dg.AssetCheckResult(passed=bool(row["beats_baseline"]), metadata={
+        "champion": f"{row['model_name']} {row['model_version']}",
+        f"champion_ndcg@{EVAL_K}": float(row["ndcg_at_k"]),
+        f"popularity_ndcg@{EVAL_K}": float(row["baseline_ndcg_at_k"]),
+        "required_lift": float(row["required_lift"]),
+    })

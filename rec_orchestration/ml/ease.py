@@ -1,0 +1,89 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data"): a closed-form item–item model.
+
+B = argmin ||X - XB||² + λ||B||² subject to diag(B) = 0 has the solution P = (XᵀX + λI)⁻¹,
+B = -P / diag(P) (column-wise), diag(B) = 0. A user's scores are their interaction row times B.
+
+The inverse is dense items × items, so the model is built over the ``max_items`` most interacted
+items (all of them for catalogues up to that size); other items score below every modelled one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.interactions import Interactions
+
+UNMODELLED_SCORE = -1e9
+
+
+class EASERecommender(Recommender):
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = 10_000) -> None:
+        if l2 <= 0:
+            raise ValueError("l2 must be positive")
+        self.params = {"l2": float(l2), "max_items": int(max_items)}
+        self.user_ids = np.array([], dtype=np.int64)
+        self.item_ids = np.array([], dtype=np.int64)
+        self.modelled = np.array([], dtype=np.int64)       # item indices inside the model
+        self.weights = np.empty((0, 0), dtype=np.float32)  # B over the modelled items
+        self.user_items = sp.csr_matrix((0, 0), dtype=np.float32)
+
+    def fit(self, interactions: Interactions) -> EASERecommender:
+        if len(interactions) == 0:
+            raise ValueError("cannot fit EASE on zero interactions")
+        history = (interactions.user_item_matrix() > 0).astype(np.float32).tocsr()
+        counts = np.asarray(history.sum(axis=0)).ravel()
+        modelled = np.sort(np.argsort(-counts, kind="stable")[: self.params["max_items"]])
+        x = history[:, modelled]
+        gram = (x.T @ x).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.params["l2"]
+        precision = np.linalg.inv(gram)
+        weights = precision / (-np.diag(precision))
+        weights[np.diag_indices_from(weights)] = 0.0
+        self.weights = weights.astype(np.float32)
+        self.modelled = modelled.astype(np.int64)
+        self.user_items = history
+        self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
+        return self
+
+    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+        scores = np.full((len(user_index), len(self.item_ids)), UNMODELLED_SCORE, dtype=np.float32)
+        rows = self.user_items[user_index][:, self.modelled]
+        scores[:, self.modelled] = np.asarray(rows @ self.weights)
+        return scores
+
+    def item_vectors(self) -> np.ndarray:
+        """An item's column of B over the modelled items (zero for unmodelled items)."""
+        vectors = np.zeros((len(self.item_ids), len(self.modelled)), dtype=np.float32)
+        vectors[self.modelled] = self.weights.T
+        return vectors
+
+    def state_dict(self) -> dict[str, Any]:
+        import torch
+
+        return {"params": dict(self.params),
+                "user_ids": torch.as_tensor(self.user_ids.astype(np.int64)),
+                "item_ids": torch.as_tensor(self.item_ids.astype(np.int64)),
+                "modelled": torch.as_tensor(self.modelled),
+                "weights": torch.as_tensor(self.weights),
+                "user_items_indptr": torch.as_tensor(self.user_items.indptr.astype(np.int64)),
+                "user_items_indices": torch.as_tensor(self.user_items.indices.astype(np.int64)),
+                "user_items_shape": list(self.user_items.shape)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> EASERecommender:
+        model = cls(**state["params"])
+        model.user_ids = state["user_ids"].cpu().numpy()
+        model.item_ids = state["item_ids"].cpu().numpy()
+        model.modelled = state["modelled"].cpu().numpy()
+        model.weights = state["weights"].cpu().numpy()
+        indices = state["user_items_indices"].cpu().numpy()
+        model.user_items = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices,
+                                       state["user_items_indptr"].cpu().numpy()),
+                                      shape=tuple(state["user_items_shape"]))
+        return model

@@ -1,0 +1,128 @@
+"""The modelling stage through Dagster on the generated sample: similarity, every model, evaluation, gate."""
+
+import io
+
+import dagster as dg
+import numpy as np
+import pytest
+import torch
+
+from rec_orchestration import settings
+from rec_orchestration.ml import registry
+from tests.conftest import QUICK_MODELS, materialize_everything, query, scalar
+
+
+def assert_success(result: dg.ExecuteInProcessResult) -> None:
+    failures = [e.message for e in result.all_events if e.is_failure]
+    assert result.success, failures
+
+
+@pytest.fixture(scope="module")
+def trained(module_warehouse_env):
+    db, workdir = module_warehouse_env
+    result = materialize_everything()
+    assert_success(result)
+    return db, result
+
+
+def test_every_model_is_evaluated_on_the_same_time_split_and_a_champion_published(trained):
+    db, result = trained
+    rows = query(db, """SELECT model_name, ndcg_at_k, precision_at_k, recall_at_k, map, coverage, users,
+                               split->>'kind', data_version
+                        FROM recs.model_evaluations ORDER BY model_name""")
+    assert [row[0] for row in rows] == sorted(registry.MODEL_NAMES)
+    assert {row[7] for row in rows} == {"time"}
+    assert len({row[8] for row in rows}) == 1                  # one data version: the metrics compare
+    users = scalar(db, "SELECT count(*) FROM core.users u WHERE (SELECT count(*) FROM core.interactions i "
+                       "WHERE i.user_id = u.user_id) >= 3")
+    assert {row[6] for row in rows} == {users}                 # every user with enough history evaluated
+    for name, ndcg, precision, recall, map_, coverage, *_ in rows:
+        assert 0 <= ndcg <= 1 and 0 <= precision <= 1 and 0 <= recall <= 1 and 0 <= map_ <= 1, name
+        assert 0 < coverage <= 1, name
+    by_name = {row[0]: row[1] for row in rows}
+    # The sample plants per-user category tastes: personalised models must find them.
+    for name in registry.MODEL_NAMES:
+        if name != "popularity":
+            assert by_name[name] > by_name["popularity"], (name, by_name)
+
+    champion = query(db, "SELECT model_name, ndcg_at_k, baseline_ndcg_at_k, beats_baseline FROM recs.model_champions")
+    assert len(champion) == 1
+    name, ndcg, baseline, beats = champion[0]
+    assert ndcg == max(by_name.values()) and name != "popularity" and beats
+    assert baseline == by_name["popularity"]
+    published = query(db, "SELECT DISTINCT model_name, reason FROM recs.user_recommendations")
+    assert (name, "personalized") in published
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["champion_beats_popularity"] is True
+
+
+def test_artifacts_load_weights_only_on_a_cpu_and_plots_reach_the_ui(trained):
+    db, result = trained
+    store = settings.model_store_dir()
+    for name in registry.MODEL_NAMES:
+        version = (store / name / "LATEST").read_text().strip()
+        state = torch.load(io.BytesIO((store / name / version / "state_dict.pt").read_bytes()),
+                           map_location="cpu", weights_only=True)
+        model = registry.model_class(name).from_state_dict(state)
+        users = model.user_ids[:5] if name != "popularity" else np.array([1, 2])
+        assert all(len(items) == 5 for items in model.recommend(users, 5).items), name
+    materializations = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata
+                        for e in result.get_asset_materialization_events()}
+    gnn = materializations[("models", "lightgcn")]
+    assert gnn["device"].value in {"cpu", "cuda"}
+    assert gnn["training_curve"].value.startswith("![training curve](data:image/png;base64,")
+    evaluation = materializations[("recs", "model_evaluations")]
+    assert "| lightgcn" in evaluation["metrics"].value
+    assert evaluation["comparison"].value.startswith("![metric comparison](data:image/png;base64,")
+
+
+def test_similarity_has_three_methods_with_sensible_neighbours(trained):
+    db, _ = trained
+    per_method = dict(query(db, "SELECT method, count(DISTINCT item_id) FROM recs.item_similarity GROUP BY method"))
+    assert set(per_method) == {"collaborative", "content", "embedding"}
+    products = scalar(db, "SELECT count(*) FROM core.products")
+    assert per_method["content"] == products and per_method["embedding"] == products
+    assert scalar(db, "SELECT count(*) FROM recs.item_similarity WHERE item_id = neighbor_id") == 0
+    assert scalar(db, "SELECT count(*) FROM recs.item_similarity WHERE score <= 0 AND method <> 'embedding'") == 0
+    # Products of one leaf category share words and buyers. A product picked at random shares the leaf
+    # category of about 1 in 20 others (the sample has 20): every method's nearest neighbour does far
+    # better than that.
+    same_category = dict(query(db, """
+        SELECT s.method, avg((pa.main_category = pb.main_category AND pa.categories = pb.categories)::int)
+        FROM recs.item_similarity s
+        JOIN core.products pa ON pa.product_id = s.item_id
+        JOIN core.products pb ON pb.product_id = s.neighbor_id
+        WHERE s.rank = 1 GROUP BY s.method"""))
+    assert same_category["content"] > 0.9, same_category
+    chance = scalar(db, """SELECT sum(n * n)::float / (sum(n) * sum(n)) FROM (
+                               SELECT count(*) AS n FROM core.products GROUP BY main_category, categories) c""")
+    assert chance < 0.1
+    assert same_category["collaborative"] > 5 * chance, (same_category, chance)
+    assert same_category["embedding"] > 3 * chance, (same_category, chance)
+
+
+def test_retraining_is_skipped_when_nothing_changed(trained):
+    db, _ = trained
+    result = materialize_everything()
+    assert_success(result)
+    reused = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata["reused_artifact"].value
+              for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "models"}
+    assert reused == {("models", name): True for name in registry.MODEL_NAMES}
+    assert scalar(db, "SELECT count(DISTINCT model_version) FROM recs.model_evaluations") == len(registry.MODEL_NAMES)
+
+
+def test_the_gate_blocks_publishing_a_champion_that_does_not_beat_popularity(trained):
+    db, _ = trained
+    runs_before = scalar(db, "SELECT count(*) FROM recs.recommendation_runs")
+    live_before = query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3")
+    # Require a 1000 % lift over popularity: no model reaches it, so the champion is refused.
+    result = materialize_everything(run_config={
+        **QUICK_MODELS, "ops": {**QUICK_MODELS["ops"], "recs__model_evaluations": {"config": {"min_lift": 10.0}}}})
+    assert not result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["champion_beats_popularity"] is False
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "recs__user_recommendations" not in started
+    assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == runs_before
+    assert query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3") == live_before
+    assert scalar(db, "SELECT beats_baseline FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1") is False

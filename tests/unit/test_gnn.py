@@ -1,0 +1,169 @@
+"""LightGCN: learns communities, restores its best epoch, validates only on its own input, round-trips.
+
+The data: two communities of 20 users, each interacting with 7 of the 10 items of its own block; the
+other 3 of the block are held out, and a model that learned the graph scores them above every item of
+the other block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.gnn import LightGCN, LightGCNRecommender, positive_pairs, validation_split
+from rec_orchestration.ml.interactions import Interactions
+
+N_USERS, N_ITEMS, ITEM_OFFSET = 40, 20, 1000
+SMALL = {"factors": 16, "layers": 2, "lr": 0.05, "batch_size": 64, "accelerator": "cpu"}
+
+
+def own_block(user: int) -> np.ndarray:
+    return np.arange(10) if user < N_USERS // 2 else np.arange(10, 20)
+
+
+def two_communities(seed: int = 0) -> tuple[Interactions, dict[int, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    rows, held_out = [], {}
+    for user in range(N_USERS):
+        items = rng.permutation(own_block(user))
+        rows += [(user, ITEM_OFFSET + int(item), 1.0, 1_600_000_000 + i) for i, item in enumerate(items[:7])]
+        held_out[user] = items[7:]          # item indices (external id - ITEM_OFFSET)
+    frame = pd.DataFrame(rows, columns=["user_id", "product_id", "weight", "ts"])
+    return Interactions.from_frame(frame), held_out
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Interactions, dict[int, np.ndarray]]:
+    return two_communities()
+
+
+@pytest.fixture(scope="module")
+def early_stopped(data) -> LightGCNRecommender:
+    """Trained until nDCG@20 on its validation split has not improved for 3 epochs."""
+    return LightGCNRecommender(**SMALL, epochs=200, patience=3).fit(data[0])
+
+
+def test_ranks_the_held_out_items_of_the_users_own_block_above_the_other_block(data, early_stopped):
+    interactions, held_out = data
+    assert early_stopped.device_used == "cpu"
+    scores = early_stopped.score_users(np.arange(N_USERS))
+    assert scores.shape == (N_USERS, N_ITEMS)
+    separated = [scores[user, held_out[user]].min() > np.delete(scores[user], own_block(user)).max()
+                 for user in range(N_USERS)]
+    assert sum(separated) >= 0.9 * N_USERS, f"only {sum(separated)} of {N_USERS} users separated"
+    recs = early_stopped.recommend(np.arange(N_USERS), k=3, exclude=interactions.items_by_user())
+    hits = sum(len(set(items.tolist()) & set((ITEM_OFFSET + held_out[user]).tolist()))
+               for user, items in enumerate(recs.items))
+    assert hits >= 0.9 * 3 * N_USERS
+
+
+def test_untrained_embeddings_do_not_separate_the_communities(data):
+    """The test above can fail: with a learning rate of 0 the random start does not pass it."""
+    interactions, held_out = data
+    model = LightGCNRecommender(**{**SMALL, "lr": 0.0}, epochs=3, patience=10).fit(interactions)
+    scores = model.score_users(np.arange(N_USERS))
+    separated = [scores[user, held_out[user]].min() > np.delete(scores[user], own_block(user)).max()
+                 for user in range(N_USERS)]
+    assert sum(separated) < 0.5 * N_USERS
+
+
+def test_validation_split_holds_out_only_the_users_own_positives():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 30, size=200)
+    users = np.repeat(np.arange(200), counts)
+    items = np.concatenate([np.sort(rng.choice(500, size=n, replace=False)) for n in counts])
+    held_out = validation_split(users, items, 0.2, seed=5)
+    assert held_out.shape == users.shape and held_out.any()
+    # held-out pairs are input pairs, and every user keeps at least one positive for training
+    assert np.bincount(users[~held_out], minlength=200).min() >= 1
+    assert not held_out[np.isin(users, np.flatnonzero(counts == 1))].any()
+    kept = set(zip(users[~held_out].tolist(), items[~held_out].tolist(), strict=True))
+    val = set(zip(users[held_out].tolist(), items[held_out].tolist(), strict=True))
+    assert val and not val & kept
+    assert val | kept == set(zip(users.tolist(), items.tolist(), strict=True))
+    assert held_out.mean() == pytest.approx(0.2, abs=0.03)
+    np.testing.assert_array_equal(held_out, validation_split(users, items, 0.2, seed=5))
+    assert not validation_split(users, items, 0.0, seed=5).any()
+
+
+def test_early_stopping_stops_when_validation_stops_improving(data):
+    # lr 0: nDCG never changes, so it never improves after the first epoch
+    model = LightGCNRecommender(**{**SMALL, "lr": 0.0}, epochs=50, patience=2).fit(data[0])
+    assert model.stopped_early
+    assert [row["epoch"] for row in model.history] == [0, 1, 2]
+    assert model.best_epoch == 0
+
+
+def test_keeps_the_weights_of_the_best_validation_epoch(data, early_stopped):
+    history = early_stopped.history
+    assert early_stopped.stopped_early and len(history) < 200
+    ndcgs = [row["val_ndcg"] for row in history]
+    assert early_stopped.best_epoch == int(np.argmax(ndcgs)) < len(history) - 1
+    assert early_stopped.best_val_ndcg == pytest.approx(max(ndcgs))
+    assert all(np.isfinite(row["train_loss"]) for row in history)
+    # nDCG@20 recomputed here from the kept embeddings is the best epoch's, not the last one's
+    interactions = data[0]
+    users, items = positive_pairs(interactions)
+    held_out = validation_split(users, items, 0.1, seed=early_stopped.params["seed"])
+    assert held_out.any()
+    recomputed = validation_ndcg(early_stopped, users, items, held_out)
+    assert recomputed == pytest.approx(early_stopped.best_val_ndcg, abs=1e-6)
+    assert recomputed != pytest.approx(ndcgs[-1], abs=1e-6)
+
+
+def validation_ndcg(model: Recommender, users, items, held_out, k: int = 20) -> float:
+    scores = model.score_users(np.arange(N_USERS)).astype(np.float64)
+    scores[users[~held_out], items[~held_out]] = -np.inf
+    discount = 1 / np.log2(np.arange(2, k + 2))
+    values = []
+    for user in np.unique(users[held_out]):
+        relevant = set(items[held_out & (users == user)].tolist())
+        ranked = np.argsort(-scores[user], kind="stable")[:k]
+        dcg = sum(discount[rank] for rank, item in enumerate(ranked) if item in relevant)
+        values.append(dcg / discount[:min(len(relevant), k)].sum())
+    return float(np.mean(values))
+
+
+def test_fits_are_repeatable_with_a_seed(data, early_stopped):
+    again = LightGCNRecommender(**SMALL, epochs=200, patience=3).fit(data[0])
+    np.testing.assert_array_equal(again.user_factors, early_stopped.user_factors)
+    np.testing.assert_array_equal(again.item_factors, early_stopped.item_factors)
+
+
+def test_save_and_load_give_identical_scores(tmp_path, early_stopped):
+    path = tmp_path / "lightgcn.pt"
+    early_stopped.save(path)
+    torch.load(path, weights_only=True)                    # plain tensors and values only
+    restored = LightGCNRecommender.load(path)
+    users = np.arange(N_USERS)
+    np.testing.assert_array_equal(restored.score_users(users), early_stopped.score_users(users))
+    np.testing.assert_array_equal(restored.item_vectors(), early_stopped.item_vectors())
+    np.testing.assert_array_equal(restored.item_ids, early_stopped.item_ids)
+    assert restored.history == early_stopped.history
+    assert (restored.best_epoch, restored.params) == (early_stopped.best_epoch, early_stopped.params)
+    neighbours, _ = restored.similar_items(early_stopped.item_ids[:1], n=3)
+    assert set(neighbours[0].tolist()) <= set((ITEM_OFFSET + own_block(0)).tolist())
+
+
+def test_module_propagation_is_the_mean_of_the_normalised_layers():
+    users, items = np.array([0, 0, 1]), np.array([0, 1, 1])
+    module = LightGCN(2, 2, users, items, factors=4, layers=2, seed=1)
+    adjacency = module.adjacency.to_dense()
+    # nodes: users 0, 1 (degrees 2, 1), then items 0, 1 (degrees 1, 2); entry = 1 / sqrt(deg * deg)
+    expected_adjacency = torch.zeros(4, 4)
+    for user, item, value in [(0, 0, 2 ** -0.5), (0, 1, 0.5), (1, 1, 2 ** -0.5)]:
+        expected_adjacency[user, 2 + item] = expected_adjacency[2 + item, user] = value
+    torch.testing.assert_close(adjacency, expected_adjacency)
+    ego = torch.cat([module.user_embedding, module.item_embedding]).detach()
+    expected = (ego + expected_adjacency @ ego + expected_adjacency @ expected_adjacency @ ego) / 3
+    user_final, item_final = module.propagate()
+    torch.testing.assert_close(torch.cat([user_final, item_final]).detach(), expected)
+
+
+def test_refuses_interactions_without_a_positive():
+    frame = pd.DataFrame({"user_id": [1], "product_id": [2], "weight": [0.0], "ts": [0]})
+    with pytest.raises(ValueError, match="weight > 0"):
+        LightGCNRecommender(accelerator="cpu").fit(Interactions.from_frame(frame))
