@@ -1,9 +1,12 @@
 r"""Item-item similarity speed: ``cosine_top_n_sparse`` against scikit-learn's brute-force kNN, in one run.
 
 The data
-    MovieLens ratings (``--dataset``: ``ml-1m`` or ``ml-100k`` under ``../shared/data/movielens``, or a
-    path to a ``ratings.dat`` / ``u.data`` / ``ratings.csv`` file or its directory; default ``ml-1m`` if
-    present, else ``ml-100k``), as a users x items CSR matrix (float32). Every rating is a positive
+    ``--dataset generated`` (the default): 1M interactions (``--rows``) drawn like ``bench/warehouse.py``'s
+    generated reviews (``bench/ingest.py``: 100,000 users with power-law activity, exponent 0.5; 20,000
+    items with power-law popularity, exponent 0.7), the scale the project's other benchmarks use.
+    Or MovieLens ratings (``ml-1m`` or ``ml-100k`` under ``../shared/data/movielens``, or a path to a
+    ``ratings.dat`` / ``u.data`` / ``ratings.csv`` file or its directory), as a users x items CSR
+    matrix (float32). Every rating is a positive
     (``--values binary``, the default, as in ``shared/BENCHMARKS.md``: each entry is 1), or the entry
     is the rating itself (``--values rating``). The data are read, never copied into the repository.
 
@@ -27,10 +30,11 @@ differences are items tied at the cut), the mean Jaccard index of the sets, and 
 difference between our score and the peer's ``1 - distance`` over the neighbours both lists share.
 
 Output: the report as text (a small table: figure, the peer's figure, their ratio; the machine),
-whose last line is ``similarity_speedup=<peer/ours> same_neighbours=<fraction of identical sets>``.
+whose last line is ``similarity_speedup=<peer/ours> same_neighbours=<fraction of identical sets>
+same_up_to_ties=<fraction with the same score at every rank>``.
 With ``--json`` the figures go to stdout as one JSON object and the text report to stderr.
 
-    .venv/bin/python bench/similarity.py [--dataset ml-1m|ml-100k|PATH] [--n 50] [--rounds 3]
+    .venv/bin/python bench/similarity.py [--dataset generated|ml-1m|ml-100k|PATH] [--rows 1000000] [--n 50] [--rounds 3]
                                          [--values binary|rating] [--json]
 """
 
@@ -84,6 +88,16 @@ def ratings_file(dataset: str | None) -> Path:
     if not path.is_file():
         raise SystemExit(f"dataset not found: {dataset} (looked in {MOVIELENS})")
     return path
+
+
+def generated_ratings(rows: int, seed: int, n_users: int = 100_000, n_items: int = 20_000) -> pd.DataFrame:
+    """``user, item, rating`` drawn like bench/ingest.py's generated reviews (power-law users and items)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ingest import _power_law
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"user": _power_law(rng, n_users, 0.5, rows), "item": _power_law(rng, n_items, 0.7, rows),
+                         "rating": rng.choice(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), size=rows)})
 
 
 def read_ratings(path: Path) -> pd.DataFrame:
@@ -181,8 +195,10 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=None,
-                        help="ml-1m, ml-100k (under ../shared/data/movielens) or a path (default: ml-1m if present)")
+    parser.add_argument("--dataset", default="generated",
+                        help="generated (default), ml-1m, ml-100k (under ../shared/data/movielens) or a path")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="interactions of --dataset generated")
+    parser.add_argument("--seed", type=int, default=7, help="seed of --dataset generated")
     parser.add_argument("--n", type=int, default=50, help="neighbours per item (50)")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each (3); the best is compared")
     parser.add_argument("--values", choices=("binary", "rating"), default="binary",
@@ -190,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="figures as JSON on stdout, the report on stderr")
     args = parser.parse_args(argv)
 
-    path = ratings_file(args.dataset)
-    say(f"reading {path} ...")
-    matrix = user_item_matrix(read_ratings(path), args.values)
+    if args.dataset == "generated":
+        path = f"generated ({args.rows:,} interactions, seed {args.seed})"
+        matrix = user_item_matrix(generated_ratings(args.rows, args.seed), args.values)
+    else:
+        path = ratings_file(args.dataset)
+        say(f"reading {path} ...")
+        matrix = user_item_matrix(read_ratings(path), args.values)
     items_by_users = matrix.T.tocsr()  # the peer's input, built outside its timing
     n_users, n_items = matrix.shape
     n = args.n
@@ -217,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     ours_best, peer_best = min(ours_s), min(peer_s)
     speedup = peer_best / ours_best
     label = "binary: every rating = 1" if args.values == "binary" else "entry = the rating"
-    dataset = path.parent.name if path.name in RATING_FILES else path.name
+    if isinstance(path, str):
+        dataset = path
+    else:
+        dataset = path.parent.name if path.name in RATING_FILES else path.name
     rows = [  # figure, ours, the peer's, ratio (peer / ours for seconds, ours / peer for rates), format
         (f"seconds, best of {args.rounds}", ours_best, peer_best, peer_best / ours_best, ",.3f"),
         (f"seconds, median of {args.rounds}", statistics.median(ours_s), statistics.median(peer_s),
@@ -244,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ours kept {len(ours_result):,} (item, neighbour) pairs, "
         f"{np.count_nonzero(np.bincount(ours_result.item, minlength=n_items) < n):,} item(s) with fewer than {n}",
         f"goal similarity_speedup >= 5: {'met' if speedup >= 5 else 'NOT met'}",
-        f"similarity_speedup={speedup:.2f} same_neighbours={agree['identical_sets']:.4f}",
+        f"similarity_speedup={speedup:.2f} same_neighbours={agree['identical_sets']:.4f} "
+        f"same_up_to_ties={agree['same_scores_at_every_rank']:.4f}",
     ]
     figures = {
         "dataset": str(path), "values": args.values, "n": n, "n_users": n_users, "n_items": n_items,

@@ -7,6 +7,8 @@ artifact whose version already exists is reused, not refitted: models retrain on
 parameters or code changed. ``recs/model_evaluations`` (assets/evaluation.py) compares them.
 """
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,19 +33,20 @@ CODE_VERSIONS = {"popularity": "popularity-v1", "itemknn": "itemknn-v1", "ease":
 EVAL_K = 10                 # metrics at k, for every model
 HOLDOUT_LATEST = 1          # each user's latest interaction is the test set
 HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained on
+# Part of every model's artifact version: a change to how models are evaluated re-evaluates them.
+EVALUATION_VERSION = f"time-holdout-{HOLDOUT_LATEST}-min{HOLDOUT_MIN_INTERACTIONS}-k{EVAL_K}-v1"
 
-# The training input: one row per (user, product), weighted by dbt (var interaction_weights).
+# The training input: one row per (user, product), weighted by dbt (var interaction_weights). Ordered,
+# so the split (ties in time broken by row order) and the data version are the same on every read.
 INTERACTIONS_QUERY = sql.SQL("""
     SELECT user_id, product_id, weight, last_at AS ts
     FROM core.interactions
-""")
-DATA_VERSION_QUERY = sql.SQL("""
-    SELECT count(*) || ':' || coalesce(max(last_at)::text, '') || ':' || coalesce(sum(weight)::text, '')
-    FROM core.interactions
+    ORDER BY user_id, last_at, product_id
 """)
 ITEM_CATEGORIES_QUERY = sql.SQL("""
-    SELECT pc.product_id, array_to_string(c.path, ' > ')
+    SELECT pc.product_id, array_to_string(c.path, ' > ') AS path
     FROM core.product_categories pc JOIN core.categories c USING (category_id)
+    ORDER BY pc.product_id, path
 """)
 INTERACTION_DEPS = [dg.AssetKey(["core", "interactions"])]
 
@@ -55,6 +58,12 @@ def interactions_frame(warehouse: PostgresResource) -> pd.DataFrame:
     frame["weight"] = frame["weight"].astype(float)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return frame
+
+
+def data_version(frame: pd.DataFrame) -> str:
+    """Hash of exactly the rows a model is fitted on (any changed id, weight or time changes it)."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return f"{len(frame)}:{digest.hexdigest()[:24]}"
 
 
 def load_interactions(warehouse: PostgresResource) -> Interactions:
@@ -87,7 +96,7 @@ def training_split(warehouse: PostgresResource) -> TrainingSplit:
     frame = interactions_frame(warehouse)
     train, test = time_holdout(frame, n_latest=HOLDOUT_LATEST, min_interactions=HOLDOUT_MIN_INTERACTIONS)
     return TrainingSplit(Interactions.from_frame(train), test[["user_id", "product_id"]].reset_index(drop=True),
-                         str(warehouse.fetch_value(DATA_VERSION_QUERY)))
+                         data_version(frame))
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -159,7 +168,7 @@ def fit_and_evaluate(context: dg.AssetExecutionContext, name: str, params: dict[
                      split: TrainingSplit, model_store: ModelStoreResource,
                      extra_inputs: dict[str, Any] | None = None) -> dg.MaterializeResult:
     version = artifact_version(split.data_version, {**params, **(extra_inputs or {}).get("version", {})},
-                               CODE_VERSIONS[name])
+                               f"{CODE_VERSIONS[name]}/{EVALUATION_VERSION}")
     if model_store.exists(name, version):
         manifest = model_store.manifest(name, version)
         model_store.set_latest(name, version)
@@ -227,7 +236,8 @@ def model_asset(name: str) -> dg.AssetsDefinition:
         if name == "lightfm" and config.use_categories:
             categories = item_categories(warehouse)
             extra = {"constructor": {"item_features": categories},
-                     "version": {"item_features": sorted((k, tuple(v)) for k, v in categories.items())}}
+                     "version": {"item_features": hashlib.sha256(
+                         json.dumps(sorted((k, sorted(v)) for k, v in categories.items())).encode()).hexdigest()}}
         return fit_and_evaluate(context, name, params, split, model_store, extra)
 
     return _asset
@@ -249,10 +259,11 @@ model_assets = [model_asset(name) for name in registry.MODEL_NAMES]
 def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig, warehouse: PostgresResource,
                      model_store: ModelStoreResource):
     """Popularity over all interactions, overall and per category; the model saved to the model store."""
-    interactions = load_interactions(warehouse)
+    frame = interactions_frame(warehouse)
+    interactions = Interactions.from_frame(frame)
     model = PopularityRecommender(half_life_days=config.half_life_days).fit(interactions)
     params = {"half_life_days": config.half_life_days}
-    version = artifact_version(str(warehouse.fetch_value(DATA_VERSION_QUERY)), params, CODE_VERSIONS["popularity"])
+    version = artifact_version(data_version(frame), params, CODE_VERSIONS["popularity"])
     location = model_store.save("popular_products", version, model.state_dict(),
                                 {"params": params, "n_interactions": len(interactions)})
     items, scores = model.ranking()

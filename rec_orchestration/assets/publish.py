@@ -9,6 +9,7 @@ import numpy as np
 from psycopg import sql
 from pydantic import Field
 
+from rec_orchestration.assets.evaluation import champion_row, run_key
 from rec_orchestration.assets.models import load_interactions
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
@@ -49,12 +50,20 @@ def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender
     return model, str(ranked["model_version"].iloc[0])
 
 
-def champion_model(warehouse: PostgresResource, model_store: ModelStoreResource) -> tuple[Recommender, str]:
-    """The model ``recs/model_evaluations`` chose last (its blocking check has passed, or we would not run)."""
-    name, version = warehouse.fetch_all(
-        "SELECT model_name, model_version FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1")[0]
-    state, _ = model_store.load(name, version)
-    return registry.model_class(name).from_state_dict(state), version
+def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResource,
+                   model_store: ModelStoreResource) -> tuple[Recommender, str]:
+    """The champion this run's evaluation chose (its blocking check passed, or this step would not run);
+    when this run evaluated nothing, the latest champion, only if it beat popularity."""
+    row = champion_row(warehouse, run_key(context)) or champion_row(warehouse, None)
+    if row is None:
+        raise dg.Failure("no champion model yet: materialize recs/model_evaluations first")
+    if not row["beats_baseline"]:
+        raise dg.Failure(
+            f"the latest champion, {row['model_name']} {row['model_version']} (nDCG@{row['k']} "
+            f"{row['ndcg_at_k']:.4f}), does not beat popularity ({row['baseline_ndcg_at_k']:.4f}, required lift "
+            f"{row['required_lift']}): not publishing it; the live recommendations stay as they are")
+    state, _ = model_store.load(row["model_name"], row["model_version"])
+    return registry.model_class(row["model_name"]).from_state_dict(state), row["model_version"]
 
 
 @dg.asset(
@@ -76,7 +85,7 @@ def user_recommendations(context: dg.AssetExecutionContext, config: Recommendati
     """
     started = datetime.now(UTC)
     popular, popular_version = popularity_model(warehouse)
-    champion, champion_version = champion_model(warehouse, model_store)
+    champion, champion_version = champion_model(context, warehouse, model_store)
     interactions = load_interactions(warehouse)
     seen = interactions.items_by_user()
     users = np.array([row[0] for row in warehouse.fetch_all("SELECT user_id FROM core.users ORDER BY user_id")])

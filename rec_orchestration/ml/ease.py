@@ -4,7 +4,7 @@ B = argmin ||X - XB||² + λ||B||² subject to diag(B) = 0 has the solution P = 
 B = -P / diag(P) (column-wise), diag(B) = 0. A user's scores are their interaction row times B.
 
 The inverse is dense items × items, so the model is built over the ``max_items`` most interacted
-items (all of them for catalogues up to that size); other items score below every modelled one.
+items (all of them for catalogues up to that size); other items are never recommended by it.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
 
-UNMODELLED_SCORE = -1e9
+UNMODELLED_SCORE = -np.inf  # never recommended: the caller tops up from popularity
+MAX_ITEMS_LIMIT = 20_000      # float64 inverse of 20,000 x 20,000: 3.2 GB, plus as much work space
 
 
 class EASERecommender(Recommender):
@@ -26,6 +28,8 @@ class EASERecommender(Recommender):
     def __init__(self, l2: float = 500.0, max_items: int = 10_000) -> None:
         if l2 <= 0:
             raise ValueError("l2 must be positive")
+        if not 2 <= max_items <= MAX_ITEMS_LIMIT:
+            raise ValueError(f"max_items must be between 2 and {MAX_ITEMS_LIMIT:,} (memory grows with its square)")
         self.params = {"l2": float(l2), "max_items": int(max_items)}
         self.user_ids = np.array([], dtype=np.int64)
         self.item_ids = np.array([], dtype=np.int64)
@@ -42,10 +46,12 @@ class EASERecommender(Recommender):
         x = history[:, modelled]
         gram = (x.T @ x).toarray().astype(np.float64)
         gram[np.diag_indices_from(gram)] += self.params["l2"]
-        precision = np.linalg.inv(gram)
-        weights = precision / (-np.diag(precision))
+        weights = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)  # P; gram is consumed
+        del gram
+        weights /= -np.diag(weights).copy()  # B = -P / diag(P), column by column, in place
         weights[np.diag_indices_from(weights)] = 0.0
         self.weights = weights.astype(np.float32)
+        del weights
         self.modelled = modelled.astype(np.int64)
         self.user_items = history
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,8 +44,15 @@ class ModelStoreResource(dg.ConfigurableResource):
         return f"{self._root()}/{model_name}/{version}/{filename}"
 
     def exists(self, model_name: str, version: str) -> bool:
+        """A complete artifact: its manifest (written last) is there and reads back."""
         fs, path = fsspec.core.url_to_fs(self._path(model_name, version, MANIFEST_FILE))
-        return fs.exists(path)
+        if not fs.exists(path):
+            return False
+        try:
+            self.manifest(model_name, version)
+        except ValueError:
+            return False
+        return True
 
     def location(self, model_name: str, version: str) -> str:
         return self._path(model_name, version, "")
@@ -52,9 +60,12 @@ class ModelStoreResource(dg.ConfigurableResource):
     def save(self, model_name: str, version: str, state_dict: Mapping[str, Any],
              manifest: Mapping[str, Any], files: Mapping[str, bytes] | None = None) -> str:
         """Write the state dict and any extra ``files`` (plots), then the manifest: the manifest's presence
-        marks a complete artifact, so a crash mid-save leaves an artifact that ``exists`` calls absent."""
+        marks a complete artifact, so a crash mid-save leaves an artifact that ``exists`` calls absent.
+        A version is written once: saving a version that exists is a no-op (same inputs, same model)."""
         import torch
 
+        if self.exists(model_name, version):
+            return self.location(model_name, version)
         buffer = io.BytesIO()
         torch.save(dict(state_dict), buffer)
         self._write(self._path(model_name, version, STATE_FILE), buffer.getvalue())
@@ -65,10 +76,14 @@ class ModelStoreResource(dg.ConfigurableResource):
         return self.location(model_name, version)
 
     def _write(self, url: str, payload: bytes) -> None:
+        """Write beside the target, then rename over it (atomic on a local disk): a reader or a crash
+        never sees half a file."""
         fs, path = fsspec.core.url_to_fs(url)
         fs.makedirs(fs._parent(path), exist_ok=True)
-        with fs.open(path, "wb") as fh:
+        partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+        with fs.open(partial, "wb") as fh:
             fh.write(payload)
+        fs.mv(partial, path)
 
     def _read(self, url: str) -> bytes:
         fs, path = fsspec.core.url_to_fs(url)

@@ -126,3 +126,14 @@ def test_the_gate_blocks_publishing_a_champion_that_does_not_beat_popularity(tra
     assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == runs_before
     assert query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3") == live_before
     assert scalar(db, "SELECT beats_baseline FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1") is False
+
+    # Publishing on its own (from the UI, say) refuses the refused champion too.
+    from rec_orchestration.assets.publish import user_recommendations
+    from rec_orchestration.definitions import defs
+
+    alone = dg.materialize([user_recommendations], resources=defs.resources, raise_on_error=False)
+    assert not alone.success
+    failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "does not beat popularity" in str(failure.event_specific_data.error)
+    assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == runs_before
+    assert query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3") == live_before

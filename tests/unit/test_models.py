@@ -13,7 +13,8 @@ from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
 
 N_USERS, N_ITEMS = 40, 20           # users 0..19 like items 0..9, users 20..39 like items 10..19
-ITEM_OFFSET = 1000                  # external item ids differ from indices, as in the warehouse
+ITEM_OFFSET = 1000                  # external ids differ from the models' dense indices, as in the warehouse
+USER_IDS = 500 + 3 * np.arange(N_USERS)
 SMALL = {                           # small settings so the whole suite stays quick on a CPU
     "popularity": {},
     "itemknn": {"neighbours": 10},
@@ -36,8 +37,9 @@ def two_communities(seed: int = 0) -> tuple[Interactions, dict[int, np.ndarray]]
     rows, held_out = [], {}
     for user in range(N_USERS):
         items = rng.permutation(list(block(user)))
-        rows += [(user, ITEM_OFFSET + int(item), 1.0, 1_600_000_000 + 60 * i) for i, item in enumerate(items[:7])]
-        held_out[user] = ITEM_OFFSET + items[7:]
+        user_id = int(USER_IDS[user])
+        rows += [(user_id, ITEM_OFFSET + int(item), 1.0, 1_600_000_000 + 60 * i) for i, item in enumerate(items[:7])]
+        held_out[user_id] = ITEM_OFFSET + items[7:]
     frame = pd.DataFrame(rows, columns=["user_id", "product_id", "weight", "ts"])
     return Interactions.from_frame(frame), held_out
 
@@ -52,7 +54,7 @@ def fitted(request) -> tuple[str, Recommender, Interactions, dict]:
 def test_recommends_k_unseen_items_best_first(fitted):
     name, model, data, _ = fitted
     seen = data.items_by_user()
-    users = np.arange(N_USERS)
+    users = USER_IDS
     recs = model.recommend(users, k=3, exclude=seen)
     for user, items, scores in zip(users, recs.items, recs.scores, strict=True):
         assert len(items) == 3, name
@@ -64,12 +66,15 @@ def test_personalised_models_recommend_the_users_own_block(fitted):
     name, model, data, held_out = fitted
     if name == "popularity":
         # The baseline ranks the same items for everyone: the suite proves that is all it does.
-        recs = model.recommend(np.arange(N_USERS), k=3)
+        recs = model.recommend(USER_IDS, k=3)
         assert all(np.array_equal(recs.items[0], items) for items in recs.items)
         return
-    recs = model.recommend(np.arange(N_USERS), k=3, exclude=data.items_by_user())
+    # Unknown users mixed in: they get nothing, and the others' lists stay theirs.
+    users = np.insert(USER_IDS, [0, 10, N_USERS], [1, 501, 99_999])
+    recs = model.recommend(users, k=3, exclude=data.items_by_user())
+    assert [len(recs.items[i]) for i in (0, 11, len(users) - 1)] == [0, 0, 0]
     hits = sum(len(set(items.tolist()) & set(held_out[user].tolist()))
-               for user, items in zip(range(N_USERS), recs.items, strict=True))
+               for user, items in zip(users.tolist(), recs.items, strict=True) if user in held_out)
     # Each user's 3 unseen in-block items are the only right answers among 13 unseen: chance finds
     # 3 * 3/13 = 23 % of them; a model that learned the blocks finds most.
     assert hits >= 0.8 * 3 * N_USERS, f"{name} found {hits} of {3 * N_USERS} held-out items"
@@ -89,7 +94,7 @@ def test_save_and_load_give_identical_recommendations(fitted, tmp_path):
     path = tmp_path / f"{name}.pt"
     model.save(path)                      # loaded back with torch.load(weights_only=True)
     restored = type(model).load(path)
-    users = np.arange(N_USERS)
+    users = USER_IDS
     before = model.recommend(users, k=5, exclude=data.items_by_user())
     after = restored.recommend(users, k=5, exclude=data.items_by_user())
     for a, b, sa, sb in zip(before.items, after.items, before.scores, after.scores, strict=True):
@@ -109,3 +114,13 @@ def test_similar_items_come_from_the_same_block(fitted):
     assert not np.any(neighbours == items[:, None]), f"{name}: an item is its own neighbour"
     same_block = (neighbours[:, 0] - ITEM_OFFSET) // (N_ITEMS // 2) == np.arange(N_ITEMS) // (N_ITEMS // 2)
     assert same_block.mean() >= 0.9, f"{name}: top neighbour outside the item's block for {same_block.tolist()}"
+
+
+def test_ease_over_the_most_interacted_items_only_recommends_those():
+    data, _ = two_communities()
+    model = registry.build("ease", l2=10.0, max_items=5).fit(data)
+    modelled = set(model.item_ids[model.modelled].tolist())
+    recs = model.recommend(USER_IDS, k=3, exclude=data.items_by_user())
+    assert all(set(items.tolist()) <= modelled for items in recs.items)
+    with pytest.raises(ValueError, match="max_items"):
+        registry.build("ease", max_items=1_000_000)
