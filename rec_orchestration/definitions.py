@@ -4,7 +4,7 @@
 import dagster as dg
 
 from rec_orchestration.assets.ingestion import raw_landing
-from rec_orchestration.assets.evaluation import champion_beats_popularity, model_evaluations
+from rec_orchestration.assets.evaluation import champion, champion_beats_popularity, model_evaluations
 from rec_orchestration.assets.models import model_assets, popular_products
 from rec_orchestration.assets.publish import every_user_gets_k_unseen_recommendations, user_recommendations
 from rec_orchestration.assets.similarity import item_similarity
@@ -17,7 +17,7 @@ from rec_orchestration.schedules import hourly_refresh_schedule, refresh_recomme
 from rec_orchestration.sensors import ingest_landing_job, landing_sensor
 
 defs = dg.Definitions(
-    assets=[raw_landing, warehouse_dbt_models, popular_products, *model_assets, model_evaluations,
+    assets=[raw_landing, warehouse_dbt_models, popular_products, *model_assets, model_evaluations, champion,
             item_similarity, user_recommendations],
     asset_checks=[champion_beats_popularity, every_user_gets_k_unseen_recommendations],
     jobs=[refresh_recommendations_job, ingest_landing_job],

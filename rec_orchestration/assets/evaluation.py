@@ -9,6 +9,7 @@ champion is not better than the popularity baseline.
 
 import base64
 import json
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -16,7 +17,15 @@ import pandas as pd
 from psycopg import sql
 from pydantic import Field
 
-from rec_orchestration.assets.models import EVAL_K
+from rec_orchestration.assets.models import (
+    CODE_VERSIONS,
+    EVAL_K,
+    data_version,
+    interactions_frame,
+    model_inputs,
+)
+from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.resources.model_store import artifact_version
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.plots import metric_comparison
 from rec_orchestration.resources.model_store import ModelStoreResource
@@ -53,8 +62,10 @@ CHAMPIONS_DDL = sql.SQL("""
         baseline_version    text NOT NULL,
         baseline_ndcg_at_k  double precision NOT NULL,
         required_lift       double precision NOT NULL,
-        beats_baseline      boolean NOT NULL
+        beats_baseline      boolean NOT NULL,
+        deployed_version    text
     )""")
+CHAMPIONS_MIGRATION = sql.SQL("ALTER TABLE recs.model_champions ADD COLUMN IF NOT EXISTS deployed_version text")
 
 
 def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
@@ -120,17 +131,21 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
         ensure_roles(conn)
         conn.execute(EVALUATIONS_DDL)
         conn.execute(CHAMPIONS_DDL)
+        conn.execute(CHAMPIONS_MIGRATION)
         with conn.cursor() as cur:
             cur.executemany("""
                 INSERT INTO recs.model_evaluations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (model_name, model_version, k) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at""",
                 rows)
         conn.execute("""
-            INSERT INTO recs.model_champions VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            INSERT INTO recs.model_champions (run_id, chosen_at, model_name, model_version, k, ndcg_at_k,
+                                              baseline_version, baseline_ndcg_at_k, required_lift, beats_baseline)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (run_id) DO UPDATE SET chosen_at = EXCLUDED.chosen_at, model_name = EXCLUDED.model_name,
                 model_version = EXCLUDED.model_version, ndcg_at_k = EXCLUDED.ndcg_at_k,
                 baseline_version = EXCLUDED.baseline_version, baseline_ndcg_at_k = EXCLUDED.baseline_ndcg_at_k,
-                required_lift = EXCLUDED.required_lift, beats_baseline = EXCLUDED.beats_baseline""",
+                required_lift = EXCLUDED.required_lift, beats_baseline = EXCLUDED.beats_baseline,
+                deployed_version = NULL""",
             (run_id, now, champion, manifests[champion]["version"], EVAL_K, champion_ndcg,
              manifests[BASELINE]["version"], baseline_ndcg, config.min_lift, beats))
     table = pd.DataFrame([{"model": name, "version": m["version"],
@@ -164,4 +179,60 @@ def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
         f"champion_ndcg@{EVAL_K}": float(row["ndcg_at_k"]),
         f"popularity_ndcg@{EVAL_K}": float(row["baseline_ndcg_at_k"]),
         "required_lift": float(row["required_lift"]),
+    })
+
+
+def approved_champion(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dict:
+    """The champion this run chose (its blocking check passed, or the caller would not run); when this run
+    chose none, the latest one, and only if it beat popularity."""
+    row = champion_row(warehouse, run_key(context)) or champion_row(warehouse, None)
+    if row is None:
+        raise dg.Failure("no champion model yet: materialize recs/model_evaluations first")
+    if not row["beats_baseline"]:
+        raise dg.Failure(
+            f"the latest champion, {row['model_name']} {row['model_version']} (nDCG@{row['k']} "
+            f"{row['ndcg_at_k']:.4f}), does not beat popularity ({row['baseline_ndcg_at_k']:.4f}, required lift "
+            f"{row['required_lift']}): not publishing it; the live recommendations stay as they are")
+    return row
+
+
+@dg.asset(
+    key=["models", "champion"],
+    group_name="evaluation",
+    kinds={"python", "pytorch"},
+    deps=[model_evaluations],
+)
+def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
+             model_store: ModelStoreResource) -> dg.MaterializeResult:
+    """The champion refitted, with the parameters it was evaluated with, on every interaction (its
+    evaluation held out each user's latest one): what ``recs/user_recommendations`` publishes."""
+    row = approved_champion(context, warehouse)
+    name, evaluated_version = row["model_name"], row["model_version"]
+    evaluated = model_store.manifest(name, evaluated_version)
+    frame = interactions_frame(warehouse)
+    inputs = model_inputs(warehouse, evaluated.get("item_features", False))
+    version = artifact_version(data_version(frame), {**evaluated["params"], **inputs.get("version", {})},
+                               f"{CODE_VERSIONS[name]}/all-interactions")
+    reused = model_store.exists(name, version)
+    if not reused:
+        started = time.perf_counter()
+        model = registry.build(name, **evaluated["params"], **inputs.get("constructor", {}))
+        model.fit(Interactions.from_frame(frame))
+        model_store.save(name, version, model.state_dict(), {
+            "params": evaluated["params"], "refit_of": evaluated_version, "metrics": evaluated["metrics"],
+            "data_version": data_version(frame), "n_interactions": len(frame),
+            "fit_seconds": round(time.perf_counter() - started, 3)})
+    with warehouse.connection() as conn:
+        conn.execute("UPDATE recs.model_champions SET deployed_version = %s WHERE run_id = %s",
+                     (version, row["run_id"]))
+    manifest = model_store.manifest(name, version)
+    return dg.MaterializeResult(metadata={
+        "model": name,
+        "model_version": version,
+        "evaluated_version": evaluated_version,
+        "reused_artifact": reused,
+        "n_interactions": manifest["n_interactions"],
+        "fit_seconds": manifest["fit_seconds"],
+        f"evaluated_ndcg@{EVAL_K}": float(evaluated["metrics"][f"ndcg@{EVAL_K}"]),
+        "artifact": dg.MetadataValue.path(model_store.location(name, version)),
     })

@@ -179,7 +179,8 @@ def fit_and_evaluate(context: dg.AssetExecutionContext, name: str, params: dict[
     model.fit(split.train)
     fit_seconds = time.perf_counter() - started
     metrics = evaluate(model, split.train, split.test, k=EVAL_K)
-    manifest = {"params": params, "metrics": metrics, "split": split.describe(),
+    manifest = {"params": params, "item_features": bool((extra_inputs or {}).get("version")),
+                "metrics": metrics, "split": split.describe(),
                 "data_version": split.data_version, "code_version": CODE_VERSIONS[name],
                 "fit_seconds": round(fit_seconds, 3), "n_users": split.train.n_users,
                 "n_items": split.train.n_items}
@@ -220,6 +221,17 @@ def model_metadata(manifest: dict[str, Any], model_store: ModelStoreResource, re
     return metadata
 
 
+def model_inputs(warehouse: PostgresResource, use_categories: bool) -> dict[str, Any]:
+    """Inputs besides interactions: category paths as item features (LightFM), with their hash for the
+    artifact version. ``constructor`` goes to the model's constructor; ``version`` into its version."""
+    if not use_categories:
+        return {}
+    categories = item_categories(warehouse)
+    digest = hashlib.sha256(json.dumps(sorted((k, sorted(v)) for k, v in categories.items())).encode())
+    return {"constructor": {"item_features": categories},
+            "version": {"item_features": digest.hexdigest()}}
+
+
 def model_asset(name: str) -> dg.AssetsDefinition:
     """``models/<name>``: fit on the shared split, evaluate, store the artifact."""
     config_class = MODEL_CONFIGS[name]
@@ -232,12 +244,7 @@ def model_asset(name: str) -> dg.AssetsDefinition:
                model_store: ModelStoreResource) -> dg.MaterializeResult:
         split = training_split(warehouse)
         params = model_params(name, config)
-        extra: dict[str, Any] = {}
-        if name == "lightfm" and config.use_categories:
-            categories = item_categories(warehouse)
-            extra = {"constructor": {"item_features": categories},
-                     "version": {"item_features": hashlib.sha256(
-                         json.dumps(sorted((k, sorted(v)) for k, v in categories.items())).encode()).hexdigest()}}
+        extra = model_inputs(warehouse, getattr(config, "use_categories", False))
         return fit_and_evaluate(context, name, params, split, model_store, extra)
 
     return _asset

@@ -9,7 +9,7 @@ import numpy as np
 from psycopg import sql
 from pydantic import Field
 
-from rec_orchestration.assets.evaluation import champion_row, run_key
+from rec_orchestration.assets.evaluation import approved_champion
 from rec_orchestration.assets.models import load_interactions
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
@@ -52,25 +52,21 @@ def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender
 
 def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                    model_store: ModelStoreResource) -> tuple[Recommender, str]:
-    """The champion this run's evaluation chose (its blocking check passed, or this step would not run);
-    when this run evaluated nothing, the latest champion, only if it beat popularity."""
-    row = champion_row(warehouse, run_key(context)) or champion_row(warehouse, None)
-    if row is None:
-        raise dg.Failure("no champion model yet: materialize recs/model_evaluations first")
-    if not row["beats_baseline"]:
-        raise dg.Failure(
-            f"the latest champion, {row['model_name']} {row['model_version']} (nDCG@{row['k']} "
-            f"{row['ndcg_at_k']:.4f}), does not beat popularity ({row['baseline_ndcg_at_k']:.4f}, required lift "
-            f"{row['required_lift']}): not publishing it; the live recommendations stay as they are")
-    state, _ = model_store.load(row["model_name"], row["model_version"])
-    return registry.model_class(row["model_name"]).from_state_dict(state), row["model_version"]
+    """The approved champion as ``models/champion`` refitted it on every interaction."""
+    row = approved_champion(context, warehouse)
+    version = row.get("deployed_version")
+    if not version:
+        raise dg.Failure(f"champion {row['model_name']} {row['model_version']} is not refitted for publishing yet: "
+                         "materialize models/champion first")
+    state, _ = model_store.load(row["model_name"], version)
+    return registry.model_class(row["model_name"]).from_state_dict(state), version
 
 
 @dg.asset(
     key=["recs", "user_recommendations"],
     group_name="publish",
     kinds={"python", "postgres"},
-    deps=[dg.AssetKey(["recs", "popular_products"]), dg.AssetKey(["recs", "model_evaluations"]),
+    deps=[dg.AssetKey(["recs", "popular_products"]), dg.AssetKey(["models", "champion"]),
           dg.AssetKey(["core", "users"]), dg.AssetKey(["core", "interactions"])],
 )
 def user_recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig,

@@ -20,7 +20,7 @@ EXPECTED_ASSETS = {
     "core/categories", "core/product_categories", "core/transactions", "core/transaction_items",
     "recs/popular_products", "recs/popular_products_by_category", "recs/item_similarity",
     "models/popularity", "models/itemknn", "models/ease", "models/lightfm", "models/lightgcn",
-    "recs/model_evaluations", "recs/user_recommendations",
+    "recs/model_evaluations", "models/champion", "recs/user_recommendations",
 }
 
 

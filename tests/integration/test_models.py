@@ -1,6 +1,7 @@
 """The modelling stage through Dagster on the generated sample: similarity, every model, evaluation, gate."""
 
 import io
+import json
 
 import dagster as dg
 import numpy as np
@@ -56,6 +57,23 @@ def test_every_model_is_evaluated_on_the_same_time_split_and_a_champion_publishe
     assert checks["champion_beats_popularity"] is True
 
 
+def test_the_published_model_is_the_champion_refitted_on_every_interaction(trained):
+    db, _ = trained
+    name, evaluated, deployed = query(db, "SELECT model_name, model_version, deployed_version FROM recs.model_champions")[0]
+    assert deployed and deployed != evaluated
+    manifest = json.loads((settings.model_store_dir() / name / deployed / "manifest.json").read_text())
+    assert manifest["refit_of"] == evaluated
+    assert manifest["n_interactions"] == scalar(db, "SELECT count(*) FROM core.interactions")
+    published = query(db, "SELECT DISTINCT model_version FROM recs.user_recommendations WHERE reason = 'personalized'")
+    assert published == [(deployed,)]
+    # The refit knows each user's latest interaction, which the evaluated model never saw; like every
+    # interaction it is never recommended back.
+    latest_seen = scalar(db, """
+        SELECT count(*) FROM recs.user_recommendations r
+        JOIN core.interactions i ON i.user_id = r.user_id AND i.product_id = r.product_id""")
+    assert latest_seen == 0
+
+
 def test_artifacts_load_weights_only_on_a_cpu_and_plots_reach_the_ui(trained):
     db, result = trained
     store = settings.model_store_dir()
@@ -107,7 +125,7 @@ def test_retraining_is_skipped_when_nothing_changed(trained):
     assert_success(result)
     reused = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata["reused_artifact"].value
               for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "models"}
-    assert reused == {("models", name): True for name in registry.MODEL_NAMES}
+    assert reused == {("models", name): True for name in (*registry.MODEL_NAMES, "champion")}
     assert scalar(db, "SELECT count(DISTINCT model_version) FROM recs.model_evaluations") == len(registry.MODEL_NAMES)
 
 
