@@ -18,8 +18,10 @@ How :func:`cosine_top_n_sparse` works (the answer does not depend on it, up to f
   each user, items in one block x items in the other; scikit-learn's sparse-to-dense kernel) or,
   where popular items make the blocks dense, a one-thread BLAS product (users x block x block
   multiply-adds, but ~50-100x cheaper each);
-* every score is packed with its item into one int64 (float32 bits above, ``n_items - 1 - index``
-  below), so that one ``np.partition`` per block keeps the running top n exactly, ties included;
+* every score is packed with its item into one int64 key (float32 bits above, ``n_items - 1 - index``
+  below) and folded into each item's running top n, a min-heap of keys, by a compiled (numba) pass
+  over the block: a score below the heap's smallest costs one comparison, and ties go to the lower
+  index exactly;
 * when the catalogue is so large and sparse that the score matrix is mostly zeros (the sparse
   product's multiply-adds under 5% of ``n_items ** 2``), rows are instead taken ``chunk_items`` at a
   time (or as many as the budget allows) as sparse products, and their non-zero scores sorted.
@@ -28,28 +30,26 @@ Memory: the matrix (twice, normalised and transposed), the running top n of ever
 and at any moment about ``memory_budget_bytes`` of blocks; BLAS is used only when the dense matrix
 fits in half the budget.
 
-Speed: at MovieLens sizes the floor is scikit-learn's own sparse kernel plus one partition of every
-score, so the gain over ``NearestNeighbors(metric="cosine", algorithm="brute")`` (the same kernel,
-then several passes over a dense distance matrix) is from the symmetry, BLAS on the popular corner,
-the packed keys and fewer passes: ~1.5-2x measured with ``bench/similarity.py``, not an order of
-magnitude.
+Speed: the products (scikit-learn's sparse kernel, BLAS) plus one compiled pass over every score;
+``NearestNeighbors(metric="cosine", algorithm="brute")`` computes every product (no symmetry) and then
+makes several numpy passes over a dense distance matrix. Measured with ``bench/similarity.py``.
 
-No Dagster here: numpy, scipy and scikit-learn only.
+No Dagster here: numpy, scipy, scikit-learn and numba.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of score blocks (and of a densified matrix) at any moment
-# Bytes per entry of a pair of blocks: scores (float32), packed keys (int64), the BLAS/transposed temporaries.
+# Bytes per entry of a pair of blocks: scores (float32) and the BLAS/transposed temporaries, with margin.
 _BYTES_PER_PAIR_ENTRY = 24
 _BLOCKS_PER_SIDE = 4     # automatic blocks: about this many per side (the symmetry saves ~3/8) ...
 _MIN_BLOCK = 512         # ... but no fewer items per block than this (each merge has a fixed cost)
@@ -62,7 +62,6 @@ _DENSE_WORK_RATIO = 50.0
 _SPARSE_OUTPUT_FRACTION = 0.05
 _BYTES_PER_SPARSE_ENTRY = 64  # sparse product output and the sort's temporaries, per non-zero score
 _EMPTY_KEY = np.iinfo(np.int64).min  # decodes to the score -0.0: never kept
-_LITTLE_ENDIAN = sys.byteorder == "little"
 _blas_controller = None  # threadpoolctl's controller, made on first use
 _sparse_matmul_to_dense = None  # scikit-learn's kernel (False: not available), imported on first use
 
@@ -201,7 +200,6 @@ def _top_n_by_blocks(normalised: sp.csr_matrix, n: int, chunk_items: int | None,
     low_bits = (n_items - 1 - order).astype(np.int32)  # in a key, a lower item index ranks higher
     best = np.full((n_items, n), _EMPTY_KEY, dtype=np.int64)  # running top n of each position, as keys
     score_buffer = np.empty(side * side, dtype=np.float32)
-    key_buffer = np.empty(side * (side + n), dtype=np.int64)
     with _blas_threads(1 if use_blas.any() else None):
         for i, (a0, a1) in enumerate(blocks):
             for j in range(i, len(blocks)):
@@ -215,9 +213,10 @@ def _top_n_by_blocks(normalised: sp.csr_matrix, n: int, chunk_items: int | None,
                     _sparse_product_to_dense(rows[i], columns[j], scores)
                 if i == j:
                     np.fill_diagonal(scores, 0)  # an item is not its own neighbour
-                _merge_top_n(best, a0, a1, scores, low_bits[b0:b1], key_buffer)
+                score_bits = scores.view(np.int32)  # positive float32s order like their bits
+                _merge_rows(best, a0, score_bits, low_bits[b0:b1])
                 if i != j:
-                    _merge_top_n(best, b0, b1, scores.T, low_bits[a0:a1], key_buffer)
+                    _merge_columns(best, b0, score_bits, low_bits[a0:a1])
     return _decode(best, order)
 
 
@@ -272,26 +271,58 @@ def _blas_threads(limit: int | None) -> AbstractContextManager:
     return _blas_controller.limit(limits=limit, user_api="blas")
 
 
-def _merge_top_n(best: np.ndarray, start: int, stop: int, scores: np.ndarray, low_bits: np.ndarray,
-                 buffer: np.ndarray) -> None:
-    """Fold a block of float32 ``scores`` (rows: positions ``start:stop``; columns: the items whose key
-    bits are ``low_bits``) into the running top n ``best`` of those rows; ``buffer``: scratch int64."""
-    n_rows, n_columns = scores.shape
-    n = best.shape[1]
-    keys = buffer[:n_rows * (n + n_columns)].reshape(n_rows, n + n_columns)
-    keys[:, :n] = best[start:stop]
-    # key = score bits (high word) | low bits. Non-negative float32 bit patterns order like the floats;
-    # negative ones sort below every non-negative score, and are dropped at the end like zeros.
-    if _LITTLE_ENDIAN:  # write the two 32-bit words of each key: cheaper than shifting 64-bit integers
-        words = keys.view(np.int32).reshape(n_rows, n + n_columns, 2)
-        words[:, n:, 1] = scores.view(np.int32)
-        words[:, n:, 0] = low_bits
-    else:  # pragma: no cover
-        fresh = keys[:, n:]
-        np.left_shift(scores.view(np.int32), 32, out=fresh, dtype=np.int64)
-        np.bitwise_or(fresh, low_bits, out=fresh)
-    keys.partition(n_columns, axis=1)
-    best[start:stop] = keys[:, n_columns:]
+@numba.njit(cache=True, nogil=True, inline="always")
+def _replace_root(heap: np.ndarray, key: np.int64) -> None:
+    """Put ``key`` in place of the smallest key of the min-heap ``heap`` (one row of ``best``)."""
+    n = heap.shape[0]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        if child + 1 < n and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[child] >= key:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = key
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_rows(best: np.ndarray, start: int, score_bits: np.ndarray, low_bits: np.ndarray) -> None:
+    """Fold the rows of a block of scores (``score_bits``: their float32 bits as int32) into the running
+    top n of positions ``start, start + 1, ...``: each row of ``best`` is a min-heap of keys
+    (score bits in the high word, ``low_bits`` of the column in the low word). One pass; a score that
+    does not beat the heap's smallest key costs one comparison."""
+    n_rows, n_columns = score_bits.shape
+    for r in range(n_rows):
+        heap = best[start + r]
+        smallest = heap[0]
+        for c in range(n_columns):
+            bits = score_bits[r, c]
+            if bits <= 0:  # zero or negative: never kept
+                continue
+            key = (np.int64(bits) << 32) | np.int64(low_bits[c])
+            if key > smallest:
+                _replace_root(heap, key)
+                smallest = heap[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_columns(best: np.ndarray, start: int, score_bits: np.ndarray, low_bits: np.ndarray) -> None:
+    """The same for the columns of the block (the block's transpose), read row by row."""
+    n_rows, n_columns = score_bits.shape
+    for r in range(n_rows):
+        low = np.int64(low_bits[r])
+        for c in range(n_columns):
+            bits = score_bits[r, c]
+            if bits <= 0:
+                continue
+            key = (np.int64(bits) << 32) | low
+            heap = best[start + c]
+            if key > heap[0]:
+                _replace_root(heap, key)
 
 
 def _decode(best: np.ndarray, order: np.ndarray) -> ItemNeighbours:
