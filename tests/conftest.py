@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -15,6 +16,9 @@ from psycopg import sql
 from rec_orchestration import settings
 from rec_orchestration.sample_data import SampleSpec, write_sample
 from rec_orchestration.settings import DatabaseSettings
+
+if TYPE_CHECKING:  # Dagster is imported where it is used: collecting the unit tests stays quick
+    import dagster as dg
 
 # Small enough for seconds per run, large enough that every user can get 10 unseen products.
 TEST_SPEC = SampleSpec(n_users=150, n_products=80, seed=7)
@@ -121,7 +125,7 @@ QUICK_MODELS = {"ops": {
 }}
 
 
-def materialize_everything(run_config: dict | None = None) -> "dg.ExecuteInProcessResult":
+def materialize_everything(run_config: dict | None = None) -> dg.ExecuteInProcessResult:
     """What the hourly schedule runs: the refresh job over every landing partition, after the landing
     directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""
     import dagster as dg
@@ -137,6 +141,11 @@ def materialize_everything(run_config: dict | None = None) -> "dg.ExecuteInProce
         assert request is not None, "no landing partitions"
         return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
                                        run_config=run_config if run_config is not None else QUICK_MODELS)
+
+
+def assert_success(result: dg.ExecuteInProcessResult) -> None:
+    """The run succeeded; otherwise the assertion shows every failure message of the run."""
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
 
 
 def query(db: DatabaseSettings, statement: str, params: tuple = ()) -> list[tuple]:

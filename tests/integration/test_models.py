@@ -10,12 +10,7 @@ import torch
 
 from rec_orchestration import settings
 from rec_orchestration.ml import registry
-from tests.conftest import QUICK_MODELS, materialize_everything, query, scalar
-
-
-def assert_success(result: dg.ExecuteInProcessResult) -> None:
-    failures = [e.message for e in result.all_events if e.is_failure]
-    assert result.success, failures
+from tests.conftest import QUICK_MODELS, assert_success, materialize_everything, query, scalar
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from rec_orchestration.sample_data import SampleSpec, write_sample
-from tests.conftest import TEST_SPEC, materialize_everything, query, scalar
+from tests.conftest import TEST_SPEC, assert_success, materialize_everything, query, scalar
 
 
 def sample_counts(landing: Path) -> tuple[int, int, int]:
@@ -24,11 +24,6 @@ def table_counts(db) -> dict[str, int]:
     tables = ["raw.ingested_files", "raw.reviews", "raw.products", "raw.rejected_records", "core.users",
               "core.products", "core.reviews", "recs.popular_products", "recs.user_recommendations"]
     return {t: scalar(db, f"SELECT count(*) FROM {t}") for t in tables}
-
-
-def assert_success(result: dg.ExecuteInProcessResult) -> None:
-    failures = [e.message for e in result.all_events if e.is_failure]
-    assert result.success, failures
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,11 @@ import psycopg
 import pytest
 
 from rec_orchestration import settings
-from tests.conftest import materialize_everything, query, scalar
+from tests.conftest import assert_success, materialize_everything, query, scalar
 
 CORE_TABLES = ("users", "products", "categories", "product_categories", "reviews", "events", "interactions",
                "transactions", "transaction_items")
 EVENTS_HEADER = "user_id,item_id,event_type,value,timestamp,quantity,price\n"
-
-
-def assert_success(result: dg.ExecuteInProcessResult) -> None:
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
 
 
 def snapshot(db) -> dict[str, list[str]]:
