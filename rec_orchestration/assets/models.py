@@ -137,6 +137,9 @@ class LightGCNConfig(dg.Config):
     patience: int = Field(default=registry.DEFAULTS["lightgcn"]["patience"], ge=1,
                           description="Epochs without a better validation nDCG before stopping.")
     accelerator: str = Field(default="auto", description="'auto' trains on a GPU when one is present.")
+    max_minutes: float = Field(default=20.0, gt=0, description=(
+        "Training time budget: training stops there, keeping the best epoch so far, so the hourly "
+        "refresh ends within the hour on a CPU."))
 
 
 MODEL_CONFIGS: dict[str, type[dg.Config]] = {"popularity": PopularityConfig, "itemknn": ItemKNNConfig,

@@ -26,6 +26,8 @@ without a GPU whatever it was trained on.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import logging
 import math
 import statistics
@@ -47,6 +49,7 @@ from rec_orchestration.ml.interactions import Interactions
 
 TOP_K = 20                      # cut-off of the validation metrics (recall@20, nDCG@20, as in the paper)
 VALIDATION_CELLS = 1 << 24      # users x items scored per validation batch (64 MiB of float32)
+VALIDATION_USERS = 10_000       # validation ranks a fixed random sample of this many users (every epoch)
 NEGATIVE_RETRIES = 10           # rounds of redrawing negatives that hit a positive
 
 
@@ -170,10 +173,15 @@ class BprEpochs(torch.utils.data.IterableDataset):
             yield users[start:stop], positives[start:stop], negatives[start:stop]
 
 
-def validation_batches(train: sp.csr_matrix, held_out: sp.csr_matrix) -> list[dict[str, torch.Tensor]]:
-    """Users with held-out items, in blocks, each with the coordinates (row in block, item) of its
-    training positives (masked out of the ranking) and of its held-out positives (the relevant items)."""
+def validation_batches(train: sp.csr_matrix, held_out: sp.csr_matrix, max_users: int = VALIDATION_USERS,
+                       seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Users with held-out items (a fixed random sample of ``max_users`` of them where there are more: an
+    epoch's validation then costs the same at any scale), in blocks, each with the coordinates (row in
+    block, item) of its training positives (masked out of the ranking) and of its held-out positives
+    (the relevant items)."""
     users = np.flatnonzero(np.diff(held_out.indptr) > 0)
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     block = max(1, min(4096, VALIDATION_CELLS // max(train.shape[1], 1)))
     batches = []
     for start in range(0, len(users), block):
@@ -362,7 +370,7 @@ class LightGCNRecommender(Recommender):
     def __init__(self, factors: int = 64, layers: int = 3, lr: float = 5e-3, reg: float = 1e-3,
                  epochs: int = 300, batch_size: int = 2048, patience: int = 10, val_fraction: float = 0.1,
                  seed: int = 42, accelerator: str = "auto", checkpoint_dir: str | None = None,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, max_minutes: float | None = None) -> None:
         if not 0 <= val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
         self.params = {"factors": int(factors), "layers": int(layers), "lr": float(lr), "reg": float(reg),
@@ -371,6 +379,9 @@ class LightGCNRecommender(Recommender):
         self.accelerator = accelerator
         self.checkpoint_dir = checkpoint_dir
         self.num_threads = num_threads
+        # Wall-clock budget of one fit (Lightning's max_time): training stops there and keeps the best
+        # epoch so far, so a scheduled refresh on a slow machine still ends on time.
+        self.max_minutes = max_minutes
         self.user_ids = np.array([], dtype=np.int64)
         self.item_ids = np.array([], dtype=np.int64)
         self.user_factors = np.empty((0, factors), dtype=np.float32)
@@ -400,7 +411,8 @@ class LightGCNRecommender(Recommender):
             def matrix(u: np.ndarray, i: np.ndarray) -> sp.csr_matrix:
                 return sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(n_users, n_items))
             val_loader = torch.utils.data.DataLoader(
-                validation_batches(matrix(train_users, train_items), matrix(users[held_out], items[held_out])),
+                validation_batches(matrix(train_users, train_items), matrix(users[held_out], items[held_out]),
+                                   seed=p["seed"]),
                 batch_size=None)
 
         with (tempfile.TemporaryDirectory(prefix="lightgcn-") as scratch, _quiet_lightning(),
@@ -415,6 +427,7 @@ class LightGCNRecommender(Recommender):
                 callbacks = [early_stopping, checkpoint]
             trainer = pl.Trainer(
                 accelerator=self.accelerator, devices=1, max_epochs=p["epochs"],
+                max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
                 precision="16-mixed" if _uses_cuda(self.accelerator) else "32-true",
                 callbacks=callbacks, logger=False, enable_checkpointing=checkpoint is not None,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -167,3 +167,11 @@ def test_refuses_interactions_without_a_positive():
     frame = pd.DataFrame({"user_id": [1], "product_id": [2], "weight": [0.0], "ts": [0]})
     with pytest.raises(ValueError, match="weight > 0"):
         LightGCNRecommender(accelerator="cpu").fit(Interactions.from_frame(frame))
+
+
+def test_a_time_budget_ends_training_and_keeps_the_best_epoch(data):
+    model = LightGCNRecommender(**SMALL, epochs=100_000, patience=100_000, max_minutes=0.05).fit(data[0])
+    trained = len(model.history)
+    assert 0 < trained < 100_000                        # stopped by the 3-second budget, not by the epochs
+    assert model.best_val_ndcg == pytest.approx(max(row["val_ndcg"] for row in model.history), rel=1e-6)
+    assert np.isfinite(model.score_users(np.arange(3))).all()
