@@ -42,8 +42,8 @@ SUMMARY_TABLES = (
 MODELS_QUERY = """SELECT e.model_name, e.ndcg_at_k, e.precision_at_k, e.recall_at_k,
        CASE WHEN e.model_name = c.model_name THEN 'champion' ELSE '' END
 FROM recs.model_evaluations e
-JOIN (SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1) c ON e.data_version = (
-     SELECT data_version FROM recs.model_evaluations WHERE model_version = c.model_version LIMIT 1)
+JOIN (SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1) c
+  ON e.evaluated_at = c.chosen_at  -- the versions compared by the latest evaluation (one timestamp per run)
 ORDER BY e.ndcg_at_k DESC"""
 
 EXAMPLE_QUERY = """SELECT r.rank, p.title, p.main_category, round(r.score::numeric, 3) AS score, r.reason

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rec_orchestration.ml import registry
 from tests.conftest import query, scalar
 
 REC = [sys.executable, "-m", "rec_orchestration.cli"]
@@ -44,3 +45,8 @@ def test_running_twice_adds_no_rows_and_runs_are_recorded_in_postgres(warehouse_
 
     summary = rec("summary")
     assert "recs.user_recommendations" in summary and str(first["recs.user_recommendations"]) in summary
+    # The models of the latest evaluation, each once, one of them the champion.
+    models = summary.split("models, evaluated on", 1)[1].splitlines()
+    listed = [line.split()[0] for line in models if "nDCG@10" in line]
+    assert sorted(listed) == sorted(registry.MODEL_NAMES)
+    assert sum("champion" in line for line in models) == 1
