@@ -43,7 +43,6 @@ stderr. Needs ``torch_geometric`` (benchmark only, not a project dependency):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -57,7 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import machine, say  # noqa: E402
+from ingest import emit, machine, say  # noqa: E402
 
 from rec_orchestration.ml.gnn import BprEpochs, LightGCN, LightGCNRecommender  # noqa: E402
 from rec_orchestration.ml.interactions import Interactions  # noqa: E402
@@ -225,12 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_s": ours_s, "pyg_s": peer_s, "pyg_csr_s": median["pyg_csr"], "gnn_epoch_ratio": ratio,
         "ratio_vs_pyg_csr": ours_s / median["pyg_csr"], "trainer_seconds_per_epoch": trainer_s, "propagation_max_difference": agreement,
     }
-    text = "\n".join(report)
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(figures, indent=2))
-    else:
-        print(text)
+    emit(report, figures, args.json)
     return 0
 
 

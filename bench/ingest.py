@@ -70,7 +70,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -449,6 +448,16 @@ def machine() -> str:
             f"{platform.system()}, Python {platform.python_version()}")
 
 
+def emit(report: list[str], figures: dict, as_json: bool) -> None:
+    """The report on stdout; with ``--json`` the figures as JSON on stdout and the report on stderr."""
+    text = "\n".join(report)
+    if as_json:
+        print(text, file=sys.stderr)
+        print(json.dumps(figures, indent=2))
+    else:
+        print(text)
+
+
 def rate(n: int, seconds: float) -> float:
     return n / seconds
 
@@ -601,12 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "breakdown_rows": n_breakdown, "breakdown_seconds": dict(stages),
         "second_file_seconds": second_seconds, "second_file_timeout_s": second_limit,
     })
-    text = "\n".join(report)
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(figures, indent=2))
-    else:
-        print(text)
+    emit(report, figures, args.json)
     return 0
 
 

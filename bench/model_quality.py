@@ -36,8 +36,6 @@ import inspect
 import itertools
 import json
 import math
-import os
-import platform
 import sys
 import time
 import traceback
@@ -48,6 +46,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest import machine, say  # noqa: E402
 
 from rec_orchestration.ml import registry  # noqa: E402
 from rec_orchestration.ml.interactions import ITEM_ID, TIMESTAMP, USER_ID, WEIGHT, Interactions  # noqa: E402
@@ -88,10 +89,6 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "ease": {"l2": [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0]},
     "lightgcn": {"layers": [2, 3], "reg": [1e-4, 1e-3]},  # epochs: its own early stopping on its own split
 }
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def load_dataset(name: str, data_dir: Path) -> pd.DataFrame:
@@ -143,16 +140,6 @@ def tune(name: str, train: pd.DataFrame, k: int, seed: int) -> tuple[dict[str, A
             f"(fit {result['fit_seconds']:.1f}s)")
     best = max(trials, key=lambda trial: trial[f"ndcg@{k}"])
     return best["params"], trials
-
-
-def machine() -> str:
-    cores = os.cpu_count()
-    try:
-        import torch
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    except ImportError:
-        gpu = "no torch"
-    return f"{platform.machine()}, {cores} cores, {gpu}"
 
 
 def fmt(value: float | None, digits: int = 4) -> str:

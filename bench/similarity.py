@@ -43,9 +43,6 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -59,16 +56,16 @@ import scipy.sparse as sp
 import sklearn
 from sklearn.neighbors import NearestNeighbors
 
-from rec_orchestration.ml.similarity import ItemNeighbours, cosine_top_n_sparse
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest import _power_law, emit, machine, say  # noqa: E402
+
+from rec_orchestration.ml.similarity import ItemNeighbours, cosine_top_n_sparse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "data" / "movielens"
 RATING_FILES = ("ratings.dat", "u.data", "ratings.csv")  # ml-1m / ml-10m, ml-100k, ml-latest
 SCORE_TOLERANCE = 1e-5
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- the data ----------------------------------------------------------------------------------------
@@ -92,9 +89,6 @@ def ratings_file(dataset: str | None) -> Path:
 
 def generated_ratings(rows: int, seed: int, n_users: int = 100_000, n_items: int = 20_000) -> pd.DataFrame:
     """``user, item, rating`` drawn like bench/ingest.py's generated reviews (power-law users and items)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ingest import _power_law
-
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"user": _power_law(rng, n_users, 0.5, rows), "item": _power_law(rng, n_items, 0.7, rows),
                          "rating": rng.choice(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), size=rows)})
@@ -185,11 +179,8 @@ def agreement(ours: ItemNeighbours, peer: list[tuple[np.ndarray, np.ndarray]]) -
 
 # -- the run -----------------------------------------------------------------------------------------
 
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cores} CPU cores available ({os.cpu_count()} online), no GPU used, {platform.machine()} "
-            f"{platform.system()}, Python {platform.python_version()}, numpy {np.__version__}, "
-            f"scipy {scipy.__version__}, scikit-learn {sklearn.__version__}")
+def libraries() -> str:
+    return f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{matrix.nnz:,} ratings ({label}), density {matrix.nnz / (n_users * n_items):.2%}",
         "ours: rec_orchestration.ml.similarity.cosine_top_n_sparse; "
         "peer: sklearn NearestNeighbors(metric='cosine', algorithm='brute') fit + kneighbors",
-        f"machine: {machine()}",
+        f"machine: {machine()}, {libraries()}",
         "",
         f"{'figure':<26}{'ours':>14}{'peer':>14}{'ratio':>10}",
     ]
@@ -276,12 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_seconds": ours_s, "peer_seconds": peer_s, "ours_best_s": ours_best, "peer_best_s": peer_best,
         "similarity_speedup": speedup, **agree,
     }
-    text = "\n".join(report)
-    if args.json:
-        print(text, file=sys.stderr)
-        print(json.dumps(figures, indent=2))
-    else:
-        print(text)
+    emit(report, figures, args.json)
     return 0
 
 
