@@ -7,7 +7,6 @@ comparison plot in the UI. The blocking check ``champion_beats_popularity`` stop
 champion is not better than the popularity baseline.
 """
 
-import base64
 import json
 import time
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from rec_orchestration.assets.models import (
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.resources.model_store import artifact_version
 from rec_orchestration.ml import registry
-from rec_orchestration.ml.plots import metric_comparison
+from rec_orchestration.ml.plots import markdown_image, metric_comparison
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.resources.roles import ensure_roles
@@ -76,14 +75,13 @@ def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -
 
 def champion_row(warehouse: PostgresResource, run_id: str | None) -> dict | None:
     """The champion chosen by run ``run_id``, or (None) the latest chosen by any run; None if none."""
+    if not warehouse.table_exists("recs.model_champions"):
+        return None
     if run_id is None:
-        query = sql.SQL("SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1")
-        frame = warehouse.read_dataframe(query) if warehouse.table_exists("recs.model_champions") else None
+        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1"))
     else:
-        query = sql.SQL("SELECT * FROM recs.model_champions WHERE run_id = %s")
-        frame = warehouse.read_dataframe(query, (run_id,)) if warehouse.table_exists("recs.model_champions") \
-            else None
-    return None if frame is None or frame.empty else frame.iloc[0].to_dict()
+        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM recs.model_champions WHERE run_id = %s"), (run_id,))
+    return None if frame.empty else frame.iloc[0].to_dict()
 
 
 class EvaluationConfig(dg.Config):
@@ -122,10 +120,10 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
         rows.append((name, manifest["version"], EVAL_K, m[f"precision@{EVAL_K}"], m[f"recall@{EVAL_K}"],
                      m[f"ndcg@{EVAL_K}"], m["map"], m["coverage"], int(m["users"]), manifest["fit_seconds"],
                      manifest["data_version"], json.dumps(manifest["split"]), json.dumps(manifest["params"]), now))
-    champion = max(manifests, key=lambda name: (manifests[name]["metrics"][f"ndcg@{EVAL_K}"], name != BASELINE))
-    champion_ndcg = manifests[champion]["metrics"][f"ndcg@{EVAL_K}"]
+    best = max(manifests, key=lambda name: (manifests[name]["metrics"][f"ndcg@{EVAL_K}"], name != BASELINE))
+    champion_ndcg = manifests[best]["metrics"][f"ndcg@{EVAL_K}"]
     baseline_ndcg = manifests[BASELINE]["metrics"][f"ndcg@{EVAL_K}"]
-    beats = champion != BASELINE and champion_ndcg > baseline_ndcg * (1.0 + config.min_lift)
+    beats = best != BASELINE and champion_ndcg > baseline_ndcg * (1.0 + config.min_lift)
     run_id = run_key(context)
     with warehouse.connection() as conn:
         ensure_roles(conn)
@@ -146,7 +144,7 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
                 baseline_version = EXCLUDED.baseline_version, baseline_ndcg_at_k = EXCLUDED.baseline_ndcg_at_k,
                 required_lift = EXCLUDED.required_lift, beats_baseline = EXCLUDED.beats_baseline,
                 deployed_version = NULL""",
-            (run_id, now, champion, manifests[champion]["version"], EVAL_K, champion_ndcg,
+            (run_id, now, best, manifests[best]["version"], EVAL_K, champion_ndcg,
              manifests[BASELINE]["version"], baseline_ndcg, config.min_lift, beats))
     table = pd.DataFrame([{"model": name, "version": m["version"],
                            **{key: round(float(value), 4) for key, value in m["metrics"].items() if key != "users"},
@@ -156,13 +154,12 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     plot = metric_comparison({name: m["metrics"] for name, m in manifests.items()}, keys,
                              f"held-out latest interaction per user, k={EVAL_K}")
     return dg.MaterializeResult(metadata={
-        "champion": f"{champion} {manifests[champion]['version']}",
+        "champion": f"{best} {manifests[best]['version']}",
         f"champion_ndcg@{EVAL_K}": float(champion_ndcg),
         f"popularity_ndcg@{EVAL_K}": float(baseline_ndcg),
         "beats_popularity": beats,
         "metrics": dg.MetadataValue.md(table.to_markdown(index=False)),
-        "comparison": dg.MetadataValue.md(
-            f"![metric comparison](data:image/png;base64,{base64.b64encode(plot).decode()})"),
+        "comparison": dg.MetadataValue.md(markdown_image(plot, "metric comparison")),
     })
 
 
@@ -210,8 +207,9 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
     name, evaluated_version = row["model_name"], row["model_version"]
     evaluated = model_store.manifest(name, evaluated_version)
     frame = interactions_frame(warehouse)
+    frame_version = data_version(frame)
     inputs = model_inputs(warehouse, evaluated.get("item_features", False))
-    version = artifact_version(data_version(frame), {**evaluated["params"], **inputs.get("version", {})},
+    version = artifact_version(frame_version, {**evaluated["params"], **inputs.get("version", {})},
                                f"{CODE_VERSIONS[name]}/all-interactions")
     reused = model_store.exists(name, version)
     if not reused:
@@ -220,7 +218,7 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
         model.fit(Interactions.from_frame(frame))
         model_store.save(name, version, model.state_dict(), {
             "params": evaluated["params"], "refit_of": evaluated_version, "metrics": evaluated["metrics"],
-            "data_version": data_version(frame), "n_interactions": len(frame),
+            "data_version": frame_version, "n_interactions": len(frame),
             "fit_seconds": round(time.perf_counter() - started, 3)})
     with warehouse.connection() as conn:
         conn.execute("UPDATE recs.model_champions SET deployed_version = %s WHERE run_id = %s",

@@ -22,6 +22,7 @@ from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.metrics import evaluate
+from rec_orchestration.ml.plots import markdown_image, training_curve
 from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.splits import time_holdout
 from rec_orchestration.resources.model_store import ModelStoreResource, artifact_version
@@ -70,12 +71,17 @@ def load_interactions(warehouse: PostgresResource) -> Interactions:
     return Interactions.from_frame(interactions_frame(warehouse))
 
 
+def grouped_by_product(warehouse: PostgresResource, query: sql.Composable | str) -> dict[int, list]:
+    """Product id -> the second column of every ``(product_id, value)`` row of ``query``, in row order."""
+    groups: dict[int, list] = {}
+    for product_id, value in warehouse.fetch_all(query):
+        groups.setdefault(int(product_id), []).append(value)
+    return groups
+
+
 def item_categories(warehouse: PostgresResource) -> dict[int, list[str]]:
     """Product id -> the category paths it is in (Amazon category paths, MovieLens genres)."""
-    categories: dict[int, list[str]] = {}
-    for product_id, path in warehouse.fetch_all(ITEM_CATEGORIES_QUERY):
-        categories.setdefault(int(product_id), []).append(path)
-    return categories
+    return grouped_by_product(warehouse, ITEM_CATEGORIES_QUERY)
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,6 @@ def training_plot(model: Recommender) -> bytes | None:
     history = getattr(model, "history", None)
     if not history:
         return None
-    from rec_orchestration.ml.plots import training_curve
-
     return training_curve(history, title=model.name)
 
 
@@ -187,7 +191,7 @@ def fit_and_evaluate(context: dg.AssetExecutionContext, name: str, params: dict[
                 "data_version": split.data_version, "code_version": CODE_VERSIONS[name],
                 "fit_seconds": round(fit_seconds, 3), "n_users": split.train.n_users,
                 "n_items": split.train.n_items}
-    for attribute in ("device_used", "seconds_per_epoch", "epochs_trained", "best_val_ndcg"):
+    for attribute in ("device_used", "seconds_per_epoch", "best_val_ndcg"):
         if getattr(model, attribute, None) is not None:
             manifest[attribute] = getattr(model, attribute)
     files = {}
@@ -220,7 +224,7 @@ def model_metadata(manifest: dict[str, Any], model_store: ModelStoreResource, re
         metadata["seconds_per_epoch"] = float(manifest["seconds_per_epoch"])
     if model_store.has_file(name, version, "training_curve.png"):
         metadata["training_curve"] = dg.MetadataValue.md(
-            model_store.markdown_image(name, version, "training_curve.png", "training curve"))
+            markdown_image(model_store.read_file(name, version, "training_curve.png"), "training curve"))
     return metadata
 
 
@@ -314,8 +318,4 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig
 
 
 def product_category_ids(warehouse: PostgresResource) -> dict[int, list[int]]:
-    ids: dict[int, list[int]] = {}
-    for product_id, category_id in warehouse.fetch_all(
-            "SELECT product_id, category_id FROM core.product_categories"):
-        ids.setdefault(int(product_id), []).append(int(category_id))
-    return ids
+    return grouped_by_product(warehouse, "SELECT product_id, category_id FROM core.product_categories")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """A PNG inlined as Markdown (a data URI), which the Dagster UI renders in an asset's metadata."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def _png(figure) -> bytes:

@@ -6,7 +6,6 @@ pickled code is ever executed) and ``map_location`` so a GPU-trained model loads
 """
 
 
-import base64
 import hashlib
 import io
 import json
@@ -100,11 +99,6 @@ class ModelStoreResource(dg.ConfigurableResource):
     def read_file(self, model_name: str, version: str, filename: str) -> bytes:
         return self._read(self._path(model_name, version, filename))
 
-    def markdown_image(self, model_name: str, version: str, filename: str, alt: str) -> str:
-        """A PNG of the artifact inlined as Markdown (the Dagster UI renders it in the asset's metadata)."""
-        encoded = base64.b64encode(self.read_file(model_name, version, filename)).decode()
-        return f"![{alt}](data:image/png;base64,{encoded})"
-
     def set_latest(self, model_name: str, version: str) -> None:
         """Point ``<model_name>/LATEST`` at ``version`` (what evaluation and publishing read)."""
         if not self.exists(model_name, version):
@@ -112,10 +106,11 @@ class ModelStoreResource(dg.ConfigurableResource):
         self._write(f"{self._root()}/{model_name}/{LATEST_FILE}", version.encode())
 
     def latest(self, model_name: str) -> str | None:
-        fs, path = fsspec.core.url_to_fs(f"{self._root()}/{model_name}/{LATEST_FILE}")
+        url = f"{self._root()}/{model_name}/{LATEST_FILE}"
+        fs, path = fsspec.core.url_to_fs(url)
         if not fs.exists(path):
             return None
-        return self._read(f"{self._root()}/{model_name}/{LATEST_FILE}").decode().strip()
+        return self._read(url).decode().strip()
 
     def load(self, model_name: str, version: str, map_location: str = "cpu") -> tuple[dict[str, Any], dict]:
         import torch
