@@ -15,7 +15,7 @@ from pydantic import Field
 
 from rec_orchestration.assets.models import load_interactions
 from rec_orchestration.ml.gnn import LightGCNRecommender
-from rec_orchestration.ml.similarity import ItemNeighbours, content_top_n, cosine_top_n_dense, cosine_top_n_sparse
+from rec_orchestration.ml.similarity import ItemNeighbours, content_top_n, cosine_top_n_sparse
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource, replace_table
 
@@ -41,14 +41,12 @@ def _frame(neighbours: ItemNeighbours, item_ids: np.ndarray, method: str) -> pd.
 
 
 def embedding_neighbours(model: LightGCNRecommender, n: int) -> pd.DataFrame:
-    vectors = model.item_vectors()
-    neighbours, scores = cosine_top_n_dense(vectors, min(n, len(model.item_ids) - 1))
-    items = np.repeat(np.arange(len(model.item_ids)), neighbours.shape[1])
-    ranks = np.tile(np.arange(1, neighbours.shape[1] + 1), len(model.item_ids))
-    frame = pd.DataFrame({"item_id": model.item_ids[items], "neighbor_id": model.item_ids[neighbours.ravel()],
-                          "score": scores.ravel(), "rank": ranks})
-    frame["method"] = "embedding"
-    return frame
+    """The model's own ``similar_items`` (cosine of its item embeddings), as long-form rows."""
+    neighbours, scores = model.similar_items(model.item_ids, n)
+    width = neighbours.shape[1]
+    return pd.DataFrame({"item_id": np.repeat(model.item_ids, width), "neighbor_id": neighbours.ravel(),
+                         "score": scores.ravel(), "rank": np.tile(np.arange(1, width + 1), len(model.item_ids)),
+                         "method": "embedding"})
 
 
 @dg.asset(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.base import Recommender, _index_of
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.similarity import cosine_top_n_sparse
 
@@ -46,8 +46,6 @@ class ItemKNNRecommender(Recommender):
 
     def similar_items(self, item_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Neighbours straight from the stored similarity rows (padded with -1 / NaN)."""
-        from rec_orchestration.ml.base import _index_of
-
         index = _index_of(self.item_ids, np.asarray(item_ids))
         neighbours = np.full((len(index), n), -1, dtype=np.int64)
         scores = np.full((len(index), n), np.nan)
