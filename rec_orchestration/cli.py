@@ -32,25 +32,26 @@ SUMMARY_TABLES = (
     ("core.events", "interaction events"),
     ("core.interactions", "user-product interactions (training input)"),
     ("core.transactions", "orders"),
-    ("recs.popular_products", "popularity ranking"),
-    ("recs.item_similarity", "similar products (collaborative, content, embedding)"),
-    ("recs.model_evaluations", "model versions evaluated"),
-    ("recs.user_recommendations", "recommendations"),
-    ("recs.recommendation_runs", "publishes"),
+    ("ml.popular_products", "popularity ranking"),
+    ("ml.item_similarity", "similar products (collaborative, content, embedding)"),
+    ("ml.model_evaluations", "model versions evaluated"),
+    ("recs.user_recommendations", "recommendations (live publication)"),
+    ("recs.similar_products", "similar products, per method and blended (live)"),
+    ("recs.recommendation_runs", "publications"),
 )
 
 MODELS_QUERY = """SELECT e.model_name, e.ndcg_at_k, e.precision_at_k, e.recall_at_k,
        CASE WHEN e.model_name = c.model_name THEN 'champion' ELSE '' END
-FROM recs.model_evaluations e
-JOIN (SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1) c
+FROM ml.model_evaluations e
+JOIN (SELECT * FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1) c
   ON e.evaluated_at = c.chosen_at  -- the versions compared by the latest evaluation (one timestamp per run)
 ORDER BY e.ndcg_at_k DESC"""
 
-EXAMPLE_QUERY = """SELECT r.rank, p.title, p.main_category, round(r.score::numeric, 3) AS score, r.reason
-FROM recs.user_recommendations r
-JOIN core.products p USING (product_id)
-WHERE r.user_id = 1
-ORDER BY r.rank;"""
+EXAMPLE_QUERY = """SELECT rank, title, main_category, round(score::numeric, 3) AS score, reason
+FROM recs.user_recommendations_detailed
+WHERE user_id = 1
+ORDER BY rank
+LIMIT 10;"""
 
 
 def _embedded():
@@ -252,6 +253,72 @@ def run_all(ctx: click.Context) -> None:
     click.echo(f"\ntotal {time.perf_counter() - started:.1f} s")
 
 
+# -- publications -------------------------------------------------------------------------------------
+
+@main.group("recs")
+def recs_group() -> None:
+    """The published recommendation tables: list publications, roll back, unpin."""
+
+
+def _publishing_connection() -> psycopg.Connection:
+    return psycopg.connect(settings.warehouse_settings().conninfo(), autocommit=True)
+
+
+@recs_group.command("publications")
+def recs_publications() -> None:
+    """Every publication, newest first: which model made it, its size, whether it is live or kept."""
+    from rec_orchestration import publishing
+
+    with _publishing_connection() as conn:
+        rows = publishing.publications(conn)
+        live = publishing.live_publication(conn)
+    if not rows:
+        click.echo("nothing published yet")
+        return
+    click.echo(f"{'id':>5}  {'state':<14} {'published (UTC)':<19}  {'model':<28} {'rows':>9}  run")
+    for row in rows:
+        state = ("live, pinned" if live and live[1] else "live") if row["is_live"] else (
+            "kept" if row["can_roll_back"] else "retired")
+        click.echo(f"{row['publication_id']:>5}  {state:<14} {row['finished_at']:%Y-%m-%d %H:%M:%S}  "
+                   f"{row['model_name'] + ' ' + row['model_version'][:16]:<28} {row['rows_written']:>9}  "
+                   f"{row['run_id']}")
+
+
+@recs_group.command("rollback")
+@click.option("--to", "to", type=int, default=None,
+              help="Publication id to make live (default: the newest kept one older than the live one).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def recs_rollback(to: int | None, yes: bool) -> None:
+    """Make an earlier publication live at once and pin it: scheduled publishes keep theirs aside
+    until `rec recs unpin`."""
+    from rec_orchestration import publishing
+
+    if not yes:
+        click.confirm(f"Make publication {to if to is not None else '(previous)'} live and pin it?", abort=True)
+    with _publishing_connection() as conn:
+        try:
+            live = publishing.rollback(conn, to)
+        except publishing.PublishError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"publication {live} is live and pinned; `rec recs unpin` makes the newest live again")
+
+
+@recs_group.command("unpin")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def recs_unpin(yes: bool) -> None:
+    """Release a rollback's pin: the newest kept publication goes live, and publishes swap again."""
+    from rec_orchestration import publishing
+
+    if not yes:
+        click.confirm("Make the newest publication live and let publishes swap again?", abort=True)
+    with _publishing_connection() as conn:
+        try:
+            live = publishing.unpin(conn)
+        except publishing.PublishError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"publication {live} is live; publishes swap again")
+
+
 @main.command("summary")
 def summary() -> None:
     """Rows per table, where the UI is, and an example query."""
@@ -268,12 +335,57 @@ def summary() -> None:
             click.echo("\nexample: top recommendations of user 1\n")
             click.echo("  " + EXAMPLE_QUERY.replace("\n", "\n  "))
             for row in conn.execute(EXAMPLE_QUERY).fetchall():
-                click.echo(f"    {row[0]:>2}  {row[1]:<45} {row[2]:<22} {row[3]}  {row[4]}")
-        if conn.execute("SELECT to_regclass('recs.model_champions') IS NOT NULL").fetchone()[0]:
-            click.echo("\nmodels, evaluated on each user's latest interaction (recs.model_evaluations):\n")
+                click.echo(f"    {row[0]:>2}  {str(row[1])[:45]:<45} {str(row[2])[:22]:<22} {row[3]}  {row[4]}")
+        if conn.execute("SELECT to_regclass('ml.model_champions') IS NOT NULL").fetchone()[0]:
+            click.echo("\nmodels, evaluated on each user's latest interaction (ml.model_evaluations):\n")
             for row in conn.execute(MODELS_QUERY).fetchall():
                 click.echo(f"    {row[0]:<11} nDCG@10 {row[1]:.4f}  P@10 {row[2]:.4f}  R@10 {row[3]:.4f}  {row[4]}")
     click.echo("\nUI: `make dev`, then open http://127.0.0.1:3000 (asset graph, runs, checks)")
+
+
+# -- backups -----------------------------------------------------------------------------------------
+
+@main.command("backup")
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the dump (default REC_BACKUP_DIR, else <REC_HOME>/backups).")
+@click.option("--keep", default=7, show_default=True, type=click.IntRange(min=1),
+              help="Complete dumps to keep in the directory; older ones are deleted.")
+def backup_cmd(directory: Path | None, keep: int) -> None:
+    """Dump the warehouse's core, ml, recs and recs_store schemas (those that exist) with pg_dump."""
+    from rec_orchestration.backup import BackupError, backup, dump_schemas
+
+    target = settings.warehouse_settings()
+    try:
+        dump = backup(target, directory or settings.backup_dir(), keep=keep)
+        schemas = dump_schemas(dump)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"backed up {', '.join(schemas)} of {target.redacted_url()} to {dump} "
+               f"({dump.stat().st_size:,} bytes)")
+
+
+@main.command("restore")
+@click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--database-url", default=None,
+              help="Database to restore into (default: the configured warehouse). It must exist.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def restore_cmd(dump: Path, database_url: str | None, yes: bool) -> None:
+    """Restore a dump made by `rec backup` or the backup_warehouse job, in one transaction.
+
+    The dump's schemas in the target are replaced; on any error nothing changes.
+    """
+    from rec_orchestration.backup import BackupError, dump_schemas, restore
+
+    target = settings.DatabaseSettings.from_url(database_url) if database_url else settings.warehouse_settings()
+    try:
+        schemas = dump_schemas(dump)
+        if not yes:
+            click.confirm(f"Replace the tables of {', '.join(schemas)} in {target.redacted_url()} with those "
+                          f"of {dump}?", abort=True)
+        restore(dump, target)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"restored {', '.join(schemas)} from {dump} into {target.redacted_url()}")
 
 
 if __name__ == "__main__":

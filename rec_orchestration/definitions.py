@@ -7,13 +7,14 @@ from rec_orchestration.assets.ingestion import raw_landing
 from rec_orchestration.assets.evaluation import champion, champion_beats_popularity, model_evaluations
 from rec_orchestration.assets.models import model_assets, popular_products
 from rec_orchestration.assets.publish import (
-    every_user_gets_k_unseen_recommendations,
+    every_user_gets_unseen_recommendations,
+    publish_recommendations,
     recommendations_freshness_checks,
     recommendations_freshness_sensor,
-    user_recommendations,
 )
 from rec_orchestration.assets.similarity import item_similarity
 from rec_orchestration.assets.warehouse import warehouse_dbt_models
+from rec_orchestration.jobs import backup_warehouse, daily_backup_schedule
 from rec_orchestration.resources.dbt import dbt_resource
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource
 from rec_orchestration.resources.model_store import ModelStoreResource
@@ -23,11 +24,11 @@ from rec_orchestration.sensors import ingest_landing_job, landing_sensor
 
 defs = dg.Definitions(
     assets=[raw_landing, warehouse_dbt_models, popular_products, *model_assets, model_evaluations, champion,
-            item_similarity, user_recommendations],
-    asset_checks=[champion_beats_popularity, every_user_gets_k_unseen_recommendations,
+            item_similarity, publish_recommendations],
+    asset_checks=[champion_beats_popularity, every_user_gets_unseen_recommendations,
                   *recommendations_freshness_checks],
-    jobs=[refresh_recommendations_job, ingest_landing_job],
-    schedules=[hourly_refresh_schedule],
+    jobs=[refresh_recommendations_job, ingest_landing_job, backup_warehouse],
+    schedules=[hourly_refresh_schedule, daily_backup_schedule],
     sensors=[landing_sensor, recommendations_freshness_sensor],
     resources={
         "warehouse": PostgresResource(),

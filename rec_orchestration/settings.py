@@ -17,6 +17,10 @@ the repository):
     The directory the ingestion assets read raw files from; default ``<project>/data/landing``.
 ``REC_MODEL_STORE_DIR``
     Local model store directory; default ``<REC_HOME>/model_store``.
+``REC_BACKUP_DIR``
+    Where the ``backup_warehouse`` job and ``rec backup`` write dumps; default ``<REC_HOME>/backups``.
+``REC_PG_BIN_DIR``
+    Bin directory of the ``pg_dump`` / ``pg_restore`` to use; default the embedded server's, else PATH.
 ``REC_EMBEDDED_PORT``
     TCP port of the embedded server on 127.0.0.1; default 55432.
 """
@@ -50,6 +54,10 @@ def landing_dir() -> Path:
 
 def model_store_dir() -> Path:
     return Path(os.environ.get("REC_MODEL_STORE_DIR", state_dir() / "model_store")).resolve()
+
+
+def backup_dir() -> Path:
+    return Path(os.environ.get("REC_BACKUP_DIR", state_dir() / "backups")).resolve()
 
 
 def dagster_home() -> Path:

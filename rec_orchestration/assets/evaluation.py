@@ -1,8 +1,8 @@
 """Offline evaluation: every model's metrics side by side, a champion, and the gate before publishing.
 
-``recs/model_evaluations`` reads the latest artifact of each model (their manifests carry the metrics
-measured on the shared time-based split), records them per model version in ``recs.model_evaluations``,
-picks the champion (highest nDCG@k) into ``recs.model_champions``, and shows a metrics table and a
+``ml/model_evaluations`` reads the latest artifact of each model (their manifests carry the metrics
+measured on the shared time-based split), records them per model version in ``ml.model_evaluations``,
+picks the champion (highest nDCG@k) into ``ml.model_champions``, and shows a metrics table and a
 comparison plot in the UI. The blocking check ``champion_beats_popularity`` stops publishing when the
 champion is not better than the popularity baseline.
 """
@@ -33,7 +33,7 @@ from rec_orchestration.resources.roles import ensure_roles
 
 BASELINE = "popularity"
 EVALUATIONS_DDL = sql.SQL("""
-    CREATE TABLE IF NOT EXISTS recs.model_evaluations (
+    CREATE TABLE IF NOT EXISTS ml.model_evaluations (
         model_name     text NOT NULL,
         model_version  text NOT NULL,
         k              integer NOT NULL,
@@ -51,7 +51,7 @@ EVALUATIONS_DDL = sql.SQL("""
         PRIMARY KEY (model_name, model_version, k)
     )""")
 CHAMPIONS_DDL = sql.SQL("""
-    CREATE TABLE IF NOT EXISTS recs.model_champions (
+    CREATE TABLE IF NOT EXISTS ml.model_champions (
         run_id              text PRIMARY KEY,
         chosen_at           timestamptz NOT NULL,
         model_name          text NOT NULL,
@@ -64,7 +64,16 @@ CHAMPIONS_DDL = sql.SQL("""
         beats_baseline      boolean NOT NULL,
         deployed_version    text
     )""")
-CHAMPIONS_MIGRATION = sql.SQL("ALTER TABLE recs.model_champions ADD COLUMN IF NOT EXISTS deployed_version text")
+CHAMPIONS_MIGRATION = sql.SQL("ALTER TABLE ml.model_champions ADD COLUMN IF NOT EXISTS deployed_version text")
+
+
+def move_history_to_ml(conn) -> None:
+    """An earlier layout kept the evaluation history in recs (readable by downstream apps): move it."""
+    for name in ("model_evaluations", "model_champions"):
+        legacy, current = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
+                                       (f"recs.{name}", f"ml.{name}")).fetchone()
+        if legacy is not None and current is None:
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA ml").format(sql.Identifier("recs", name)))
 
 
 def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
@@ -75,12 +84,12 @@ def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -
 
 def champion_row(warehouse: PostgresResource, run_id: str | None) -> dict | None:
     """The champion chosen by run ``run_id``, or (None) the latest chosen by any run; None if none."""
-    if not warehouse.table_exists("recs.model_champions"):
+    if not warehouse.table_exists("ml.model_champions"):
         return None
     if run_id is None:
-        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1"))
+        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1"))
     else:
-        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM recs.model_champions WHERE run_id = %s"), (run_id,))
+        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM ml.model_champions WHERE run_id = %s"), (run_id,))
     return None if frame.empty else frame.iloc[0].to_dict()
 
 
@@ -104,7 +113,7 @@ def latest_manifests(model_store: ModelStoreResource) -> dict[str, dict]:
 
 
 @dg.asset(
-    key=["recs", "model_evaluations"],
+    key=["ml", "model_evaluations"],
     group_name="evaluation",
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],
@@ -127,16 +136,17 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     run_id = run_key(context)
     with warehouse.connection() as conn:
         ensure_roles(conn)
+        move_history_to_ml(conn)
         conn.execute(EVALUATIONS_DDL)
         conn.execute(CHAMPIONS_DDL)
         conn.execute(CHAMPIONS_MIGRATION)
         with conn.cursor() as cur:
             cur.executemany("""
-                INSERT INTO recs.model_evaluations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                INSERT INTO ml.model_evaluations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (model_name, model_version, k) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at""",
                 rows)
         conn.execute("""
-            INSERT INTO recs.model_champions (run_id, chosen_at, model_name, model_version, k, ndcg_at_k,
+            INSERT INTO ml.model_champions (run_id, chosen_at, model_name, model_version, k, ndcg_at_k,
                                               baseline_version, baseline_ndcg_at_k, required_lift, beats_baseline)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (run_id) DO UPDATE SET chosen_at = EXCLUDED.chosen_at, model_name = EXCLUDED.model_name,
@@ -184,7 +194,7 @@ def approved_champion(context: dg.AssetExecutionContext, warehouse: PostgresReso
     chose none, the latest one, and only if it beat popularity."""
     row = champion_row(warehouse, run_key(context)) or champion_row(warehouse, None)
     if row is None:
-        raise dg.Failure("no champion model yet: materialize recs/model_evaluations first")
+        raise dg.Failure("no champion model yet: materialize ml/model_evaluations first")
     if not row["beats_baseline"]:
         raise dg.Failure(
             f"the latest champion, {row['model_name']} {row['model_version']} (nDCG@{row['k']} "
@@ -221,7 +231,7 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
             "data_version": frame_version, "n_interactions": len(frame),
             "fit_seconds": round(time.perf_counter() - started, 3)})
     with warehouse.connection() as conn:
-        conn.execute("UPDATE recs.model_champions SET deployed_version = %s WHERE run_id = %s",
+        conn.execute("UPDATE ml.model_champions SET deployed_version = %s WHERE run_id = %s",
                      (version, row["run_id"]))
     manifest = model_store.manifest(name, version)
     return dg.MaterializeResult(metadata={

@@ -4,7 +4,7 @@ Each model asset fits its model on the training part of one time-based split (ev
 interaction held out), evaluates it on the held-out part, and saves the artifact (state dict + manifest
 with the metrics) to the model store under a version derived from data, parameters and code. An
 artifact whose version already exists is reused, not refitted: models retrain only when their input,
-parameters or code changed. ``recs/model_evaluations`` (assets/evaluation.py) compares them.
+parameters or code changed. ``ml/model_evaluations`` (assets/evaluation.py) compares them.
 """
 
 import hashlib
@@ -109,7 +109,7 @@ def training_split(warehouse: PostgresResource) -> TrainingSplit:
 
 class PopularityConfig(dg.Config):
     half_life_days: float = Field(default=90.0, gt=0, description="Weight of an interaction halves every this many days.")
-    per_category: int = Field(default=50, ge=1, description="Products kept per category in recs.popular_products_by_category.")
+    per_category: int = Field(default=50, ge=1, description="Products kept per category in ml.popular_products_by_category.")
 
 
 class ItemKNNConfig(dg.Config):
@@ -262,10 +262,10 @@ model_assets = [model_asset(name) for name in registry.MODEL_NAMES]
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(["recs", "popular_products"], group_name="models", kinds={"python", "postgres"},
+        dg.AssetSpec(["ml", "popular_products"], group_name="models", kinds={"python", "postgres"},
                      deps=INTERACTION_DEPS + [dg.AssetKey(["core", "products"])],
                      description="Products ranked by time-decayed, weighted popularity (the cold-start fallback)."),
-        dg.AssetSpec(["recs", "popular_products_by_category"], group_name="models", kinds={"python", "postgres"},
+        dg.AssetSpec(["ml", "popular_products_by_category"], group_name="models", kinds={"python", "postgres"},
                      deps=INTERACTION_DEPS + [dg.AssetKey(["core", "product_categories"])],
                      description="The same ranking within each category."),
     ],
@@ -288,29 +288,29 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig
                        product_category_ids(warehouse), top=config.per_category)]
     with warehouse.connection() as conn:
         replace_table(
-            conn, "recs.popular_products",
+            conn, "ml.popular_products",
             columns=[("product_id", "bigint"), ("rank", "integer"),
                      ("score", "double precision"), ("model_version", "text")],
             rows=rows, primary_key=["product_id"], indexes=[["rank"]],
         )
         replace_table(
-            conn, "recs.popular_products_by_category",
+            conn, "ml.popular_products_by_category",
             columns=[("category_id", "bigint"), ("product_id", "bigint"), ("rank", "integer"),
                      ("score", "double precision"), ("model_version", "text")],
             rows=by_category, primary_key=["category_id", "rank"], indexes=[["product_id"]],
         )
     top = warehouse.read_dataframe(sql.SQL("""
         SELECT pp.rank, p.title, p.main_category, round(pp.score::numeric, 2) AS score
-        FROM recs.popular_products pp JOIN core.products p USING (product_id)
+        FROM ml.popular_products pp JOIN core.products p USING (product_id)
         ORDER BY pp.rank LIMIT 10"""))
-    yield dg.MaterializeResult(asset_key=["recs", "popular_products"], metadata={
+    yield dg.MaterializeResult(asset_key=["ml", "popular_products"], metadata={
         "model_version": version,
         "artifact": dg.MetadataValue.path(location),
         "n_interactions": len(interactions),
         "n_products": len(rows),
         "top_10": dg.MetadataValue.md(top.to_markdown(index=False)),
     })
-    yield dg.MaterializeResult(asset_key=["recs", "popular_products_by_category"], metadata={
+    yield dg.MaterializeResult(asset_key=["ml", "popular_products_by_category"], metadata={
         "model_version": version,
         "rows": len(by_category),
         "categories": len({row[0] for row in by_category}),

@@ -1,4 +1,4 @@
-"""Item–item similarity matrices in ``recs.item_similarity (item_id, neighbor_id, score, rank, method)``.
+"""Item–item similarity matrices in ``ml.item_similarity (item_id, neighbor_id, score, rank, method)``.
 
 Three methods, each the top-N neighbours of every product:
 - ``collaborative``: cosine between the products' columns of the user × product interaction matrix
@@ -50,7 +50,7 @@ def embedding_neighbours(model: LightGCNRecommender, n: int) -> pd.DataFrame:
 
 
 @dg.asset(
-    key=["recs", "item_similarity"],
+    key=["ml", "item_similarity"],
     group_name="similarity",
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["core", "interactions"]), dg.AssetKey(["core", "products"]),
@@ -78,7 +78,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
     rows = similarity[["item_id", "neighbor_id", "score", "rank", "method"]].itertuples(index=False, name=None)
     with warehouse.connection() as conn:
         written = replace_table(
-            conn, "recs.item_similarity",
+            conn, "ml.item_similarity",
             columns=[("item_id", "bigint"), ("neighbor_id", "bigint"), ("score", "double precision"),
                      ("rank", "integer"), ("method", "text")],
             rows=((int(a), int(b), float(s), int(r), m) for a, b, s, r, m in rows),
@@ -89,7 +89,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
     example = warehouse.read_dataframe(sql.SQL("""
         SELECT s.method, s.rank, left(a.title, 40) AS product, left(b.title, 40) AS neighbour,
                round(s.score::numeric, 3) AS score
-        FROM recs.item_similarity s
+        FROM ml.item_similarity s
         JOIN core.products a ON a.product_id = s.item_id
         JOIN core.products b ON b.product_id = s.neighbor_id
         WHERE s.item_id = (SELECT product_id FROM core.interactions GROUP BY product_id

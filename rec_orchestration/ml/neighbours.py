@@ -1,7 +1,7 @@
 """Item-kNN: a user's score for an item is the summed cosine similarity to the items they interacted with.
 
 The similarity is the collaborative item–item cosine of ``ml.similarity`` (top-``neighbours`` per item,
-sparse), so the model is the same matrix the pipeline stores in ``recs.item_similarity``.
+sparse), so the model is the same matrix the pipeline stores in ``ml.item_similarity``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Least-privilege database roles for the people and programs that read the warehouse.
 
-- ``rec_reader``: SELECT on the ``recs`` schema only (downstream apps: shop front, e-mail, API).
-- ``rec_analyst``: SELECT on ``raw`` and ``core`` (ad hoc analysis), nothing in ``recs``, no writes.
+- ``rec_reader``: SELECT on the ``recs`` schema only: the published views (downstream apps: shop front,
+  e-mail, API). Their storage, ``recs_store``, is readable by nobody but the pipeline.
+- ``rec_analyst``: SELECT on ``raw``, ``core`` and ``ml`` (ad hoc analysis, model evaluations), nothing
+  in ``recs``, no writes.
 
 Both are NOLOGIN groups: give a program or person its own login role in the group, e.g.
 ``CREATE ROLE shop_front LOGIN PASSWORD '...' IN ROLE rec_reader`` (the embedded server's ``rec``
@@ -18,7 +20,7 @@ from psycopg import errors, sql
 READER_ROLE = "rec_reader"
 ANALYST_ROLE = "rec_analyst"
 # role -> schemas it may read
-ROLE_SCHEMAS = {READER_ROLE: ("recs",), ANALYST_ROLE: ("raw", "core")}
+ROLE_SCHEMAS = {READER_ROLE: ("recs",), ANALYST_ROLE: ("raw", "core", "ml")}
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def test_running_twice_adds_no_rows_and_runs_are_recorded_in_postgres(warehouse_
     rec("materialize")
     tables = ["raw.reviews", "raw.products", "core.users", "core.reviews", "recs.user_recommendations"]
     first = {t: scalar(warehouse_env, f"SELECT count(*) FROM {t}") for t in tables}
-    assert first["recs.user_recommendations"] == first["core.users"] * 10 > 0
+    assert first["recs.user_recommendations"] == first["core.users"] * 20 > 0
 
     output = rec("sample", "--users", "60", "--products", "40", "--landing-dir", str(landing))
     assert "unchanged" in output

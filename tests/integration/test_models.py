@@ -25,7 +25,7 @@ def test_every_model_is_evaluated_on_the_same_time_split_and_a_champion_publishe
     db, result = trained
     rows = query(db, """SELECT model_name, ndcg_at_k, precision_at_k, recall_at_k, map, coverage, users,
                                split->>'kind', data_version
-                        FROM recs.model_evaluations ORDER BY model_name""")
+                        FROM ml.model_evaluations ORDER BY model_name""")
     assert [row[0] for row in rows] == sorted(registry.MODEL_NAMES)
     assert {row[7] for row in rows} == {"time"}
     assert len({row[8] for row in rows}) == 1                  # one data version: the metrics compare
@@ -41,25 +41,26 @@ def test_every_model_is_evaluated_on_the_same_time_split_and_a_champion_publishe
         if name != "popularity":
             assert by_name[name] > by_name["popularity"], (name, by_name)
 
-    champion = query(db, "SELECT model_name, ndcg_at_k, baseline_ndcg_at_k, beats_baseline FROM recs.model_champions")
+    champion = query(db, "SELECT model_name, ndcg_at_k, baseline_ndcg_at_k, beats_baseline FROM ml.model_champions")
     assert len(champion) == 1
     name, ndcg, baseline, beats = champion[0]
     assert ndcg == max(by_name.values()) and name != "popularity" and beats
     assert baseline == by_name["popularity"]
-    published = query(db, "SELECT DISTINCT model_name, reason FROM recs.user_recommendations")
-    assert (name, "personalized") in published
+    published = {row[0] for row in query(db, "SELECT DISTINCT model_name FROM recs.user_recommendations")}
+    assert name in published
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["champion_beats_popularity"] is True
 
 
 def test_the_published_model_is_the_champion_refitted_on_every_interaction(trained):
     db, _ = trained
-    name, evaluated, deployed = query(db, "SELECT model_name, model_version, deployed_version FROM recs.model_champions")[0]
+    name, evaluated, deployed = query(db, "SELECT model_name, model_version, deployed_version FROM ml.model_champions")[0]
     assert deployed and deployed != evaluated
     manifest = json.loads((settings.model_store_dir() / name / deployed / "manifest.json").read_text())
     assert manifest["refit_of"] == evaluated
     assert manifest["n_interactions"] == scalar(db, "SELECT count(*) FROM core.interactions")
-    published = query(db, "SELECT DISTINCT model_version FROM recs.user_recommendations WHERE reason = 'personalized'")
+    published = query(db, "SELECT DISTINCT model_version FROM recs.user_recommendations WHERE model_name = %s",
+                      (name,))
     assert published == [(deployed,)]
     # The refit knows each user's latest interaction, which the evaluated model never saw; like every
     # interaction it is never recommended back.
@@ -84,25 +85,25 @@ def test_artifacts_load_weights_only_on_a_cpu_and_plots_reach_the_ui(trained):
     gnn = materializations[("models", "lightgcn")]
     assert gnn["device"].value in {"cpu", "cuda"}
     assert gnn["training_curve"].value.startswith("![training curve](data:image/png;base64,")
-    evaluation = materializations[("recs", "model_evaluations")]
+    evaluation = materializations[("ml", "model_evaluations")]
     assert "| lightgcn" in evaluation["metrics"].value
     assert evaluation["comparison"].value.startswith("![metric comparison](data:image/png;base64,")
 
 
 def test_similarity_has_three_methods_with_sensible_neighbours(trained):
     db, _ = trained
-    per_method = dict(query(db, "SELECT method, count(DISTINCT item_id) FROM recs.item_similarity GROUP BY method"))
+    per_method = dict(query(db, "SELECT method, count(DISTINCT item_id) FROM ml.item_similarity GROUP BY method"))
     assert set(per_method) == {"collaborative", "content", "embedding"}
     products = scalar(db, "SELECT count(*) FROM core.products")
     assert per_method["content"] == products and per_method["embedding"] == products
-    assert scalar(db, "SELECT count(*) FROM recs.item_similarity WHERE item_id = neighbor_id") == 0
-    assert scalar(db, "SELECT count(*) FROM recs.item_similarity WHERE score <= 0 AND method <> 'embedding'") == 0
+    assert scalar(db, "SELECT count(*) FROM ml.item_similarity WHERE item_id = neighbor_id") == 0
+    assert scalar(db, "SELECT count(*) FROM ml.item_similarity WHERE score <= 0 AND method <> 'embedding'") == 0
     # Products of one leaf category share words and buyers. A product picked at random shares the leaf
     # category of about 1 in 20 others (the sample has 20): every method's nearest neighbour does far
     # better than that.
     same_category = dict(query(db, """
         SELECT s.method, avg((pa.main_category = pb.main_category AND pa.categories = pb.categories)::int)
-        FROM recs.item_similarity s
+        FROM ml.item_similarity s
         JOIN core.products pa ON pa.product_id = s.item_id
         JOIN core.products pb ON pb.product_id = s.neighbor_id
         WHERE s.rank = 1 GROUP BY s.method"""))
@@ -121,7 +122,7 @@ def test_retraining_is_skipped_when_nothing_changed(trained):
     reused = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata["reused_artifact"].value
               for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "models"}
     assert reused == {("models", name): True for name in (*registry.MODEL_NAMES, "champion")}
-    assert scalar(db, "SELECT count(DISTINCT model_version) FROM recs.model_evaluations") == len(registry.MODEL_NAMES)
+    assert scalar(db, "SELECT count(DISTINCT model_version) FROM ml.model_evaluations") == len(registry.MODEL_NAMES)
 
 
 def test_the_gate_blocks_publishing_a_champion_that_does_not_beat_popularity(trained):
@@ -130,21 +131,21 @@ def test_the_gate_blocks_publishing_a_champion_that_does_not_beat_popularity(tra
     live_before = query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3")
     # Require a 1000 % lift over popularity: no model reaches it, so the champion is refused.
     result = materialize_everything(run_config={
-        **QUICK_MODELS, "ops": {**QUICK_MODELS["ops"], "recs__model_evaluations": {"config": {"min_lift": 10.0}}}})
+        **QUICK_MODELS, "ops": {**QUICK_MODELS["ops"], "ml__model_evaluations": {"config": {"min_lift": 10.0}}}})
     assert not result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["champion_beats_popularity"] is False
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
-    assert "recs__user_recommendations" not in started
+    assert "publish_recommendations" not in started
     assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == runs_before
     assert query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3") == live_before
-    assert scalar(db, "SELECT beats_baseline FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1") is False
+    assert scalar(db, "SELECT beats_baseline FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1") is False
 
     # Publishing on its own (from the UI, say) refuses the refused champion too.
-    from rec_orchestration.assets.publish import user_recommendations
+    from rec_orchestration.assets.publish import publish_recommendations
     from rec_orchestration.definitions import defs
 
-    alone = dg.materialize([user_recommendations], resources=defs.resources, raise_on_error=False)
+    alone = dg.materialize([publish_recommendations], resources=defs.resources, raise_on_error=False)
     assert not alone.success
     failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
     assert "does not beat popularity" in str(failure.event_specific_data.error)

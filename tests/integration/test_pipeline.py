@@ -50,32 +50,33 @@ def test_full_materialization_builds_every_table_from_the_landing_files(material
     assert counts["core.products"] == n_products
     assert counts["core.reviews"] == n_reviews  # the generator never repeats (user, product, time)
     assert counts["recs.popular_products"] == n_products
-    assert counts["recs.user_recommendations"] == n_users * 10
+    assert counts["recs.user_recommendations"] == n_users * 20  # k defaults to 20
     ledger = query(materialized, "SELECT rows_read, rows_loaded, rows_rejected FROM raw.ingested_files")
     assert all(read == loaded + rejected for read, loaded, rejected in ledger)
 
 
-def test_every_user_gets_ten_recommendations_none_already_reviewed(materialized):
+def test_every_user_gets_twenty_recommendations_none_already_reviewed(materialized):
     per_user = query(materialized, """
         SELECT u.user_id, count(r.product_id), count(DISTINCT r.product_id), array_agg(r.rank ORDER BY r.rank)
         FROM core.users u LEFT JOIN recs.user_recommendations r USING (user_id)
         GROUP BY u.user_id""")
     assert per_user
     for user_id, n, distinct, ranks in per_user:
-        assert (n, distinct, ranks) == (10, 10, list(range(1, 11))), user_id
+        assert (n, distinct, ranks) == (20, 20, list(range(1, 21))), user_id
     reviewed = scalar(materialized, """
         SELECT count(*) FROM recs.user_recommendations r
         JOIN core.reviews v ON v.user_id = r.user_id AND v.product_id = r.product_id""")
     assert reviewed == 0
     # Every sample user has at least 5 reviews: all are ranked by the champion model, topped up from
-    # popularity only where the champion has fewer than 10 unseen items for them.
-    champion = query(materialized, "SELECT model_name FROM recs.model_champions ORDER BY chosen_at DESC LIMIT 1")
-    metadata = set(query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations"))
-    assert ("personalized", champion[0][0]) in metadata
-    assert metadata <= {("personalized", champion[0][0]), ("popular", "popularity")}
+    # popularity only where the champion has fewer than 20 unseen items for them.
+    champion = query(materialized, "SELECT model_name FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")[0][0]
+    sources = dict(query(materialized, """SELECT model_name, count(*) FROM recs.user_recommendations GROUP BY 1"""))
+    assert set(sources) <= {champion, "popularity"} and sources[champion] > 0
     assert scalar(materialized, """SELECT count(DISTINCT user_id) FROM recs.user_recommendations
-                                   WHERE reason = 'personalized' AND rank = 1""") == scalar(
+                                   WHERE model_name = %s AND rank = 1""", (champion,)) == scalar(
         materialized, "SELECT count(*) FROM core.users")
+    assert scalar(materialized, """SELECT count(*) FROM recs.user_recommendations
+                                   WHERE model_name = 'popularity' AND reason <> 'popular'""") == 0
 
 
 def test_recommendations_follow_the_time_decayed_popularity_ranking(materialized):
@@ -90,23 +91,33 @@ def test_recommendations_follow_the_time_decayed_popularity_ranking(materialized
         LIMIT 20""")
     ranked = query(materialized, "SELECT product_id FROM recs.popular_products ORDER BY rank LIMIT 20")
     assert ranked == expected
-    # Users with too little history get the most popular products they have not reviewed: publish
-    # again with a threshold no sample user reaches.
-    from rec_orchestration.assets.publish import user_recommendations
+    # Users with too little history get the popular products of the categories they interacted with,
+    # then overall: publish again with a threshold no sample user reaches.
+    from rec_orchestration.assets.publish import publish_recommendations
     from rec_orchestration.definitions import defs
 
-    assert_success(dg.materialize([user_recommendations], resources=defs.resources, run_config={
-        "ops": {"recs__user_recommendations": {"config": {"min_interactions": 1000}}}}))
-    assert query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations") == [
-        ("popular", "popularity")]
-    user_id = scalar(materialized, "SELECT min(user_id) FROM core.users")
-    reviewed = {row[0] for row in query(materialized, "SELECT product_id FROM core.reviews WHERE user_id = %s",
-                                        (user_id,))}
-    unseen = [pid for (pid,) in query(materialized, "SELECT product_id FROM recs.popular_products ORDER BY rank")
-              if pid not in reviewed][:10]
-    top = [pid for (pid,) in query(materialized, """SELECT product_id FROM recs.user_recommendations
-                                                    WHERE user_id = %s ORDER BY rank""", (user_id,))]
-    assert top == unseen
+    assert_success(dg.materialize([publish_recommendations], resources=defs.resources, run_config={
+        "ops": {"publish_recommendations": {"config": {"min_interactions": 1000}}}}))
+    assert set(query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations")) == {
+        ("popular", "popularity_by_category"), ("popular", "popularity")}
+    # Each user's first product: the most popular one they have not interacted with in the first of
+    # their categories (most interactions first, ties: the smaller id) that has one left; overall
+    # popularity when every category of theirs is exhausted. Computed independently here in SQL.
+    by_category = dict(query(materialized, """
+        WITH categories AS (
+            SELECT i.user_id, pc.category_id, count(*) AS n
+            FROM core.interactions i JOIN core.product_categories pc USING (product_id) GROUP BY 1, 2)
+        SELECT DISTINCT ON (c.user_id) c.user_id, b.product_id
+        FROM categories c JOIN recs.popular_products_by_category b USING (category_id)
+        WHERE NOT EXISTS (SELECT 1 FROM core.interactions i WHERE i.user_id = c.user_id AND i.product_id = b.product_id)
+        ORDER BY c.user_id, c.n DESC, c.category_id, b.rank"""))
+    overall = dict(query(materialized, """
+        SELECT DISTINCT ON (u.user_id) u.user_id, p.product_id FROM core.users u CROSS JOIN recs.popular_products p
+        WHERE NOT EXISTS (SELECT 1 FROM core.interactions i WHERE i.user_id = u.user_id AND i.product_id = p.product_id)
+        ORDER BY u.user_id, p.rank"""))
+    first = dict(query(materialized, "SELECT user_id, product_id FROM recs.user_recommendations WHERE rank = 1"))
+    assert by_category and set(first) == set(overall)
+    assert first == {user: by_category.get(user, overall[user]) for user in overall}
 
 
 def test_rerunning_changes_nothing_and_a_new_landing_file_is_loaded_once(warehouse_env, tmp_path):
@@ -130,7 +141,7 @@ def test_rerunning_changes_nothing_and_a_new_landing_file_is_loaded_once(warehou
     assert after["raw.ingested_files"] == before["raw.ingested_files"] + 1
     assert after["raw.reviews"] == before["raw.reviews"] + extra.n_reviews
     assert after["core.users"] > before["core.users"]
-    assert after["recs.user_recommendations"] == after["core.users"] * 10
+    assert after["recs.user_recommendations"] == after["core.users"] * 20
     assert materialize_everything().success
     assert table_counts(materialized) == after
 
@@ -150,7 +161,7 @@ def test_real_movielens_100k_and_amazon_2014_files_run_through_the_whole_graph(w
     assert scalar(warehouse_env, "SELECT count(*) FROM core.reviews") == 100_000 + 10_261
     assert scalar(warehouse_env, "SELECT count(*) FROM core.users") == 943 + 1_429
     assert scalar(warehouse_env, "SELECT count(*) FROM core.products") == 1_682 + 900
-    assert scalar(warehouse_env, "SELECT count(*) FROM recs.user_recommendations") == (943 + 1_429) * 10
+    assert scalar(warehouse_env, "SELECT count(*) FROM recs.user_recommendations") == (943 + 1_429) * 20
     # MovieLens users keep their profile; Amazon reviewers have none.
     assert query(warehouse_env, """SELECT age, gender, occupation, postal_code FROM core.users
                                    WHERE user_key = '1'""") == [(24, "M", "technician", "85711")]
@@ -176,7 +187,7 @@ def test_real_movielens_100k_and_amazon_2014_files_run_through_the_whole_graph(w
 
 def test_a_failing_dbt_test_stops_the_python_assets_downstream(warehouse_env):
     from rec_orchestration.assets.models import popular_products
-    from rec_orchestration.assets.publish import user_recommendations
+    from rec_orchestration.assets.publish import publish_recommendations
     from rec_orchestration.assets.warehouse import warehouse_dbt_models
     from rec_orchestration.definitions import defs
 
@@ -188,7 +199,7 @@ def test_a_failing_dbt_test_stops_the_python_assets_downstream(warehouse_env):
     with psycopg.connect(warehouse_env.conninfo()) as conn:
         assert conn.execute("UPDATE raw.products SET average_rating = 7 WHERE line_number = 1").rowcount == 1
 
-    result = dg.materialize([warehouse_dbt_models, popular_products, user_recommendations],
+    result = dg.materialize([warehouse_dbt_models, popular_products, publish_recommendations],
                             resources=defs.resources, raise_on_error=False,
                             run_config={"ops": {"warehouse_dbt_models": {"config": {"full_refresh": True}}}})
     assert not result.success

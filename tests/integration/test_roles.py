@@ -54,7 +54,7 @@ def test_reader_sees_only_recs_and_analyst_only_raw_and_core(warehouse_env, logi
     assert can_select(reader, "recs.user_recommendations") and can_select(reader, "recs.popular_products")
     assert not can_select(reader, "core.users") and not can_select(reader, "raw.reviews")
     # A top-K lookup for one user works for the app role.
-    assert reader.execute("SELECT count(*) FROM recs.user_recommendations WHERE user_id = 1").fetchone()[0] == 10
+    assert reader.execute("SELECT count(*) FROM recs.user_recommendations WHERE user_id = 1").fetchone()[0] == 20
 
     assert can_select(analyst, "raw.reviews") and can_select(analyst, "raw.rejected_records")
     core_tables = [f"core.{name}" for (name,) in query(

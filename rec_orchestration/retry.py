@@ -1,0 +1,141 @@
+"""Retrying steps that failed for a reason that goes away by itself: the database restarting, a dropped
+connection, a full connection pool, a deadlock or serialization failure, a lock or statement timeout.
+
+``@retry_transient_db_errors()`` goes between ``@dg.asset`` (or ``@dg.multi_asset``, ``@dg.op``) and the
+compute function. It turns such an error into ``dagster.RetryRequested``, so Dagster runs the step again
+after an exponential backoff; every other exception (a missing table, a constraint violation, bad data,
+``dagster.Failure``) fails the step at once, as before: retrying would only repeat it.
+
+How the wait behaves: ``RetryRequested.seconds_to_wait`` is honoured by every executor, the in-process
+one included (``dg.materialize``, ``execute_in_process``, ``rec materialize``). The step is parked as up
+for retry, steps that do not depend on it keep running, and when nothing else can run the run process
+sleeps until the step is due (``ActiveExecution.sleep_til_ready``). The retry happens inside the same
+run, with the same resource instances (the warehouse's connection pool is not rebuilt); it does not
+count against the run retries of ``dagster.yaml``, which start a new run after a run has failed.
+A step's attempts are ``max_retries + 1`` at most; the last failure names the original error.
+
+A generator (a multi-asset yielding ``MaterializeResult``) is retried as a whole: results it yielded
+before the error stay in the event log of the failed attempt and are yielded again by the retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import dagster as dg
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import PoolClosed
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# psycopg puts most server errors whose SQLSTATE is "operational" under OperationalError, and the pool's
+# PoolTimeout and TooManyRequests derive from it too. Some of those are not transient: waiting does not
+# change a wrong password, a plpgsql bug, a program limit or a dropped database. They fail at once.
+# (A refused password at connect time carries no SQLSTATE in psycopg and is retried like any failed
+# connection.)
+NOT_TRANSIENT_SQLSTATE_CLASSES = frozenset({
+    "28",  # invalid authorization specification
+    "2F", "38", "39",  # SQL / external routine exceptions (bugs in functions)
+    "3B",  # savepoint exception
+    "54",  # program limit exceeded: statement too complex, too many columns or arguments
+    "F0",  # configuration file error
+})
+NOT_TRANSIENT_SQLSTATES = frozenset({
+    pg_errors.ObjectNotInPrerequisiteState.sqlstate,  # 55000
+    pg_errors.CantChangeRuntimeParam.sqlstate,  # 55P02
+    pg_errors.UnsafeNewEnumValueUsage.sqlstate,  # 55P04
+    pg_errors.DatabaseDropped.sqlstate,  # 57P04
+    pg_errors.UndefinedFile.sqlstate, pg_errors.DuplicateFile.sqlstate, pg_errors.FileNameTooLong.sqlstate,
+})
+
+
+def is_transient_db_error(error: BaseException) -> bool:
+    """Whether running the same step again later may succeed: a psycopg ``OperationalError`` (which
+    includes the pool's ``PoolTimeout``) other than the deterministic ones above or a closed pool."""
+    if not isinstance(error, psycopg.OperationalError) or isinstance(error, PoolClosed):
+        return False
+    sqlstate = error.sqlstate
+    if sqlstate is None:  # raised by the client: connection failed or lost, pool or connect timeout
+        return True
+    return sqlstate[:2] not in NOT_TRANSIENT_SQLSTATE_CLASSES and sqlstate not in NOT_TRANSIENT_SQLSTATES
+
+
+def backoff_seconds(retry_number: int, base_delay_s: float, jitter: Callable[[], float] = random.random) -> float:
+    """``base_delay_s * 2 ** retry_number`` scaled by a random factor in [0.5, 1.5): 5, 10, 20 s on average
+    for the first three retries with the default base. The jitter keeps steps that failed together (every
+    step of a run, when the server restarted) from hitting the database again in the same second."""
+    return base_delay_s * 2 ** retry_number * (0.5 + jitter())
+
+
+def retry_transient_db_errors(max_retries: int = 3, base_delay_s: float = 5.0) -> Callable[[F], F]:
+    """Decorator for a Dagster compute function: transient database errors become
+    ``dagster.RetryRequested(max_retries, seconds_to_wait=backoff)``, chained from the error and logged
+    as a warning; anything else propagates unchanged. Apply it below ``@dg.asset`` / ``@dg.op``::
+
+        @dg.asset
+        @retry_transient_db_errors()
+        def popular_products(context: dg.AssetExecutionContext, warehouse: PostgresResource): ...
+
+    The signature is kept (``functools.wraps``), so Dagster sees the same context, config, resource
+    and input parameters. Generator functions stay generator functions (Dagster tells them apart).
+    """
+    if max_retries < 0 or base_delay_s < 0:
+        raise ValueError("max_retries and base_delay_s must not be negative")
+
+    def decorate(fn: F) -> F:
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"{fn.__name__}: retry_transient_db_errors does not support async functions")
+
+        def retry_request(error: psycopg.OperationalError, args: tuple) -> dg.RetryRequested:
+            context = _execution_context(args)
+            retry_number = context.retry_number if context is not None else 0
+            delay = backoff_seconds(retry_number, base_delay_s)
+            log = context.log if context is not None else dg.get_dagster_logger()
+            what = f"{fn.__name__}: transient database error ({type(error).__name__}: {str(error).strip()})"
+            if retry_number < max_retries:
+                log.warning(f"{what}; retry {retry_number + 1} of {max_retries} in {delay:.1f} s")
+            else:
+                log.warning(f"{what}; no retries left ({max_retries} done)")
+            return dg.RetryRequested(max_retries=max_retries, seconds_to_wait=delay)
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return (yield from fn(*args, **kwargs))
+                except psycopg.OperationalError as error:
+                    if not is_transient_db_error(error):
+                        raise
+                    raise retry_request(error, args) from error
+
+            return generator_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except psycopg.OperationalError as error:
+                if not is_transient_db_error(error):
+                    raise
+                raise retry_request(error, args) from error
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _execution_context(args: tuple) -> dg.OpExecutionContext | dg.AssetExecutionContext | None:
+    """The step's context: the one passed in (Dagster passes it first, positionally), else the one in
+    scope while Dagster executes a step (for compute functions that take no context), else None."""
+    if args and isinstance(args[0], (dg.OpExecutionContext, dg.AssetExecutionContext,
+                                     dg.AssetCheckExecutionContext)):
+        return args[0]
+    try:
+        return dg.OpExecutionContext.get()
+    except dg.DagsterInvariantViolationError:
+        return None
