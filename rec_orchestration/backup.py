@@ -176,6 +176,47 @@ def restore(dump: Path, settings: DatabaseSettings, clean: bool = True) -> None:
                               f"dropped with them: {'; '.join(blockers)}. Drop them first (and recreate them "
                               "after), or restore into an empty database.")
         prelude += f"DROP SCHEMA IF EXISTS {', '.join(map(_quoted_identifier, schemas))} CASCADE;\n"
+    _replay_in_one_transaction(dump, settings, prelude, where)
+    with psycopg.connect(settings.conninfo()) as conn:  # commits on leaving the block
+        ensure_roles(conn)
+    log.info("restored %s (%s) into %s", dump, ", ".join(schemas), settings.redacted_url())
+
+
+def dependents_outside(settings: DatabaseSettings, schemas: Sequence[str]) -> list[str]:
+    """Objects outside ``schemas`` (views, foreign keys, ...) that depend on tables or views inside them:
+    what ``DROP SCHEMA ... CASCADE`` of ``schemas`` would drop besides the schemas' own objects."""
+    with psycopg.connect(settings.conninfo()) as conn:
+        rows = conn.execute(_DEPENDENTS_OUTSIDE, {"schemas": list(schemas)}).fetchall()
+    return [f"{kind} {identity}" for kind, identity in rows]
+
+
+# Sub-objects (a view's rewrite rule, a column default, a trigger, a policy) count as part of their
+# table: they are in no schema themselves. A view is reported by name, not by its rule.
+_DEPENDENTS_OUTSIDE = """
+    SELECT DISTINCT dependent.type, dependent.identity
+    FROM pg_depend AS d
+    JOIN pg_class AS referenced ON d.refclassid = 'pg_class'::regclass AND referenced.oid = d.refobjid
+    JOIN pg_namespace AS ns ON ns.oid = referenced.relnamespace AND ns.nspname = ANY(%(schemas)s)
+    LEFT JOIN pg_rewrite AS rule ON d.classid = 'pg_rewrite'::regclass AND rule.oid = d.objid
+    LEFT JOIN pg_attrdef AS col_default ON d.classid = 'pg_attrdef'::regclass AND col_default.oid = d.objid
+    LEFT JOIN pg_trigger AS trig ON d.classid = 'pg_trigger'::regclass AND trig.oid = d.objid
+    LEFT JOIN pg_policy AS pol ON d.classid = 'pg_policy'::regclass AND pol.oid = d.objid
+    LEFT JOIN pg_class AS owner
+        ON owner.oid = coalesce(rule.ev_class, col_default.adrelid, trig.tgrelid, pol.polrelid)
+    LEFT JOIN pg_namespace AS owner_ns ON owner_ns.oid = owner.relnamespace
+    CROSS JOIN LATERAL pg_identify_object(
+        CASE WHEN rule.oid IS NULL THEN d.classid ELSE 'pg_class'::regclass END,
+        coalesce(rule.ev_class, d.objid), 0) AS dependent
+    WHERE d.deptype IN ('n', 'a')
+      AND NOT coalesce(owner_ns.nspname, dependent.schema, '') = ANY(%(schemas)s)
+    ORDER BY 1, 2
+"""
+
+
+def _replay_in_one_transaction(dump: Path, settings: DatabaseSettings, prelude: str, where: str) -> None:
+    """psql runs ``prelude`` (which opens the transaction) and then pg_restore's script of ``dump``, and
+    gets COMMIT only if pg_restore read the whole dump; otherwise psql ends the session at the end of
+    its input and the server rolls everything back."""
     with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
         psql = subprocess.Popen(
             [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
@@ -194,44 +235,19 @@ def restore(dump: Path, settings: DatabaseSettings, clean: bool = True) -> None:
             pass  # psql stopped early; its exit status and messages say why
         finally:
             try:
-                psql.stdin.close()  # without COMMIT, psql ends the session and the server rolls back
+                psql.stdin.close()
             except BrokenPipeError:
                 pass
             psql.wait()
         if psql.returncode != 0:
+            errors = _read(psql_errors)
             raise BackupError(f"{where} failed, nothing changed: psql exited with {psql.returncode}: "
-                              f"{_read(psql_errors)}{_role_hint(_read(psql_errors))}")
+                              f"{errors}{_role_hint(errors)}")
         if script is None or script.returncode != 0:
-            stderr = _read(restore_errors)
+            errors = _read(restore_errors)
             raise BackupError(f"{where} failed, nothing changed: pg_restore exited with "
-                              f"{script.returncode if script else '?'}: {stderr}"
-                              f"{_version_hint(pg_tool('pg_restore'), stderr)}")
-    with psycopg.connect(settings.conninfo()) as conn:  # commits on leaving the block
-        ensure_roles(conn)
-    log.info("restored %s (%s) into %s", dump, ", ".join(schemas), settings.redacted_url())
-
-
-def dependents_outside(settings: DatabaseSettings, schemas: Sequence[str]) -> list[str]:
-    """Objects outside ``schemas`` (views, foreign keys, ...) that depend on tables or views inside them:
-    what ``DROP SCHEMA ... CASCADE`` of ``schemas`` would drop besides the schemas' own objects."""
-    with psycopg.connect(settings.conninfo()) as conn:
-        rows = conn.execute(_DEPENDENTS_OUTSIDE, {"schemas": list(schemas)}).fetchall()
-    return [f"{kind} {identity}" for kind, identity in rows]
-
-
-# A view depends on its tables through its rewrite rule: report the view, not the rule.
-_DEPENDENTS_OUTSIDE = """
-    SELECT DISTINCT dependent.type, dependent.identity
-    FROM pg_depend AS d
-    JOIN pg_class AS referenced ON d.refclassid = 'pg_class'::regclass AND referenced.oid = d.refobjid
-    JOIN pg_namespace AS ns ON ns.oid = referenced.relnamespace AND ns.nspname = ANY(%(schemas)s)
-    LEFT JOIN pg_rewrite AS rule ON d.classid = 'pg_rewrite'::regclass AND rule.oid = d.objid
-    CROSS JOIN LATERAL pg_identify_object(
-        CASE WHEN rule.oid IS NULL THEN d.classid ELSE 'pg_class'::regclass END,
-        coalesce(rule.ev_class, d.objid), 0) AS dependent
-    WHERE d.deptype IN ('n', 'a') AND NOT coalesce(dependent.schema, '') = ANY(%(schemas)s)
-    ORDER BY 1, 2
-"""
+                              f"{script.returncode if script else '?'}: {errors}"
+                              f"{_version_hint(pg_tool('pg_restore'), errors)}")
 
 
 def _run_client(program: str, args: list[str], env: dict[str, str], what: str) -> str:

@@ -43,8 +43,8 @@ def backup_warehouse() -> None:
 daily_backup_schedule = dg.ScheduleDefinition(
     name="daily_backup",
     job=backup_warehouse,
-    cron_schedule="0 3 * * *",
+    cron_schedule="30 3 * * *",  # not at minute 0, when hourly_refresh starts
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Back up the warehouse every day at 03:00 UTC.",
+    description="Back up the warehouse every day at 03:30 UTC.",
 )

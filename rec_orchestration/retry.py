@@ -6,13 +6,14 @@ compute function. It turns such an error into ``dagster.RetryRequested``, so Dag
 after an exponential backoff; every other exception (a missing table, a constraint violation, bad data,
 ``dagster.Failure``) fails the step at once, as before: retrying would only repeat it.
 
-How the wait behaves: ``RetryRequested.seconds_to_wait`` is honoured by every executor, the in-process
-one included (``dg.materialize``, ``execute_in_process``, ``rec materialize``). The step is parked as up
-for retry, steps that do not depend on it keep running, and when nothing else can run the run process
-sleeps until the step is due (``ActiveExecution.sleep_til_ready``). The retry happens inside the same
-run, with the same resource instances (the warehouse's connection pool is not rebuilt); it does not
-count against the run retries of ``dagster.yaml``, which start a new run after a run has failed.
-A step's attempts are ``max_retries + 1`` at most; the last failure names the original error.
+How the wait behaves: ``RetryRequested.seconds_to_wait`` is honoured by the in-process executor
+(``dg.materialize``, ``execute_in_process``) as by the multiprocess one: both schedule steps through
+Dagster's ``ActiveExecution``. The step is parked as up for retry, steps that do not depend on it keep
+running, and when nothing else can run the run process sleeps until the step is due
+(``ActiveExecution.sleep_til_ready``). The retry happens inside the same
+run, with the same resource instances (the warehouse's connection pool is not rebuilt). A step runs
+``max_retries + 1`` times at most; then it fails ("Exceeded max_retries", caused by the original error),
+the run fails, and the run retry of ``dagster.yaml`` (a new run, from the failed steps) may follow.
 
 A generator (a multi-asset yielding ``MaterializeResult``) is retried as a whole: results it yielded
 before the error stay in the event log of the failed attempt and are yielded again by the retry.
@@ -88,6 +89,9 @@ def retry_transient_db_errors(max_retries: int = 3, base_delay_s: float = 5.0) -
         raise ValueError("max_retries and base_delay_s must not be negative")
 
     def decorate(fn: F) -> F:
+        if not inspect.isfunction(fn):  # e.g. an AssetsDefinition: the decorator went above @dg.asset
+            raise TypeError(f"retry_transient_db_errors wraps a compute function; put it below @dg.asset / @dg.op, "
+                            f"not on {type(fn).__name__}")
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(f"{fn.__name__}: retry_transient_db_errors does not support async functions")
 
@@ -129,7 +133,9 @@ def retry_transient_db_errors(max_retries: int = 3, base_delay_s: float = 5.0) -
     return decorate
 
 
-def _execution_context(args: tuple) -> dg.OpExecutionContext | dg.AssetExecutionContext | None:
+def _execution_context(
+    args: tuple,
+) -> dg.OpExecutionContext | dg.AssetExecutionContext | dg.AssetCheckExecutionContext | None:
     """The step's context: the one passed in (Dagster passes it first, positionally), else the one in
     scope while Dagster executes a step (for compute functions that take no context), else None."""
     if args and isinstance(args[0], (dg.OpExecutionContext, dg.AssetExecutionContext,

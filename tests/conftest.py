@@ -4,8 +4,11 @@ fresh databases per test session, and a small generated sample in a temporary la
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,7 +128,8 @@ QUICK_MODELS = {"ops": {
 }}
 
 
-def materialize_everything(run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+def materialize_everything(run_config: dict | None = None,
+                           asset_selection: list | None = None) -> dg.ExecuteInProcessResult:
     """What the hourly schedule runs: the refresh job over every landing partition, after the landing
     directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""
     import dagster as dg
@@ -140,7 +144,34 @@ def materialize_everything(run_config: dict | None = None) -> dg.ExecuteInProces
         request = all_partitions_run_request(instance)
         assert request is not None, "no landing partitions"
         return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
-                                       run_config=run_config if run_config is not None else QUICK_MODELS)
+                                       run_config=run_config if run_config is not None else QUICK_MODELS,
+                                       asset_selection=asset_selection)
+
+
+@contextmanager
+def throwaway_logins(admin: DatabaseSettings) -> Iterator[Callable[[str, DatabaseSettings], psycopg.Connection]]:
+    """``connect(group, db)``: a new login role in ``group`` (created through ``admin``), connected to
+    ``db`` with autocommit. The connections are closed and the roles dropped on exit."""
+    made: list[str] = []
+    connections: list[psycopg.Connection] = []
+
+    def connect(group: str, db: DatabaseSettings) -> psycopg.Connection:
+        name, password = f"test_{group}_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Identifier(group)))
+        made.append(name)
+        connections.append(psycopg.connect(replace(db, user=name, password=password).conninfo(), autocommit=True))
+        return connections[-1]
+
+    try:
+        yield connect
+    finally:
+        for conn in connections:
+            conn.close()
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            for name in made:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def assert_success(result: dg.ExecuteInProcessResult) -> None:

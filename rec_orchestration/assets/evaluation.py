@@ -30,6 +30,7 @@ from rec_orchestration.ml.plots import markdown_image, metric_comparison
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.resources.roles import ensure_roles
+from rec_orchestration.retry import retry_transient_db_errors
 
 BASELINE = "popularity"
 EVALUATIONS_DDL = sql.SQL("""
@@ -118,6 +119,7 @@ def latest_manifests(model_store: ModelStoreResource) -> dict[str, dict]:
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],
 )
+@retry_transient_db_errors()
 def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: PostgresResource,
                       model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Each model's metrics at k on the held-out latest interactions, per version; the champion chosen."""
@@ -209,6 +211,7 @@ def approved_champion(context: dg.AssetExecutionContext, warehouse: PostgresReso
     kinds={"python", "pytorch"},
     deps=[model_evaluations],
 )
+@retry_transient_db_errors()
 def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
              model_store: ModelStoreResource) -> dg.MaterializeResult:
     """The champion refitted, with the parameters it was evaluated with, on every interaction (its

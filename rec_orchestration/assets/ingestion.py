@@ -22,6 +22,7 @@ from rec_orchestration.quality.suites import RAW_SUITES
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
 from rec_orchestration.resources.postgres import PostgresResource, qualified
 from rec_orchestration.resources.roles import ensure_roles
+from rec_orchestration.retry import retry_transient_db_errors
 from rec_orchestration.sources.formats import FORMATS, UnknownFormatError
 from rec_orchestration.sources.loader import EntryResult, LoadResult, ensure_raw_schema, load_entry
 from rec_orchestration.sources.records import RECORD_KINDS
@@ -88,6 +89,7 @@ def _file_row(entry: str, result: LoadResult) -> dict:
     can_subset=True,
     name="raw_landing",
 )
+@retry_transient_db_errors()
 def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                 great_expectations: GreatExpectationsResource, config: LandingConfig):
     """Loads the landing entries of this run's partitions, then validates the raw tables."""

@@ -27,6 +27,7 @@ from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.splits import time_holdout
 from rec_orchestration.resources.model_store import ModelStoreResource, artifact_version
 from rec_orchestration.resources.postgres import PostgresResource, replace_table
+from rec_orchestration.retry import retry_transient_db_errors
 
 # Bumped when a model's code changes what it learns; part of every artifact version.
 CODE_VERSIONS = {"popularity": "popularity-v1", "itemknn": "itemknn-v1", "ease": "ease-v1",
@@ -247,6 +248,7 @@ def model_asset(name: str) -> dg.AssetsDefinition:
               deps=INTERACTION_DEPS + ([dg.AssetKey(["core", "product_categories"])] if name == "lightfm" else []),
               description=f"The {name} model fitted on core.interactions (all but each user's latest "
                           f"interaction), evaluated at k={EVAL_K} on the held-out ones; artifact in the model store.")
+    @retry_transient_db_errors()
     def _asset(context: dg.AssetExecutionContext, config: config_class, warehouse: PostgresResource,  # type: ignore[valid-type]
                model_store: ModelStoreResource) -> dg.MaterializeResult:
         split = training_split(warehouse)
@@ -270,6 +272,7 @@ model_assets = [model_asset(name) for name in registry.MODEL_NAMES]
                      description="The same ranking within each category."),
     ],
 )
+@retry_transient_db_errors()
 def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig, warehouse: PostgresResource,
                      model_store: ModelStoreResource):
     """Popularity over all interactions, overall and per category; the model saved to the model store."""

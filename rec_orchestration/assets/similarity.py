@@ -18,6 +18,7 @@ from rec_orchestration.ml.gnn import LightGCNRecommender
 from rec_orchestration.ml.similarity import ItemNeighbours, content_top_n, cosine_top_n_sparse
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource, replace_table
+from rec_orchestration.retry import retry_transient_db_errors
 
 PRODUCT_TEXT_QUERY = sql.SQL("""
     SELECT p.product_id,
@@ -56,6 +57,7 @@ def embedding_neighbours(model: LightGCNRecommender, n: int) -> pd.DataFrame:
     deps=[dg.AssetKey(["core", "interactions"]), dg.AssetKey(["core", "products"]),
           dg.AssetKey(["core", "product_categories"]), dg.AssetKey(["models", "lightgcn"])],
 )
+@retry_transient_db_errors()
 def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig, warehouse: PostgresResource,
                     model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Top-N similar products per product by collaborative, content and embedding cosine similarity."""

@@ -4,9 +4,7 @@ nothing. Real PostgreSQL, pg_dump, pg_restore and Dagster."""
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -19,17 +17,19 @@ from rec_orchestration import settings
 from rec_orchestration.backup import BACKUP_SCHEMAS, BackupError, backup, complete_dumps, dump_schemas, restore
 from rec_orchestration.resources.roles import ANALYST_ROLE, READER_ROLE
 from rec_orchestration.settings import DatabaseSettings
-from tests.conftest import assert_success, query, scalar
+from tests.conftest import assert_success, materialize_everything, query, scalar, throwaway_logins
 
 # Objects the test adds where the pipeline has not made any yet (the model and publish steps are too
 # slow to run here): a table in ml, a partitioned table in recs_store and a view and table over it in
-# recs, so the dump spans every schema and kind of relation the warehouse has.
+# recs, with a column default and an identity column, so the dump spans every schema and kind of
+# relation the warehouse has.
 HAND_MADE = {
     "ml": """
         CREATE SCHEMA IF NOT EXISTS ml;
-        CREATE TABLE ml.backup_test_versions (model_name text PRIMARY KEY, metrics jsonb NOT NULL,
+        CREATE TABLE ml.backup_test_versions (id int GENERATED ALWAYS AS IDENTITY,
+                                              model_name text PRIMARY KEY, metrics jsonb NOT NULL,
                                               trained_at timestamptz NOT NULL, note text);
-        INSERT INTO ml.backup_test_versions VALUES
+        INSERT INTO ml.backup_test_versions (model_name, metrics, trained_at, note) VALUES
             ('popularity', '{"ndcg": 0.12}', '2024-01-01T00:00:00Z', NULL),
             ('ease', '{"ndcg": 0.25, "lambda": 500}', '2024-01-02T03:04:05.678Z', 'it''s the "champion"');
     """,
@@ -48,7 +48,8 @@ HAND_MADE = {
     """,
     "recs": """
         CREATE SCHEMA IF NOT EXISTS recs;
-        CREATE TABLE recs.backup_test_runs (run_id int PRIMARY KEY, published_at timestamptz NOT NULL);
+        CREATE TABLE recs.backup_test_runs (run_id int PRIMARY KEY, published_at timestamptz NOT NULL,
+                                            pinned boolean NOT NULL DEFAULT false);
         INSERT INTO recs.backup_test_runs VALUES (1, '2024-01-01T00:00:00Z'), (2, '2024-01-02T00:00:00Z');
         CREATE VIEW recs.backup_test_latest AS
             SELECT user_id, product_id, score FROM recs_store.backup_test_recommendations
@@ -61,17 +62,8 @@ def build_warehouse() -> dg.ExecuteInProcessResult:
     """The raw and dbt assets over every landing partition: the refresh job without models and publish."""
     from rec_orchestration.assets.ingestion import RAW_ASSET_KEYS
     from rec_orchestration.assets.warehouse import warehouse_dbt_models
-    from rec_orchestration.definitions import defs
-    from rec_orchestration.partitions import sync_landing_partitions
-    from rec_orchestration.schedules import all_partitions_run_request
 
-    job = defs.resolve_job_def("refresh_recommendations")
-    with dg.DagsterInstance.ephemeral() as instance:
-        sync_landing_partitions(instance, settings.landing_dir())
-        request = all_partitions_run_request(instance)
-        assert request is not None, "no landing partitions"
-        return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
-                                      asset_selection=[*RAW_ASSET_KEYS, *warehouse_dbt_models.keys])
+    return materialize_everything(asset_selection=[*RAW_ASSET_KEYS, *warehouse_dbt_models.keys])
 
 
 def relations(db: DatabaseSettings, schemas) -> list[str]:
@@ -125,26 +117,9 @@ def job_dump(warehouse) -> tuple[Path, dict]:
 
 @pytest.fixture()
 def login_as(warehouse):
-    """Makes a throw-away login role in a group; ``connect(group, db)`` returns a connection as it to ``db``."""
-    made: list[str] = []
-    connections: list[psycopg.Connection] = []
-
-    def connect(group: str, db: DatabaseSettings) -> psycopg.Connection:
-        name, password = f"test_{group}_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
-        with psycopg.connect(warehouse.conninfo(), autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                sql.Identifier(name), sql.Literal(password), sql.Identifier(group)))
-        made.append(name)
-        conn = psycopg.connect(replace(db, user=name, password=password).conninfo(), autocommit=True)
-        connections.append(conn)
-        return conn
-
-    yield connect
-    for conn in connections:
-        conn.close()
-    with psycopg.connect(warehouse.conninfo(), autocommit=True) as admin:
-        for name in made:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    """``login_as(group, db)``: a connection to ``db`` as a new login role in ``group``."""
+    with throwaway_logins(warehouse) as connect:
+        yield connect
 
 
 def readable(conn: psycopg.Connection, names: list[str]) -> dict[str, bool]:
@@ -219,6 +194,12 @@ def test_keep_deletes_the_oldest_dumps_only(warehouse, tmp_path, monkeypatch):
 
 def test_restoring_over_a_live_database_replaces_its_schemas(warehouse, job_dump, test_databases):
     dump, _ = job_dump
+    # In place, over the warehouse it came from (`rec restore DUMP`): the same tables, raw and staging kept.
+    dumped, kept = fingerprint(warehouse, BACKUP_SCHEMAS), fingerprint(warehouse, ["raw", "staging"])
+    restore(dump, warehouse)
+    assert fingerprint(warehouse, BACKUP_SCHEMAS) == dumped and fingerprint(warehouse, ["raw", "staging"]) == kept
+    assert kept["raw.reviews"][0] > 1000
+
     target = test_databases.create("rec_test_restore")
     restore(dump, target)
     with psycopg.connect(target.conninfo()) as conn:  # what happens to a warehouse after its last backup
@@ -267,6 +248,23 @@ def test_a_failed_restore_raises_and_leaves_the_target_unchanged(warehouse, job_
     with pytest.raises(BackupError, match="pg_restore exited with 1: .*could not read from input file"):
         restore(truncated, empty)
     assert query(empty, "SELECT nspname FROM pg_namespace ORDER BY 1") == schemas_before
+
+
+def test_a_restore_granting_to_a_role_the_server_lacks_fails_and_says_so(test_databases, tmp_path):
+    source, target = test_databases.create("rec_test_backup"), test_databases.create("rec_test_restore")
+    role = f"test_gone_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(source.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA core; CREATE TABLE core.products AS SELECT 1 AS product_id")
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON core.products TO {}").format(sql.Identifier(role)))
+        dump = backup(source, tmp_path)
+        conn.execute(sql.SQL("REVOKE ALL ON core.products FROM {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    with pytest.raises(BackupError, match=f'(?s)psql exited.*role "{role}" does not exist.*create them first'):
+        restore(dump, target)
+    assert relations(target, ["core"]) == [] and scalar(
+        target, "SELECT count(*) FROM pg_namespace WHERE nspname = 'core'") == 0
 
 
 def test_missing_schemas_are_skipped_and_a_database_without_any_is_refused(test_databases, tmp_path):
@@ -319,5 +317,5 @@ def test_the_daily_backup_schedule_runs_the_job_at_three_utc():
 
     schedule = defs.resolve_schedule_def("daily_backup")
     assert (schedule.job_name, schedule.cron_schedule, schedule.execution_timezone) == (
-        "backup_warehouse", "0 3 * * *", "UTC")
+        "backup_warehouse", "30 3 * * *", "UTC")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

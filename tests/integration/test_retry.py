@@ -174,7 +174,7 @@ def test_backoff_doubles_per_retry_within_its_jitter():
     assert backoff_seconds(3, 0.0) == 0.0
 
 
-def test_the_decorator_keeps_the_signature_dagster_reads_and_refuses_async_functions():
+def test_the_decorator_keeps_the_signature_dagster_reads_and_refuses_what_it_cannot_wrap():
     import inspect
 
     def compute(context: dg.AssetExecutionContext, config: ProbeConfig, warehouse: PostgresResource) -> int:
@@ -187,3 +187,5 @@ def test_the_decorator_keeps_the_signature_dagster_reads_and_refuses_async_funct
 
     with pytest.raises(TypeError, match="async"):
         retry_transient_db_errors()(asynchronous)
+    with pytest.raises(TypeError, match="below @dg.asset"):
+        retry_transient_db_errors()(returns_a_value)  # above @dg.asset: an AssetsDefinition, not a function

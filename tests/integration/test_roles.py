@@ -3,40 +3,20 @@
 
 from __future__ import annotations
 
-import secrets
-import uuid
-from dataclasses import replace
 
 import psycopg
 import pytest
 from psycopg import errors, sql
 
 from rec_orchestration.resources.roles import ANALYST_ROLE, READER_ROLE
-from tests.conftest import materialize_everything, query
+from tests.conftest import materialize_everything, query, throwaway_logins
 
 
 @pytest.fixture()
 def login_as(warehouse_env):
-    """Makes a throw-away login role in a group and returns a connection as it; drops the roles after."""
-    made: list[str] = []
-    connections: list[psycopg.Connection] = []
-
-    def connect(group: str) -> psycopg.Connection:
-        name, password = f"test_{group}_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
-        with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                sql.Identifier(name), sql.Literal(password), sql.Identifier(group)))
-        made.append(name)
-        conn = psycopg.connect(replace(warehouse_env, user=name, password=password).conninfo(), autocommit=True)
-        connections.append(conn)
-        return conn
-
-    yield connect
-    for conn in connections:
-        conn.close()
-    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as admin:
-        for name in made:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    """``login_as(group)``: a connection as a new login role in ``group``; dropped after the test."""
+    with throwaway_logins(warehouse_env) as connect:
+        yield lambda group: connect(group, warehouse_env)
 
 
 def can_select(conn: psycopg.Connection, table: str) -> bool:
@@ -52,7 +32,11 @@ def test_reader_sees_only_recs_and_analyst_only_raw_and_core(warehouse_env, logi
     reader, analyst = login_as(READER_ROLE), login_as(ANALYST_ROLE)
 
     assert can_select(reader, "recs.user_recommendations") and can_select(reader, "recs.popular_products")
+    assert can_select(reader, "recs.user_recommendations_detailed") and can_select(reader, "recs.recommendation_runs")
     assert not can_select(reader, "core.users") and not can_select(reader, "raw.reviews")
+    # The published views' storage and the model stage's tables are not part of the contract.
+    assert not can_select(reader, "recs_store.user_recommendations") and not can_select(reader, "recs_store.live")
+    assert not can_select(reader, "ml.model_evaluations")
     # A top-K lookup for one user works for the app role.
     assert reader.execute("SELECT count(*) FROM recs.user_recommendations WHERE user_id = 1").fetchone()[0] == 20
 
@@ -64,6 +48,7 @@ def test_reader_sees_only_recs_and_analyst_only_raw_and_core(warehouse_env, logi
         assert can_select(analyst, table), table
         assert not can_select(reader, table), table
     assert not can_select(analyst, "recs.user_recommendations")
+    assert can_select(analyst, "ml.model_evaluations") and can_select(analyst, "ml.item_similarity")
 
     for conn, table in ((reader, "recs.user_recommendations"), (analyst, "core.users"), (analyst, "raw.reviews")):
         with pytest.raises(errors.InsufficientPrivilege):
