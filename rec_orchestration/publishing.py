@@ -239,8 +239,8 @@ def _move_legacy_tables(conn: psycopg.Connection) -> None:
             legacy = f"legacy_{name}"
             log.warning("moving the old table recs.%s to %s.%s: recs.%s is now a view", name, STORE, legacy, name)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(STORE, legacy)))
-            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(CONTRACT, name), sql.Identifier(STORE)))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(STORE, name), sql.Identifier(legacy)))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(CONTRACT, name), sql.Identifier(legacy)))
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(CONTRACT, legacy), sql.Identifier(STORE)))
     for name in LEGACY_DERIVED:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(CONTRACT, name)))
 
