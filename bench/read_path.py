@@ -459,7 +459,9 @@ class LongQuery(threading.Thread):
 class TracedConnection:
     """A psycopg connection whose statements are timed; ``before_swap`` runs once, just before the statement
     that sets the swap's lock timeout (``publish``: before the ATTACHes; ``replace_table``: before the
-    RENAMEs). The first transaction that ends after it ends the swap (its COMMIT)."""
+    RENAMEs). The swap ends with the COMMIT of the transaction that made the new set live: the one that
+    moved ``publish``'s pointer (its second transaction, after the attach committed and settled), or
+    the one that renamed ``replace_table``'s table."""
 
     def __init__(self, conn: psycopg.Connection, before_swap: Callable[[], None]) -> None:
         object.__setattr__(self, "_conn", conn)
@@ -469,6 +471,7 @@ class TracedConnection:
         object.__setattr__(self, "swap_statements", [])
         object.__setattr__(self, "build_statements", [])
         object.__setattr__(self, "before_swap_ns", 0)
+        object.__setattr__(self, "went_live", False)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -486,6 +489,8 @@ class TracedConnection:
         began = now_ns()
         cursor = self._conn.execute(query, params, **kwargs)
         statement = (" ".join(text.split())[:90], now_ns() - began)
+        if self.swap_began and ("INTO recs_store.live" in text or " RENAME TO " in text):
+            object.__setattr__(self, "went_live", True)
         if not self.swap_began:
             self.build_statements.append(statement)
         elif not self.swap_ended:
@@ -496,7 +501,7 @@ class TracedConnection:
     def transaction(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         with self._conn.transaction(*args, **kwargs) as tx:
             yield tx
-        if self.swap_began and not self.swap_ended:
+        if self.swap_began and self.went_live and not self.swap_ended:
             object.__setattr__(self, "swap_ended", now_ns())
 
 

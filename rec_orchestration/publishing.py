@@ -11,13 +11,15 @@ in schema ``recs_store`` (``rec_reader`` cannot read it):
 - one table per published table, LIST-partitioned by ``publication_id``: a partition per publication.
 
 Readers use the views in ``recs``, which select the partitions of the live publication
-(``WHERE publication_id = (SELECT publication_id FROM recs_store.live)``). A publish builds, loads and
-indexes its partitions as standalone tables, then, at the end of the same transaction, attaches them
-and updates the one-row pointer. ``ATTACH PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent,
-which does not conflict with readers' ACCESS SHARE, and the pointer update is a row update: the swap
-waits for no reader, not even a long analytic query, and no reader waits for it. Every statement
-reads the pointer once, so it sees the old publication or the new one, never a mix. A publish that
-fails or is killed rolls back whole; the live publication is untouched.
+(``WHERE publication_id = (SELECT publication_id FROM recs_store.live)``). A publish builds, loads,
+indexes and checks its partitions as standalone tables, attaches them (still not what the pointer
+names, so invisible) and commits; then, in a second transaction, it updates the one-row pointer.
+``ATTACH PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent, which does not conflict with
+readers' ACCESS SHARE, and the pointer update is a row update: the swap waits for no reader, not
+even a long analytic query, and no reader waits for it. Every statement reads the pointer once, with
+its snapshot, so it sees the old publication or the new one, never a mix. (Why two transactions:
+``_settle``.) A publish that fails or is killed before the pointer moves leaves the live publication
+untouched.
 
 Old publications are kept for rollback (``keep``); older ones are retired after the swap committed:
 ``DETACH PARTITION ... CONCURRENTLY`` (waits for queries still using them without blocking anyone)
@@ -30,6 +32,7 @@ No Dagster import here: the CLI (``rec recs ...``) and the benchmark use it too.
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -292,50 +295,88 @@ def publish(
     validate: Callable[[psycopg.Connection, Mapping[str, sql.Composable]], None] | None = None,
     keep: int = DEFAULT_KEEP,
     lock_timeout_ms: int = 5000,
+    settle_timeout_ms: int = 2000,
     retire_timeout_ms: int = 30_000,
 ) -> Publication:
     """Write one publication of every table in ``TABLES`` and make it live, atomically.
 
     ``rows`` maps each table name to its rows, columns in ``TABLES`` order. ``validate`` gets the
     connection and each table's new partition (not yet visible to readers) and raises to refuse the
-    publication. ``conn`` must not be inside a transaction: the publication commits here, then older
-    publications beyond ``keep`` are retired (needs autocommit statements).
+    publication. ``conn`` must be in autocommit mode: the publication commits here, in two
+    transactions (see ``_settle``), then older publications beyond ``keep`` are retired. A crash
+    between the two leaves a complete publication attached but not live (like one made while the
+    live one is pinned); the next publish goes on as usual and retirement drops it in turn.
     """
     if set(rows) != set(TABLES):
         raise ValueError(f"a publication has exactly the tables {sorted(TABLES)}, got {sorted(rows)}")
     if keep < 1:
         raise ValueError("keep must be at least 1 (the live publication)")
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (PUBLISH_LOCK,))
-        ensure_layout(conn)
-        publication_id = conn.execute(
-            """INSERT INTO recs_store.publications (run_id, model_name, model_version, evaluation, k, users,
-                   users_personalized, users_popular, row_counts, started_at, published_at)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, '{}', %s, now()) RETURNING publication_id""",
-            (run_id, model_name, model_version, json.dumps(dict(evaluation), default=float), k,
-             user_counts.get("users", 0), user_counts.get("personalized", 0), user_counts.get("popular", 0),
-             started_at)).fetchone()[0]
-        counts = {name: _load_partition(conn, table, publication_id, rows[name]) for name, table in TABLES.items()}
-        partitions = {name: _ident(STORE, table.partition(publication_id)) for name, table in TABLES.items()}
-        if validate is not None:
-            validate(conn, partitions)
-        # The swap: from here to COMMIT no statement waits for a reader (see the module docstring);
-        # the lock timeout only guards against another session doing DDL on the parents.
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
-        for name, table in TABLES.items():
-            conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-                _ident(STORE, name), partitions[name], sql.Literal(publication_id)))
-        conn.execute("UPDATE recs_store.publications SET row_counts = %s, published_at = clock_timestamp() "
-                     "WHERE publication_id = %s", (json.dumps(counts), publication_id))
-        live = conn.execute("SELECT publication_id, pinned FROM recs_store.live FOR UPDATE").fetchone()
-        pinned = bool(live and live[1])
-        if not pinned:
-            _switch(conn, publication_id, live[0] if live else None, "publish")
-        else:
-            log.warning("the live publication %s is pinned (rolled back): publication %s is kept, not made live; "
-                        "`rec recs unpin` makes the newest publication live again", live[0], publication_id)
+    # One publish at a time, across both transactions (rollback and retire take the same key).
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (PUBLISH_LOCK,))
+    try:
+        with conn.transaction():  # build, check and attach: complete, but not what the pointer names
+            ensure_layout(conn)
+            publication_id = conn.execute(
+                """INSERT INTO recs_store.publications (run_id, model_name, model_version, evaluation, k, users,
+                       users_personalized, users_popular, row_counts, started_at, published_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, '{}', %s, now()) RETURNING publication_id""",
+                (run_id, model_name, model_version, json.dumps(dict(evaluation), default=float), k,
+                 user_counts.get("users", 0), user_counts.get("personalized", 0), user_counts.get("popular", 0),
+                 started_at)).fetchone()[0]
+            counts = {name: _load_partition(conn, table, publication_id, rows[name])
+                      for name, table in TABLES.items()}
+            partitions = {name: _ident(STORE, table.partition(publication_id)) for name, table in TABLES.items()}
+            if validate is not None:
+                validate(conn, partitions)
+            # No statement from here on waits for a reader (see the module docstring); the lock timeout
+            # only guards against another session doing DDL on the parents.
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+            for name, table in TABLES.items():
+                conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+                    _ident(STORE, name), partitions[name], sql.Literal(publication_id)))
+            conn.execute("UPDATE recs_store.publications SET row_counts = %s WHERE publication_id = %s",
+                         (json.dumps(counts), publication_id))
+        _settle(conn, settle_timeout_ms)
+        with conn.transaction():  # the swap: one row
+            live = conn.execute("SELECT publication_id, pinned FROM recs_store.live FOR UPDATE").fetchone()
+            pinned = bool(live and live[1])
+            conn.execute("UPDATE recs_store.publications SET published_at = clock_timestamp() "
+                         "WHERE publication_id = %s", (publication_id,))
+            if not pinned:
+                _switch(conn, publication_id, live[0] if live else None, "publish")
+            else:
+                log.warning("the live publication %s is pinned (rolled back): publication %s is kept, not made "
+                            "live; `rec recs unpin` makes the newest publication live again", live[0], publication_id)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (PUBLISH_LOCK,))
     retired = retire(conn, keep, retire_timeout_ms)
     return Publication(publication_id, not pinned, pinned, counts, retired)
+
+
+def _settle(conn: psycopg.Connection, timeout_ms: int) -> None:
+    """Wait until the transactions that may have opened the tables before the partitions were
+    attached have ended (at most ``timeout_ms``), before the pointer moves.
+
+    A statement fixes the set of partitions when it opens the tables and reads the pointer a moment
+    later, with its snapshot. Were the attach and the pointer update one commit, a statement opening
+    the tables just before it and taking its snapshot just after would see the new pointer without
+    the new partitions: no rows at all (bench/read_path.py caught this: a few empty reads in 100,000
+    under load). Committing the attach first and moving the pointer only once the statements that
+    may hold the old partition set have finished closes that window. A long query still running at
+    the timeout took its snapshot long ago and reads the old pointer.
+    """
+    parents = [f"{STORE}.{name}" for name in TABLES]
+    # Transactions holding a lock on a parent now opened it before the attach or just after; wait
+    # for them to end (their virtual transaction id's lock goes away). pg_locks, unlike the other
+    # sessions' columns of pg_stat_activity, is visible without extra privileges.
+    holders = [row[0] for row in conn.execute(
+        "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE relation = ANY(%s::regclass[]) "
+        "AND pid <> pg_backend_pid()", (parents,))]
+    deadline = time.monotonic() + timeout_ms / 1000
+    while holders and time.monotonic() < deadline:
+        time.sleep(0.005)
+        holders = [row[0] for row in conn.execute(
+            "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY(%s)", (holders,))]
 
 
 def _load_partition(conn: psycopg.Connection, table: PublishedTable, publication_id: int,
