@@ -13,13 +13,14 @@ in schema ``recs_store`` (``rec_reader`` cannot read it):
 Readers use the views in ``recs``, which select the partitions of the live publication
 (``WHERE publication_id = (SELECT publication_id FROM recs_store.live)``). A publish builds, loads,
 indexes and checks its partitions as standalone tables, attaches them (still not what the pointer
-names, so invisible) and commits; then, in a second transaction, it updates the one-row pointer.
-``ATTACH PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent, which does not conflict with
-readers' ACCESS SHARE, and the pointer update is a row update: the swap waits for no reader, not
-even a long analytic query, and no reader waits for it. Every statement reads the pointer once, with
-its snapshot, so it sees the old publication or the new one, never a mix. (Why two transactions:
-``_settle``.) A publish that fails or is killed before the pointer moves leaves the live publication
-untouched.
+names, so invisible) and commits; then, once the transactions that opened the tables before the
+attach have ended (``_settle``), a second transaction updates the one-row pointer. ``ATTACH
+PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent, which does not conflict with readers'
+ACCESS SHARE, and the pointer update is a row update: no reader waits for the swap, and the swap
+takes no lock a reader holds. Every statement reads the pointer once, with its snapshot, so it sees
+the old publication or the new one, never a mix. A publish that fails or is killed before the
+pointer moves leaves the live publication untouched; killed between the two commits, it leaves a
+complete publication attached but never made live (shown as kept, retired in turn).
 
 Old publications are kept for rollback (``keep``); older ones are retired after the swap committed:
 ``DETACH PARTITION ... CONCURRENTLY`` (waits for queries still using them without blocking anyone)
@@ -42,15 +43,18 @@ import psycopg
 from psycopg import sql
 
 from rec_orchestration.resources.postgres import copy_rows
+from rec_orchestration.resources.roles import READER_ROLE
 
 log = logging.getLogger(__name__)
 
 STORE = "recs_store"
 CONTRACT = "recs"
-# Bump when a view definition or a storage table changes: views are replaced only then, because
-# CREATE OR REPLACE VIEW takes an ACCESS EXCLUSIVE lock and so waits for (and blocks) readers.
+# Bump when a view definition changes: views are replaced only then, because DROP/CREATE VIEW takes
+# an ACCESS EXCLUSIVE lock and so waits for (and blocks) readers. Storage tables are created if
+# missing, never altered: a change to their columns needs a migration of its own.
 LAYOUT_VERSION = "1"
 DEFAULT_KEEP = 3
+MIN_KEEP = 2  # the live publication and the one before it: a reader's snapshot may still name it
 PUBLISH_LOCK = "rec_orchestration.publish"
 LIVE = sql.SQL("(SELECT publication_id FROM recs_store.live)")
 
@@ -244,6 +248,9 @@ def _move_legacy_tables(conn: psycopg.Connection) -> None:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(STORE, legacy)))
             conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(CONTRACT, name), sql.Identifier(legacy)))
             conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(CONTRACT, legacy), sql.Identifier(STORE)))
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)).fetchone():
+                conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(_ident(STORE, legacy),
+                                                                       sql.Identifier(READER_ROLE)))
     for name in LEGACY_DERIVED:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(CONTRACT, name)))
 
@@ -295,10 +302,11 @@ def publish(
     validate: Callable[[psycopg.Connection, Mapping[str, sql.Composable]], None] | None = None,
     keep: int = DEFAULT_KEEP,
     lock_timeout_ms: int = 5000,
-    settle_timeout_ms: int = 2000,
+    settle_timeout_ms: int = 60_000,
     retire_timeout_ms: int = 30_000,
 ) -> Publication:
-    """Write one publication of every table in ``TABLES`` and make it live, atomically.
+    """Write one publication of every table in ``TABLES`` and make it live (unless a rollback pinned
+    the live one: then it is kept beside it).
 
     ``rows`` maps each table name to its rows, columns in ``TABLES`` order. ``validate`` gets the
     connection and each table's new partition (not yet visible to readers) and raises to refuse the
@@ -309,12 +317,17 @@ def publish(
     """
     if set(rows) != set(TABLES):
         raise ValueError(f"a publication has exactly the tables {sorted(TABLES)}, got {sorted(rows)}")
-    if keep < 1:
-        raise ValueError("keep must be at least 1 (the live publication)")
+    if keep < MIN_KEEP:
+        raise ValueError(f"keep must be at least {MIN_KEEP}: the live publication and the previous one")
+    if not conn.autocommit:
+        raise ValueError("publish needs a connection in autocommit mode: it commits twice, then retires")
     # One publish at a time, across both transactions (rollback and retire take the same key).
     conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (PUBLISH_LOCK,))
     try:
         with conn.transaction():  # build, check and attach: complete, but not what the pointer names
+            # Nothing here may queue behind a reader for long (a layout change's DROP VIEW would, and
+            # every reader after it would queue behind that): give up instead.
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
             ensure_layout(conn)
             publication_id = conn.execute(
                 """INSERT INTO recs_store.publications (run_id, model_name, model_version, evaluation, k, users,
@@ -328,9 +341,7 @@ def publish(
             partitions = {name: _ident(STORE, table.partition(publication_id)) for name, table in TABLES.items()}
             if validate is not None:
                 validate(conn, partitions)
-            # No statement from here on waits for a reader (see the module docstring); the lock timeout
-            # only guards against another session doing DDL on the parents.
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+            # ATTACH waits for no reader (SHARE UPDATE EXCLUSIVE on the parent, see the module docstring).
             for name, table in TABLES.items():
                 conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
                     _ident(STORE, name), partitions[name], sql.Literal(publication_id)))
@@ -348,8 +359,13 @@ def publish(
                 log.warning("the live publication %s is pinned (rolled back): publication %s is kept, not made "
                             "live; `rec recs unpin` makes the newest publication live again", live[0], publication_id)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (PUBLISH_LOCK,))
-    retired = retire(conn, keep, retire_timeout_ms)
+        if not conn.closed:  # a lost connection has released the lock, and its error is the one to raise
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (PUBLISH_LOCK,))
+    try:
+        retired = retire(conn, keep, retire_timeout_ms)
+    except psycopg.Error as error:  # the publication is live: retiring is left to the next publish
+        log.warning("retiring old publications failed, the next publish tries again: %s", error)
+        retired = []
     return Publication(publication_id, not pinned, pinned, counts, retired)
 
 
@@ -361,9 +377,11 @@ def _settle(conn: psycopg.Connection, timeout_ms: int) -> None:
     later, with its snapshot. Were the attach and the pointer update one commit, a statement opening
     the tables just before it and taking its snapshot just after would see the new pointer without
     the new partitions: no rows at all (bench/read_path.py caught this: a few empty reads in 100,000
-    under load). Committing the attach first and moving the pointer only once the statements that
-    may hold the old partition set have finished closes that window. A long query still running at
-    the timeout took its snapshot long ago and reads the old pointer.
+    under load). Committing the attach first and moving the pointer only once the transactions that
+    may hold the old partition set have ended closes that window. This waits for no lock: readers go
+    on as before; only the pointer moves later, after a long query (a minute at most by default).
+    A single statement still running at the timeout took its snapshot long ago and reads the old
+    pointer; a transaction kept open past it may not see the new partitions in a later statement.
     """
     parents = [f"{STORE}.{name}" for name in TABLES]
     # Transactions holding a lock on a parent now opened it before the attach or just after; wait
@@ -377,6 +395,12 @@ def _settle(conn: psycopg.Connection, timeout_ms: int) -> None:
         time.sleep(0.005)
         holders = [row[0] for row in conn.execute(
             "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY(%s)", (holders,))]
+    if holders:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY(%s)", (holders,))]
+        log.warning("moving the pointer although sessions %s have held the published tables since before the "
+                    "attach (over %s ms): a further statement in one of those transactions may read no rows",
+                    pids, timeout_ms)
 
 
 def _load_partition(conn: psycopg.Connection, table: PublishedTable, publication_id: int,
@@ -422,23 +446,29 @@ def _kept_ids(conn: psycopg.Connection) -> tuple[int | None, list[int]]:
 def retire(conn: psycopg.Connection, keep: int = DEFAULT_KEEP, lock_timeout_ms: int = 30_000) -> list[int]:
     """Drop the data of publications beyond the ``keep`` newest (never the live one); returns their ids.
 
-    Needs a connection outside a transaction: ``DETACH PARTITION CONCURRENTLY`` cannot run in one.
-    A step that times out (a query still reads an old partition) is left for the next call.
+    A publication is marked retired (committed) before its first partition goes, so a rollback never
+    picks one whose data is half gone. Needs an autocommit connection: ``DETACH PARTITION
+    CONCURRENTLY`` cannot run in a transaction. A detach that times out (a query still reads an old
+    partition) is finished by the next call.
     """
+    if not conn.autocommit:
+        raise ValueError("retire needs a connection in autocommit mode (DETACH PARTITION CONCURRENTLY)")
     if _relkind(conn, STORE, "live") != "r":
         return []
     retired = []
-    previous_autocommit = conn.autocommit
-    conn.autocommit = True
     # One retirement at a time, and none while a publish or rollback runs (they take the same key):
     # a publish's ATTACH would otherwise queue behind a detach waiting for a long reader.
     conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (PUBLISH_LOCK,))
     try:
         conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
-        live, kept = _kept_ids(conn)  # again, under the lock
+        live, kept = _kept_ids(conn)  # under the lock
+        for publication_id in kept[keep:]:
+            if publication_id != live:
+                conn.execute("UPDATE recs_store.publications SET retired_at = now() WHERE publication_id = %s",
+                             (publication_id,))
+                retired.append(publication_id)
         # Oldest first: a parent allows one pending detach at a time, and a postponed one is the oldest.
-        doomed = sorted(pid for pid in kept[keep:] if pid != live)
-        for publication_id in doomed:
+        for publication_id in sorted(_ids_with_data(conn) - set(kept[:keep]) - {live}):
             try:
                 for table in TABLES.values():
                     _drop_partition(conn, table, publication_id)
@@ -446,14 +476,22 @@ def retire(conn: psycopg.Connection, keep: int = DEFAULT_KEEP, lock_timeout_ms: 
                 log.warning("publication %s: retirement postponed until the next publish (%s)", publication_id,
                             error)
                 break
-            conn.execute("UPDATE recs_store.publications SET retired_at = now() WHERE publication_id = %s",
-                         (publication_id,))
-            retired.append(publication_id)
     finally:
-        conn.execute("RESET lock_timeout")
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (PUBLISH_LOCK,))
-        conn.autocommit = previous_autocommit
+        if not conn.closed:
+            conn.execute("RESET lock_timeout")
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (PUBLISH_LOCK,))
     return retired
+
+
+def _ids_with_data(conn: psycopg.Connection) -> set[int]:
+    """Publications that still have a partition table, attached, pending detach or detached."""
+    ids = set()
+    for (name,) in conn.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                   WHERE n.nspname = %s AND c.relkind = 'r'""", (STORE,)):
+        match = PARTITION_NAME.match(name)
+        if match and match["table"] in TABLES:
+            ids.add(int(match["id"]))
+    return ids
 
 
 def _drop_partition(conn: psycopg.Connection, table: PublishedTable, publication_id: int) -> None:
@@ -505,6 +543,7 @@ def rollback(conn: psycopg.Connection, to: int | None = None) -> int:
             to = older[0]
         elif to not in kept:
             raise PublishError(f"publication {to} is not kept (kept: {kept}); its data is gone")
+        _require_complete(conn, to)
         _switch(conn, to, live, "rollback", pinned=True)
     return to
 
@@ -517,18 +556,26 @@ def unpin(conn: psycopg.Connection) -> int:
         if current is None:
             raise PublishError("nothing is published yet")
         _, kept = _kept_ids(conn)
+        _require_complete(conn, kept[0])
         _switch(conn, kept[0], current[0], "unpin")
     return kept[0]
+
+
+def _require_complete(conn: psycopg.Connection, publication_id: int) -> None:
+    missing = [name for name, ids in partitions(conn).items() if publication_id not in ids]
+    if missing:
+        raise PublishError(f"publication {publication_id} lacks its {', '.join(missing)} data; not making it live")
 
 
 PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<id>\d+)$")
 
 
 def partitions(conn: psycopg.Connection) -> dict[str, list[int]]:
-    """Publication ids with data, per table (attached partitions)."""
+    """Publication ids readers can be pointed at, per table (attached partitions, no detach pending)."""
     found: dict[str, list[int]] = {name: [] for name in TABLES}
     for (name,) in conn.execute("""SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s
+                                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                                   WHERE n.nspname = %s AND NOT i.inhdetachpending
                                    ORDER BY c.relname""", (STORE,)):
         match = PARTITION_NAME.match(name)
         if match and match["table"] in found:

@@ -69,12 +69,19 @@ CHAMPIONS_MIGRATION = sql.SQL("ALTER TABLE ml.model_champions ADD COLUMN IF NOT 
 
 
 def move_history_to_ml(conn) -> None:
-    """An earlier layout kept the evaluation history in recs (readable by downstream apps): move it."""
+    """An earlier layout kept the evaluation history in recs (readable by downstream apps): move it to
+    ml, as ``legacy_<name>`` when ml has the table already."""
     for name in ("model_evaluations", "model_champions"):
         legacy, current = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
                                        (f"recs.{name}", f"ml.{name}")).fetchone()
-        if legacy is not None and current is None:
-            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA ml").format(sql.Identifier("recs", name)))
+        if legacy is None:
+            continue
+        if current is not None:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("ml", f"legacy_{name}")))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier("recs", name),
+                                                                       sql.Identifier(f"legacy_{name}")))
+            name = f"legacy_{name}"
+        conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA ml").format(sql.Identifier("recs", name)))
 
 
 def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:

@@ -75,8 +75,20 @@ def test_every_user_gets_twenty_recommendations_none_already_reviewed(materializ
     assert scalar(materialized, """SELECT count(DISTINCT user_id) FROM recs.user_recommendations
                                    WHERE model_name = %s AND rank = 1""", (champion,)) == scalar(
         materialized, "SELECT count(*) FROM core.users")
-    assert scalar(materialized, """SELECT count(*) FROM recs.user_recommendations
-                                   WHERE model_name = 'popularity' AND reason <> 'popular'""") == 0
+    # "because you liked X": X is a product the user interacted with and one of the recommended
+    # product's blended neighbours; recommendations without such a product say "personalized".
+    explained = query(materialized, """
+        SELECT count(*), count(*) FILTER (WHERE EXISTS (
+                   SELECT 1 FROM core.interactions i WHERE i.user_id = r.user_id AND i.product_id = r.because_product_id)
+               AND EXISTS (
+                   SELECT 1 FROM recs.similar_products s WHERE s.method = 'blended' AND s.product_id = r.product_id
+                   AND s.similar_product_id = r.because_product_id)
+               AND r.reason = 'because you liked ' || p.title)
+        FROM recs.user_recommendations r JOIN core.products p ON p.product_id = r.because_product_id
+        WHERE r.because_product_id IS NOT NULL""")[0]
+    assert explained[0] > sources[champion] / 2 and explained[0] == explained[1], (explained, sources)
+    assert scalar(materialized, """SELECT count(*) FROM recs.user_recommendations WHERE because_product_id IS NULL
+                                   AND reason NOT IN ('personalized', 'popular')""") == 0
 
 
 def test_recommendations_follow_the_time_decayed_popularity_ranking(materialized):

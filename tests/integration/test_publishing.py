@@ -40,6 +40,7 @@ def make_rows(tag: int, users: int = USERS) -> dict[str, list[tuple]]:
 
 def publish(db, tag: int, keep: int = publishing.DEFAULT_KEEP, **kwargs) -> publishing.Publication:
     kwargs.setdefault("retire_timeout_ms", 500)
+    kwargs.setdefault("settle_timeout_ms", 300)  # tests below hold transactions open across publishes
     with psycopg.connect(db.conninfo(), autocommit=True) as conn:
         return publishing.publish(
             conn, make_rows(tag), run_id=f"run-{tag}", model_name="popularity", model_version=f"v{tag}",
@@ -95,8 +96,11 @@ def test_readers_see_the_old_or_the_new_set_never_a_mix_and_never_wait(warehouse
     try:
         for tag in range(2, 6):
             publish(db, tag, lock_timeout_ms=1000)  # an ATTACH or pointer update waiting for a reader would fail
-        # Retiring publications 1 and 2 (keep 3) has to wait for the long reader: postponed, not forced.
-        assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs WHERE retired_at IS NOT NULL") == 0
+        # Publications 1 and 2 (keep 3) are retired, but dropping their data has to wait for the long
+        # reader: postponed, not forced.
+        assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs WHERE retired_at IS NOT NULL") == 2
+        assert scalar(db, """SELECT count(*) FROM pg_tables WHERE schemaname = 'recs_store'
+                             AND tablename IN ('user_recommendations_p1', 'user_recommendations_p2')""") == 2
     finally:
         stop.set()
         for thread in threads:
@@ -109,7 +113,8 @@ def test_readers_see_the_old_or_the_new_set_never_a_mix_and_never_wait(warehouse
     assert all(row[:2] == (USERS * K, 1) for row in seen), {row for row in seen if row[:2] != (USERS * K, 1)}
     # With the reader gone, the next publish finishes the postponed retirements.
     publish(db, 6)
-    assert publishing.partitions(psycopg.connect(db.conninfo(), autocommit=True))["user_recommendations"] == [4, 5, 6]
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        assert publishing.partitions(conn)["user_recommendations"] == [4, 5, 6]
 
 
 KILLED_PUBLISH = textwrap.dedent("""
@@ -234,3 +239,72 @@ def test_an_earlier_layouts_tables_make_way_for_the_views_and_keep_their_history
     assert set(kinds.values()) == {"v"}, kinds  # only views remain in the contract schema
     assert {"user_recommendations", "popular_products", "recommendation_runs"} <= set(kinds)
     assert live_tags(db) == [("run-1",)]
+
+
+KILLED_BETWEEN_COMMITS = textwrap.dedent("""
+    import sys, time
+    from datetime import UTC, datetime
+    import psycopg
+    from rec_orchestration import publishing
+    from tests.integration.test_publishing import K, make_rows
+
+    def hang(conn, timeout_ms):  # the partitions are attached and committed; the pointer has not moved
+        print("attached", flush=True)
+        time.sleep(600)
+
+    publishing._settle = hang
+    with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+        publishing.publish(conn, make_rows(2), run_id="run-2", model_name="popularity", model_version="v2",
+                           evaluation={}, k=K, user_counts={}, started_at=datetime.now(UTC))
+""")
+
+
+def test_a_kill_between_attach_and_pointer_leaves_a_complete_publication_aside(warehouse_env):
+    db = warehouse_env
+    publish(db, 1)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_BETWEEN_COMMITS, db.conninfo()], stdout=subprocess.PIPE,
+                             text=True, cwd=settings.PROJECT_ROOT)
+    try:
+        assert child.stdout.readline().strip() == "attached"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert live_tags(db) == [("run-1",)]
+    assert query(db, "SELECT publication_id, is_live, can_roll_back FROM recs.recommendation_runs ORDER BY 1") == [
+        (1, True, True), (2, False, True)]
+    # Its data is whole: an operator may make it live, and the next publish goes on as usual.
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        assert all(2 in ids for ids in publishing.partitions(conn).values())
+    third = publish(db, 3, keep=2)
+    assert third.live and third.retired == [1]
+    assert live_tags(db) == [("run-3",)]
+    assert publish(db, 4, keep=2).retired == [2]  # retired in turn, like any kept publication
+
+
+def test_a_half_retired_publication_is_never_made_live_again_and_its_rest_goes_later(warehouse_env):
+    from click.testing import CliRunner
+
+    from rec_orchestration.cli import main
+
+    db = warehouse_env
+    publish(db, 1, keep=2)
+    publish(db, 2, keep=2)
+    # A reader holds the popular products (all their partitions) while publish 3 retires publication 1:
+    # its other tables go, popular_products_p1 has to wait, and the retirement stops there.
+    reader = psycopg.connect(db.conninfo())
+    reader.execute("SELECT count(*) FROM recs.popular_products").fetchone()
+    try:
+        assert publish(db, 3, keep=2).retired == [1]
+        with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+            left = publishing.partitions(conn)
+        assert 1 not in left["user_recommendations"]
+        assert scalar(db, """SELECT count(*) FROM pg_tables WHERE schemaname = 'recs_store'
+                             AND tablename = 'popular_products_p1'""") == 1  # its detach waits for the reader
+        result = CliRunner().invoke(main, ["recs", "rollback", "--to", "1", "--yes"])
+        assert result.exit_code != 0 and "publication 1 is not kept" in result.output
+        assert live_tags(db) == [("run-3",)]
+    finally:
+        reader.close()
+    publish(db, 4, keep=2)
+    assert scalar(db, """SELECT count(*) FROM pg_tables WHERE schemaname = 'recs_store'
+                         AND tablename ~ '_p[12]$'""") == 0

@@ -23,13 +23,14 @@ def test_blending_fuses_ranks_so_a_neighbour_found_by_several_methods_rises():
     frame = pd.DataFrame(
         similarity_rows("collaborative", {1: [2, 3, 4]}) + similarity_rows("content", {1: [4, 5, 2]})
         + similarity_rows("embedding", {1: [6, 4, 7]}))
-    blended = blend_similarities(frame, n=3)
+    blended = blend_similarities(frame, n=4)
     assert blended["method"].unique().tolist() == ["blended"]
-    # 4: 1/63 + 1/61 + 1/62; 2: 1/61 + 1/63; then the single first places 5 and 6... tie -> smaller id.
-    assert blended["similar_product_id"].tolist() == [4, 2, 6]
-    assert blended["rank"].tolist() == [1, 2, 3]
+    # 4: 1/63 + 1/61 + 1/62 (all three); 2: 1/61 + 1/63 (two); 6: 1/61 (one first place); then 3 and 5
+    # tie at 1/62 (one second place each): the smaller id first.
+    assert blended["similar_product_id"].tolist() == [4, 2, 6, 3]
+    assert blended["rank"].tolist() == [1, 2, 3, 4]
     assert np.isclose(blended["score"].iloc[0], 1 / 63 + 1 / 61 + 1 / 62)
-    assert neighbour_lists(blended)[1].tolist() == [4, 2, 6]
+    assert neighbour_lists(blended)[1].tolist() == [4, 2, 6, 3]
 
 
 def ranked(users: list[int], lists: list[list[int]]) -> Recommendations:
