@@ -28,10 +28,11 @@ The data
     ``--lead-s`` (1 s) after that query holds its locks. The same for the peer: ``replace_table`` of the
     plain table with the same new rows, the long query on that table, its RENAMEs started ``--lead-s``
     after it (lock timeout long enough for the RENAME to wait the query out, as it must to succeed).
-    Both swap moments are found by wrapping the publishing connection: the statement that sets the
-    swap's lock timeout starts the swap, the end of the transaction (COMMIT) ends it.
+    Both swap moments are found by wrapping the publishing connection: the swap starts at ``publish``'s
+    first ATTACH PARTITION (``replace_table``: the lock timeout set before its RENAMEs) and ends at the
+    COMMIT of the transaction that made the new set live (``publish``: the pointer's, after it settled).
 
-    Reported per contender: the swap's own duration (the lock timeout statement to COMMIT) and its
+    Reported per contender: the swap's own duration (its first swap statement to that COMMIT) and its
     slowest statement; readers' p99 and max latency in the swap window [swap start, COMMIT + 1 s] vs
     an idle window of the same length just before the publish call, and over the whole publish call
     (build, swap, retirement) + 1 s; errors and empty reads (a read of 0 rows); for ours also the
@@ -457,14 +458,15 @@ class LongQuery(threading.Thread):
 
 
 class TracedConnection:
-    """A psycopg connection whose statements are timed; ``before_swap`` runs once, just before the statement
-    that sets the swap's lock timeout (``publish``: before the ATTACHes; ``replace_table``: before the
-    RENAMEs). The swap ends with the COMMIT of the transaction that made the new set live: the one that
-    moved ``publish``'s pointer (its second transaction, after the attach committed and settled), or
-    the one that renamed ``replace_table``'s table."""
+    """A psycopg connection whose statements are timed; ``before_swap`` runs once, just before the first
+    statement that starts the swap (``publish``: its first ATTACH PARTITION; ``replace_table``: the
+    ``SET LOCAL lock_timeout`` before its RENAMEs). The swap ends with the COMMIT of the transaction
+    that made the new set live: the one that moved ``publish``'s pointer (its second transaction, after
+    the attach committed and settled), or the one that renamed ``replace_table``'s table."""
 
-    def __init__(self, conn: psycopg.Connection, before_swap: Callable[[], None]) -> None:
+    def __init__(self, conn: psycopg.Connection, before_swap: Callable[[], None], swap_marker: str) -> None:
         object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_swap_marker", swap_marker)
         object.__setattr__(self, "_before_swap", before_swap)
         object.__setattr__(self, "swap_began", 0)
         object.__setattr__(self, "swap_ended", 0)
@@ -481,7 +483,7 @@ class TracedConnection:
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> psycopg.Cursor:
         text = query.as_string(self._conn) if isinstance(query, sql.Composable) else str(query)
-        if not self.swap_began and text.startswith("SET LOCAL lock_timeout"):
+        if not self.swap_began and self._swap_marker in text:
             began = now_ns()
             self._before_swap()
             object.__setattr__(self, "before_swap_ns", now_ns() - began)
@@ -523,7 +525,7 @@ class SwapRun:
 
 def swap_under_readers(app: DatabaseSettings, reader: DatabaseSettings, args: argparse.Namespace, work: Path,
                        table: str, long_table: str, locked: str, n_users: int,
-                       swap: Callable[[TracedConnection], Any]) -> SwapRun:
+                       swap: Callable[[TracedConnection], Any], swap_marker: str) -> SwapRun:
     """Readers on ``table``; after the idle period, ``swap`` runs with the long query started just before its
     swap moment and held through it."""
     readers = Readers(args.readers, reader, table, n_users, work)
@@ -543,14 +545,14 @@ def swap_under_readers(app: DatabaseSettings, reader: DatabaseSettings, args: ar
                 time.sleep(0.005)
             time.sleep(args.lead_s)
 
-        traced = TracedConnection(conn, before_swap)
+        traced = TracedConnection(conn, before_swap, swap_marker)
         began = readers.go()
         time.sleep(args.idle_s)
         call_began = now_ns()
         result = swap(traced)
         call_ended = now_ns()
         if not traced.swap_began or not traced.swap_ended:
-            raise SystemExit("the swap was not seen: no 'SET LOCAL lock_timeout' inside a transaction")
+            raise SystemExit(f"the swap was not seen: no statement with {swap_marker!r} inside a transaction")
         time.sleep(max(0.0, (max(call_ended, traced.swap_ended) + 1e9 - now_ns()) / 1e9))
         reads = readers.finish()
         long_query.join(timeout=args.long_query_s + 120)
@@ -676,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
 
             say(f"(b) {args.readers} readers on {OURS} while a publication is swapped in beside a long query")
             ours = swap_under_readers(db, reader, args, work, OURS, OURS_LONG, OURS_LOCKED, n_users,
-                                      lambda conn: publish(conn, next_rows, args.k, args.keep))
+                                      lambda conn: publish(conn, next_rows, args.k, args.keep), "ATTACH PARTITION")
             publication = ours.result
             ours.extra = {"publication_id": publication.publication_id, "live": publication.live,
                           "retired": publication.retired,
@@ -689,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
                     return replace_table(conn, NAIVE, NAIVE_COLUMNS, next_rows.naive, ("user_id", "rank"),
                                          lock_timeout_ms=lock_timeout_ms)
 
-            naive = swap_under_readers(db, reader, args, work, NAIVE, NAIVE, NAIVE, n_users, naive_swap)
+            naive = swap_under_readers(db, reader, args, work, NAIVE, NAIVE, NAIVE, n_users, naive_swap,
+                                       "SET LOCAL lock_timeout")
     finally:
         server.close()
 

@@ -392,7 +392,7 @@ def _settle(conn: psycopg.Connection, timeout_ms: int) -> None:
         "AND pid <> pg_backend_pid()", (parents,))]
     deadline = time.monotonic() + timeout_ms / 1000
     while holders and time.monotonic() < deadline:
-        time.sleep(0.005)
+        time.sleep(0.02)
         holders = [row[0] for row in conn.execute(
             "SELECT virtualxid FROM pg_locks WHERE locktype = 'virtualxid' AND virtualxid = ANY(%s)", (holders,))]
     if holders:
