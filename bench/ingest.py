@@ -252,6 +252,8 @@ def canonical_frame(reviews: Reviews, crcs: np.ndarray) -> pd.DataFrame:
 class Server:
     """A throw-away database on the configured server, or on the embedded one (as tests/conftest.py does)."""
 
+    database_prefix = "bench_ingest"
+
     def __init__(self) -> None:
         self.embedded = None
         self.started_embedded = False
@@ -267,7 +269,7 @@ class Server:
             self.admin = self.embedded.superuser_settings()
 
     def create(self) -> DatabaseSettings:
-        name = f"bench_ingest_{uuid.uuid4().hex[:10]}"
+        name = f"{self.database_prefix}_{uuid.uuid4().hex[:10]}"
         owner = settings.EMBEDDED_APP_ROLE if self.embedded else self.admin.user
         with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))

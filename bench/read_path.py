@@ -92,7 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import Server, emit, generate_reviews, machine, say  # noqa: E402
 from warehouse import write_meta  # noqa: E402
 
-from rec_orchestration import publishing, settings  # noqa: E402
+from rec_orchestration import publishing  # noqa: E402
 from rec_orchestration.ml.interactions import Interactions  # noqa: E402
 from rec_orchestration.ml.popularity import PopularityRecommender  # noqa: E402
 from rec_orchestration.ml.serving import POPULAR  # noqa: E402
@@ -228,17 +228,11 @@ def publish(conn: Any, rows: PublicationRows, k: int, keep: int) -> publishing.P
 class BenchServer(Server):
     """``bench/ingest.py``'s throw-away database, named for this bench, plus the login role it made."""
 
+    database_prefix = "bench_read_path"
+
     def __init__(self) -> None:
         super().__init__()
         self.login_role: str | None = None
-
-    def create(self) -> DatabaseSettings:
-        name = f"bench_read_path_{uuid.uuid4().hex[:10]}"
-        owner = settings.EMBEDDED_APP_ROLE if self.embedded else self.admin.user
-        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
-        self.database = name
-        return self.embedded.app_settings(name) if self.embedded else self.admin.with_database(name)
 
     def create_reader(self, db: DatabaseSettings) -> DatabaseSettings:
         """A LOGIN role in ``rec_reader`` with a random password, made by the app role when it may."""

@@ -141,18 +141,23 @@ KILLED_PUBLISH = textwrap.dedent("""
 """)
 
 
-def test_a_kill_during_publish_leaves_the_previous_set_live_and_the_next_publish_succeeds(warehouse_env):
-    db = warehouse_env
-    publish(db, 1)
-    before = query(db, "SELECT * FROM recs.user_recommendations ORDER BY user_id, rank")
-    child = subprocess.Popen([sys.executable, "-c", KILLED_PUBLISH, db.conninfo()], stdout=subprocess.PIPE,
-                             text=True, cwd=settings.PROJECT_ROOT)
+def kill_when_it_says(script: str, word: str, db) -> None:
+    """Run ``script`` (a publish) in a child process and ``kill -9`` it once it prints ``word``."""
+    child = subprocess.Popen([sys.executable, "-c", script, db.conninfo()], stdout=subprocess.PIPE, text=True,
+                             cwd=settings.PROJECT_ROOT)
     try:
-        assert child.stdout.readline().strip() == "loading"
+        assert child.stdout.readline().strip() == word
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
+
+
+def test_a_kill_during_publish_leaves_the_previous_set_live_and_the_next_publish_succeeds(warehouse_env):
+    db = warehouse_env
+    publish(db, 1)
+    before = query(db, "SELECT * FROM recs.user_recommendations ORDER BY user_id, rank")
+    kill_when_it_says(KILLED_PUBLISH, "loading", db)
     # The server ends the dead client's transaction: nothing of publication 2 remains or shows.
     deadline = time.monotonic() + 30
     while scalar(db, """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
@@ -262,13 +267,7 @@ KILLED_BETWEEN_COMMITS = textwrap.dedent("""
 def test_a_kill_between_attach_and_pointer_leaves_a_complete_publication_aside(warehouse_env):
     db = warehouse_env
     publish(db, 1)
-    child = subprocess.Popen([sys.executable, "-c", KILLED_BETWEEN_COMMITS, db.conninfo()], stdout=subprocess.PIPE,
-                             text=True, cwd=settings.PROJECT_ROOT)
-    try:
-        assert child.stdout.readline().strip() == "attached"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
+    kill_when_it_says(KILLED_BETWEEN_COMMITS, "attached", db)
     assert live_tags(db) == [("run-1",)]
     assert query(db, "SELECT publication_id, is_live, can_roll_back FROM recs.recommendation_runs ORDER BY 1") == [
         (1, True, True), (2, False, True)]
