@@ -41,8 +41,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
-from rec_orchestration.resources.postgres import copy_rows
+from rec_orchestration.resources.postgres import copy_rows, set_lock_timeout
 from rec_orchestration.resources.roles import READER_ROLE
 
 log = logging.getLogger(__name__)
@@ -216,10 +217,6 @@ class Publication:
 
 # ------------------------------------------------------------------------------------------ the layout
 
-def _ident(schema: str, name: str) -> sql.Composable:
-    return sql.Identifier(schema, name)
-
-
 def _column_sql(column: Column) -> sql.Composable:
     return sql.SQL("{} {}{}").format(sql.Identifier(column.name), sql.SQL(column.type),
                                      sql.SQL("" if column.nullable else " NOT NULL"))
@@ -229,7 +226,7 @@ def _create_parent(conn: psycopg.Connection, table: PublishedTable) -> None:
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (publication_id bigint NOT NULL, {}, PRIMARY KEY (publication_id, {})) "
         "PARTITION BY LIST (publication_id)").format(
-        _ident(STORE, table.name), sql.SQL(", ").join(map(_column_sql, table.columns)),
+        sql.Identifier(STORE, table.name), sql.SQL(", ").join(map(_column_sql, table.columns)),
         sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
 
 
@@ -245,14 +242,16 @@ def _move_legacy_tables(conn: psycopg.Connection) -> None:
         if _relkind(conn, CONTRACT, name) == "r":
             legacy = f"legacy_{name}"
             log.warning("moving the old table recs.%s to %s.%s: recs.%s is now a view", name, STORE, legacy, name)
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(STORE, legacy)))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(CONTRACT, name), sql.Identifier(legacy)))
-            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_ident(CONTRACT, legacy), sql.Identifier(STORE)))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(STORE, legacy)))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(CONTRACT, name),
+                                                                       sql.Identifier(legacy)))
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(CONTRACT, legacy),
+                                                                        sql.Identifier(STORE)))
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)).fetchone():
-                conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(_ident(STORE, legacy),
+                conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(STORE, legacy),
                                                                        sql.Identifier(READER_ROLE)))
     for name in LEGACY_DERIVED:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(CONTRACT, name)))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(CONTRACT, name)))
 
 
 def ensure_layout(conn: psycopg.Connection) -> None:
@@ -272,15 +271,15 @@ def ensure_layout(conn: psycopg.Connection) -> None:
         _create_parent(conn, table)
     _move_legacy_tables(conn)
     views = {name: sql.SQL("SELECT {} FROM {} WHERE publication_id = {live}").format(
-        sql.SQL(", ").join(map(sql.Identifier, table.column_names)), _ident(STORE, name), live=LIVE)
+        sql.SQL(", ").join(map(sql.Identifier, table.column_names)), sql.Identifier(STORE, name), live=LIVE)
         for name, table in TABLES.items()}
     views |= {name: sql.SQL(text).format(live=LIVE) for name, text in {**DETAILED_VIEWS, **CONTRACT_VIEWS}.items()}
     for name, query in views.items():
         # DROP + CREATE, not CREATE OR REPLACE: a changed layout may drop or reorder columns.
-        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(_ident(CONTRACT, name)))
-        conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(_ident(CONTRACT, name), query))
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(CONTRACT, name)))
+        conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(sql.Identifier(CONTRACT, name), query))
     for name, table in TABLES.items():
-        conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(_ident(CONTRACT, name),
+        conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(sql.Identifier(CONTRACT, name),
                                                                 sql.Literal(table.description)))
     conn.execute("""INSERT INTO recs_store.meta VALUES ('layout_version', %s)
                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value""", (LAYOUT_VERSION,))
@@ -327,7 +326,7 @@ def publish(
         with conn.transaction():  # build, check and attach: complete, but not what the pointer names
             # Nothing here may queue behind a reader for long (a layout change's DROP VIEW would, and
             # every reader after it would queue behind that): give up instead.
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+            set_lock_timeout(conn, lock_timeout_ms)
             ensure_layout(conn)
             publication_id = conn.execute(
                 """INSERT INTO recs_store.publications (run_id, model_name, model_version, evaluation, k, users,
@@ -338,13 +337,14 @@ def publish(
                  started_at)).fetchone()[0]
             counts = {name: _load_partition(conn, table, publication_id, rows[name])
                       for name, table in TABLES.items()}
-            partitions = {name: _ident(STORE, table.partition(publication_id)) for name, table in TABLES.items()}
+            partitions = {name: sql.Identifier(STORE, table.partition(publication_id))
+                          for name, table in TABLES.items()}
             if validate is not None:
                 validate(conn, partitions)
             # ATTACH waits for no reader (SHARE UPDATE EXCLUSIVE on the parent, see the module docstring).
             for name, table in TABLES.items():
                 conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-                    _ident(STORE, name), partitions[name], sql.Literal(publication_id)))
+                    sql.Identifier(STORE, name), partitions[name], sql.Literal(publication_id)))
             conn.execute("UPDATE recs_store.publications SET row_counts = %s WHERE publication_id = %s",
                          (json.dumps(counts), publication_id))
         _settle(conn, settle_timeout_ms)
@@ -407,8 +407,9 @@ def _load_partition(conn: psycopg.Connection, table: PublishedTable, publication
                     rows: Iterable[Sequence[Any]]) -> int:
     """Build the publication's partition as a standalone table: load, constrain, index, analyse."""
     name = table.partition(publication_id)
-    target = _ident(STORE, name)
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(target, _ident(STORE, table.name)))
+    target = sql.Identifier(STORE, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+        target, sql.Identifier(STORE, table.name)))
     written = copy_rows(conn, f"{STORE}.{name}", ["publication_id", *table.column_names],
                         ["bigint", *(_copy_type(c.type) for c in table.columns)],
                         ((publication_id, *row) for row in rows))
@@ -460,7 +461,7 @@ def retire(conn: psycopg.Connection, keep: int = DEFAULT_KEEP, lock_timeout_ms: 
     # a publish's ATTACH would otherwise queue behind a detach waiting for a long reader.
     conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (PUBLISH_LOCK,))
     try:
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+        set_lock_timeout(conn, lock_timeout_ms, local=False)
         live, kept = _kept_ids(conn)  # under the lock
         for publication_id in kept[keep:]:
             if publication_id != live:
@@ -502,8 +503,8 @@ def _drop_partition(conn: psycopg.Connection, table: PublishedTable, publication
     if state is not None:
         mode = "FINALIZE" if state[0] else "CONCURRENTLY"  # finish a detach an earlier call left pending
         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(
-            _ident(STORE, table.name), _ident(STORE, name), sql.SQL(mode)))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(STORE, name)))
+            sql.Identifier(STORE, table.name), sql.Identifier(STORE, name), sql.SQL(mode)))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(STORE, name)))
 
 
 # ------------------------------------------------------------------------------------------ operate
@@ -512,10 +513,8 @@ def publications(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """Every publication, newest first, as ``recs.recommendation_runs`` shows them."""
     if _relkind(conn, CONTRACT, "recommendation_runs") != "v":
         return []
-    with conn.cursor() as cur:
-        cur.execute("SELECT * FROM recs.recommendation_runs ORDER BY publication_id DESC")
-        names = [column.name for column in cur.description or []]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM recs.recommendation_runs ORDER BY publication_id DESC").fetchall()
 
 
 def live_publication(conn: psycopg.Connection) -> tuple[int, bool] | None:

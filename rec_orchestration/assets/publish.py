@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from pydantic import Field
 
 from rec_orchestration import publishing
 from rec_orchestration.assets.evaluation import approved_champion
-from rec_orchestration.assets.models import grouped_by_product, load_interactions
+from rec_orchestration.assets.models import load_interactions, product_category_ids
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.popularity import PopularityRecommender
@@ -88,10 +89,8 @@ def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResourc
 
 
 def recommendation_problems(conn: psycopg.Connection, recs: sql.Composable, popular: sql.Composable) -> dict:
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL(PROBLEMS_QUERY).format(recs=recs, popular=popular))
-        names = [column.name for column in cur.description or []]
-        return dict(zip(names, cur.fetchone(), strict=True))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql.SQL(PROBLEMS_QUERY).format(recs=recs, popular=popular)).fetchone()
 
 
 def refusal(problems: dict, k: int) -> str | None:
@@ -159,7 +158,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         popularity=Source(popular.name, popular_version),
         category_ranking={int(c): group["product_id"].tolist() for c, group in category_groups},
         category_scores={int(c): group["score"].tolist() for c, group in category_groups},
-        item_categories=grouped_by_product(warehouse, "SELECT product_id, category_id FROM core.product_categories"),
+        item_categories=product_category_ids(warehouse),
         neighbours=neighbour_lists(blended),
         titles=dict(zip(products["product_id"].tolist(), products["title"].tolist(), strict=True)),
     )
@@ -194,7 +193,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
 
     evaluation = {key: champion_row[key] for key in ("k", "ndcg_at_k", "baseline_ndcg_at_k", "model_version")
                   if key in champion_row}
-    evaluation |= registry_metrics(warehouse, champion_row)
+    evaluation |= champion_metrics(warehouse, champion_row)
     with warehouse.connection() as conn:
         ensure_roles(conn)  # readers get SELECT on the recs views
         conn.commit()
@@ -231,7 +230,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
             **common, "rows": publication.row_counts[name], "model_version": popular_version})
 
 
-def registry_metrics(warehouse: PostgresResource, champion_row: dict) -> dict:
+def champion_metrics(warehouse: PostgresResource, champion_row: dict) -> dict:
     """The champion's full evaluation row (precision, recall, nDCG, MAP, coverage at k)."""
     frame = warehouse.read_dataframe(sql.SQL("""
         SELECT precision_at_k, recall_at_k, ndcg_at_k, map, coverage, users AS evaluated_users

@@ -133,6 +133,12 @@ def copy_rows(
     return written
 
 
+def set_lock_timeout(conn: psycopg.Connection, milliseconds: int, local: bool = True) -> None:
+    """Give up on a lock after ``milliseconds``: for this transaction (``SET LOCAL``) or the session."""
+    conn.execute(sql.SQL("SET {} lock_timeout = {}").format(
+        sql.SQL("LOCAL" if local else "SESSION"), sql.Literal(f"{int(milliseconds)}ms")))
+
+
 def replace_table(
     conn: psycopg.Connection,
     table: str,
@@ -169,7 +175,7 @@ def replace_table(
             sql.Identifier(f"{name}_{token}_{number}_idx"), sql.Identifier(schema, staging),
             sql.SQL(", ").join(map(sql.Identifier, index_columns))))
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, staging)))
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_ms)}ms")))
+    set_lock_timeout(conn, lock_timeout_ms)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, retired)))
     conn.execute(sql.SQL("ALTER TABLE IF EXISTS {} RENAME TO {}").format(
         sql.Identifier(schema, name), sql.Identifier(retired)))
