@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from rec_orchestration.settings import DatabaseSettings
 
@@ -94,9 +93,9 @@ def backup(settings: DatabaseSettings, directory: Path, schemas: Sequence[str] =
     # A pattern in double quotes matches the name literally (no wildcards, case kept).
     schema_args = [f"--schema={_quoted_identifier(name)}" for name in present]
     argv = [pg_dump, "--format=custom", "--no-password", f"--file={partial}", *schema_args,
-            f"--dbname={_conninfo_without_password(settings)}"]
+            f"--dbname={settings.client_conninfo('rec_orchestration_backup')}"]
     try:
-        done = subprocess.run(argv, env=_client_env(settings), capture_output=True, text=True)
+        done = subprocess.run(argv, env=settings.client_env(), capture_output=True, text=True)
         if done.returncode != 0:
             raise BackupError(f"pg_dump of {settings.redacted_url()} failed (exit {done.returncode}): "
                               f"{done.stderr.strip()}{_version_hint(pg_dump, done.stderr)}")
@@ -220,8 +219,8 @@ def _replay_in_one_transaction(dump: Path, settings: DatabaseSettings, prelude: 
     with tempfile.TemporaryFile() as psql_errors, tempfile.TemporaryFile() as restore_errors:
         psql = subprocess.Popen(
             [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
-             f"--dbname={_conninfo_without_password(settings)}", "--file=-"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_errors, env=_client_env(settings))
+             f"--dbname={settings.client_conninfo('rec_orchestration_backup')}", "--file=-"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_errors, env=settings.client_env())
         assert psql.stdin is not None
         script = None
         try:
@@ -276,19 +275,6 @@ def _version_hint(program: str, stderr: str) -> str:
         return (f"\n{program} is older than the server (or than the dump): set REC_PG_BIN_DIR to the bin "
                 "directory of PostgreSQL client programs at least as new as the server")
     return ""
-
-
-def _conninfo_without_password(settings: DatabaseSettings) -> str:
-    # Passwords go through PGPASSWORD: an argument would be visible to every user in `ps`.
-    return make_conninfo(host=settings.host, port=settings.port, user=settings.user, dbname=settings.dbname,
-                         application_name="rec_orchestration_backup")
-
-
-def _client_env(settings: DatabaseSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    if settings.password:
-        env["PGPASSWORD"] = settings.password
-    return env
 
 
 def _quoted_identifier(name: str) -> str:

@@ -119,10 +119,22 @@ class DatabaseSettings:
     def redacted_url(self) -> str:
         return replace(self, password="****" if self.password else None).url()
 
+    def client_env(self) -> dict[str, str]:
+        """The environment for a PostgreSQL client program: the password goes in PGPASSWORD, never in
+        its arguments (which every user of the machine can read in `ps`). Without a password of its
+        own it inherits PGPASSWORD, as psycopg's connections do."""
+        env = dict(os.environ)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def client_conninfo(self, application_name: str) -> str:
+        """``conninfo`` without the password, for a client program's ``--dbname`` (with ``client_env``)."""
+        return replace(self, password=None).conninfo(application_name=application_name)
+
     def psql_command(self, psql: str = "psql") -> tuple[list[str], dict[str, str]]:
         """argv and environment that open ``psql`` on this database (password via PGPASSWORD, not argv)."""
-        env = {**os.environ, "PGPASSWORD": self.password or ""}
-        return [psql, "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", self.dbname], env
+        return [psql, "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", self.dbname], self.client_env()
 
     def dbt_environment(self) -> dict[str, str]:
         """Variables read by ``dbt_project/profiles.yml``; dbt scrubs DBT_ENV_SECRET_* from its logs."""
