@@ -26,6 +26,7 @@ import psycopg
 from rec_orchestration.settings import DatabaseSettings
 
 BACKUP_SCHEMAS = ("core", "ml", "recs", "recs_store")
+DEFAULT_KEEP_DUMPS = 7  # complete dumps kept in the backup directory: a week of daily backups
 DUMP_PREFIX = "warehouse-"
 DUMP_SUFFIX = ".dump"
 PARTIAL_SUFFIX = ".partial"
@@ -72,7 +73,7 @@ def _embedded_bin_dir() -> Path | None:
 
 
 def backup(settings: DatabaseSettings, directory: Path, schemas: Sequence[str] = BACKUP_SCHEMAS,
-           keep: int = 7) -> Path:
+           keep: int = DEFAULT_KEEP_DUMPS) -> Path:
     """Dump the ``schemas`` of the database that exist to ``<directory>/warehouse-<UTC time>.dump``.
 
     Missing schemas are skipped (a warehouse that has not published yet can still be backed up); none

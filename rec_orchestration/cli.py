@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from rec_orchestration import settings
+from rec_orchestration.backup import DEFAULT_KEEP_DUMPS
 
 SUMMARY_TABLES = (
     ("raw.ingested_files", "landing files loaded (ledger)"),
@@ -348,7 +349,7 @@ def summary() -> None:
 @main.command("backup")
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Where to write the dump (default REC_BACKUP_DIR, else <REC_HOME>/backups).")
-@click.option("--keep", default=7, show_default=True, type=click.IntRange(min=1),
+@click.option("--keep", default=DEFAULT_KEEP_DUMPS, show_default=True, type=click.IntRange(min=1),
               help="Complete dumps to keep in the directory; older ones are deleted.")
 def backup_cmd(directory: Path | None, keep: int) -> None:
     """Dump the warehouse's core, ml, recs and recs_store schemas (those that exist) with pg_dump."""

@@ -6,12 +6,12 @@ import dagster as dg
 from pydantic import Field
 
 from rec_orchestration import settings
-from rec_orchestration.backup import BACKUP_SCHEMAS, backup, complete_dumps, dump_schemas
+from rec_orchestration.backup import BACKUP_SCHEMAS, DEFAULT_KEEP_DUMPS, backup, complete_dumps, dump_schemas
 from rec_orchestration.resources.postgres import PostgresResource
 
 
 class BackupConfig(dg.Config):
-    keep: int = Field(default=7, ge=1, description="Complete dumps to keep in the backup directory; older "
+    keep: int = Field(default=DEFAULT_KEEP_DUMPS, ge=1, description="Complete dumps to keep in the backup directory; older "
                                                    "ones are deleted after a successful backup.")
 
 
