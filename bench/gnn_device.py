@@ -7,25 +7,28 @@ number of epochs on CUDA (16-bit mixed precision) and on the CPU, saves the CUDA
 Exits 2 when no CUDA device is present (run it on the device machine). Last line:
 ``gnn_gpu_s_per_epoch=<x> gnn_cpu_s_per_epoch=<y> cpu_over_gpu=<y/x> device=<name>``.
 
-    .venv/bin/python bench/gnn_device.py [--epochs 20] [--data ../shared/data/movielens/ml-100k/u.data]
+    .venv/bin/python -m bench.gnn_device [--epochs 20] [--data PATH]
+
+``--data``: a MovieLens ratings file or release directory (default: ``ml-100k/u.data`` of the default
+MovieLens directory, ``../shared/data/movielens``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from rec_orchestration.ml.gnn import LightGCNRecommender
+from bench.common import MOVIELENS_DIR, argument_parser
 from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.lightgcn import LightGCNRecommender
+from rec_orchestration.sources.movielens import read_ratings_frame
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/movielens/ml-100k/u.data"
+DEFAULT_DATA = MOVIELENS_DIR / "ml-100k" / "u.data"
 
 
 def fit(data: Interactions, accelerator: str, epochs: int) -> LightGCNRecommender:
@@ -34,14 +37,15 @@ def fit(data: Interactions, accelerator: str, epochs: int) -> LightGCNRecommende
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser = argument_parser("bench.gnn_device", __doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="MovieLens ratings file or release directory (default: MovieLens 100K's u.data)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs on each device (20)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device here: run this on the device machine", file=sys.stderr)
         return 2
-    frame = pd.read_csv(args.data, sep="\t", names=["user_id", "product_id", "rating", "ts"])
+    frame = read_ratings_frame(args.data)
     frame["weight"] = 1.0
     data = Interactions.from_frame(frame)
     gpu = fit(data, "cuda", args.epochs)

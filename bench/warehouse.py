@@ -1,10 +1,10 @@
 r"""Warehouse build speed: ``dbt build`` from raw, a full rebuild against an incremental run after 1% more.
 
 The data
-    One generated Amazon-Reviews-2023 reviews file (the generator of ``bench/ingest.py``: ~100k users,
-    ~20k products, power-law activity and popularity, realistic texts) of ``--rows`` + 1% lines, split
-    into file A (the first ``--rows`` lines) and file B (the last 1%, the same users and products: what
-    an hourly delivery looks like), plus a ``meta_*`` file for every product (two-level category paths,
+    One generated Amazon-Reviews-2023 reviews file (``bench.common``'s generator: ~100k users, ~20k
+    products, power-law activity and popularity, realistic texts) of ``--rows`` + 1% lines, split into
+    file A (the first ``--rows`` lines) and file B (the last 1%, the same users and products: what an
+    hourly delivery looks like), plus a ``meta_*`` file for every product (two-level category paths,
     brand, color, date first available). Written to a temporary directory, loaded into a throw-away
     database with the project's loader (not timed).
 
@@ -21,10 +21,10 @@ start-up, metadata queries, tests), to show how much of the incremental run is w
 Checked, once, after the last round: a ``--full-refresh`` build on A + B gives exactly the core tables
 the incremental run gave (an md5 over every row of each, ``refreshed_at`` left out).
 
-Method (house rules: ``shared/BENCHMARKS.md``): both in one run on one machine, ``--rounds`` rounds
-(default 3), median of each; the ratio is incremental seconds over full seconds (below 1: the
-incremental run is faster). Goal: ``incremental_vs_full <= 0.1``. Per-model seconds of the last round
-(dbt's run_results.json) show where the time goes.
+Method: both in one run on one machine, ``--rounds`` rounds (default 3), median of each; the ratio is
+incremental seconds over full seconds (below 1: the incremental run is faster). Goal:
+``incremental_vs_full <= 0.1``. Per-model seconds of the last round (dbt's run_results.json) show where
+the time goes.
 
 Database: a throw-away database on the server named by ``REC_DATABASE_URL`` / ``PG*``, or else on the
 project's embedded PostgreSQL (started if needed, stopped at the end if this started it), dropped at
@@ -32,12 +32,11 @@ the end.
 
 Output: the report, ending with ``incremental_vs_full=<ratio>``. Progress goes to stderr.
 
-    .venv/bin/python bench/warehouse.py [--rows 1000000] [--rounds 3]
+    .venv/bin/python -m bench.warehouse [--rows 1000000] [--rounds 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -47,48 +46,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import orjson
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ingest import Server, generate_reviews, machine, say, write_jsonl  # noqa: E402
-
-from rec_orchestration.resources.dbt import dbt_executable  # noqa: E402
-from rec_orchestration.settings import DBT_PROJECT_DIR, DatabaseSettings  # noqa: E402
-from rec_orchestration.sources.formats import FORMATS  # noqa: E402
-from rec_orchestration.sources.loader import ensure_raw_schema, load_file  # noqa: E402
+from bench.common import argument_parser, generate_reviews, machine, say, write_jsonl, write_meta
+from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.scratch import ScratchDatabases
+from rec_orchestration.resources.dbt import dbt_executable
+from rec_orchestration.settings import DBT_PROJECT_DIR
+from rec_orchestration.sources.formats import FORMATS
+from rec_orchestration.sources.loader import ensure_raw_schema, load_file
 
 CORE_TABLES = ("users", "products", "categories", "product_categories", "reviews", "events", "interactions",
                "transactions", "transaction_items")
-_CATEGORIES = {
-    "Electronics": ["Headphones", "Cameras", "Computers", "Phones"],
-    "Home & Kitchen": ["Cookware", "Bedding", "Storage"],
-    "Books": ["Fiction", "History", "Science", "Children"],
-    "Toys & Games": ["Puzzles", "Board Games"],
-    "Sports & Outdoors": ["Camping", "Cycling", "Fitness"],
-}
-_COLORS = ["Black", "White", "Red", "Blue", "Green", "Silver"]
-
-
-def write_meta(parent_asins: list[str], path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    mains = list(_CATEGORIES)
-    with path.open("wb") as fh:
-        for i, asin in enumerate(sorted(set(parent_asins))):
-            main = mains[int(rng.integers(0, len(mains)))]
-            sub = _CATEGORIES[main][int(rng.integers(0, len(_CATEGORIES[main])))]
-            day = int(rng.integers(0, 3000))
-            fh.write(orjson.dumps({
-                "main_category": main, "title": f"{sub} item {i}", "average_rating": round(float(rng.uniform(1, 5)), 1),
-                "rating_number": int(rng.integers(0, 5000)), "features": [], "description": [f"A {sub.lower()} product."],
-                "price": round(float(rng.uniform(3, 300)), 2), "images": [], "videos": [], "store": f"Store {i % 500}",
-                "categories": [main, sub],
-                "details": {"Brand": f"Brand {i % 300}", "Color": _COLORS[i % len(_COLORS)],
-                            "Date First Available": time.strftime("%B %d, %Y", time.gmtime(1.3e9 + day * 86400))},
-                "parent_asin": asin, "bought_together": None,
-            }) + b"\n")
 
 
 def split_lines(source: Path, first: Path, rest: Path, n_first: int) -> None:
@@ -140,7 +109,7 @@ def table_digests(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argument_parser("bench.warehouse", __doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
@@ -149,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = max(1, args.rows // 100)
 
-    server = Server()
+    server = ScratchDatabases()
     try:
         with tempfile.TemporaryDirectory(prefix="bench_warehouse_") as tmp:
             work = Path(tmp)
@@ -161,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             whole.unlink()
             meta = work / "meta_Bench.jsonl"
             write_meta(reviews.parent_asin, meta, args.seed)
-            db = server.create()
+            db = server.create("bench_warehouse")
             dbt = Dbt(db, work)
             with psycopg.connect(db.conninfo(), autocommit=True) as conn:
                 ensure_raw_schema(conn)
@@ -185,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 after_incremental = table_digests(conn)
                 noop = [dbt("build") for _ in range(args.rounds)]  # no new file: start-up, metadata, tests
                 if args.keep_database:
-                    say(f"kept database {server.database}: {db.url()}")
-                    server.database = None
+                    say(f"kept database {db.dbname}: {db.url()}")
+                    server.created.remove(db.dbname)  # drop_all() leaves it
                     after_full = after_incremental
                 else:
                     dbt("build", "--full-refresh")
@@ -194,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 counts = {table: after_full[table][0] for table in CORE_TABLES}
             same = after_incremental == after_full
     finally:
-        server.close()
+        server.drop_all()
 
     full_s, incremental_s = statistics.median(full), statistics.median(incremental)
     print(f"# Warehouse build: dbt build from raw, full vs incremental after +1% ({machine()})")

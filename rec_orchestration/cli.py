@@ -7,8 +7,8 @@ import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +18,8 @@ from psycopg import sql
 
 from rec_orchestration import settings
 from rec_orchestration.backup import DEFAULT_KEEP_DUMPS
+from rec_orchestration.db import servers
+from rec_orchestration.db.address import DatabaseSettings
 
 SUMMARY_TABLES = (
     ("raw.ingested_files", "landing files loaded (ledger)"),
@@ -42,7 +44,7 @@ SUMMARY_TABLES = (
 )
 
 MODELS_QUERY = """SELECT e.model_name, e.ndcg_at_k, e.precision_at_k, e.recall_at_k,
-       CASE WHEN e.model_name = c.model_name THEN 'champion' ELSE '' END
+       CASE WHEN e.model_name = c.model_name THEN 'champion' ELSE '' END, e.k
 FROM ml.model_evaluations e
 JOIN (SELECT * FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1) c
   ON e.evaluated_at = c.chosen_at  -- the versions compared by the latest evaluation (one timestamp per run)
@@ -56,7 +58,7 @@ LIMIT 10;"""
 
 
 def _embedded():
-    from rec_orchestration.resources.embedded_postgres import EmbeddedPostgres
+    from rec_orchestration.db.embedded import EmbeddedPostgres
 
     return EmbeddedPostgres.default()
 
@@ -87,8 +89,8 @@ def db() -> None:
 @db.command("start")
 def db_start() -> None:
     """Initialise (first time) and start the embedded server; no-op when it is running."""
-    if settings.external_database_configured():
-        click.echo(f"using configured database {settings.warehouse_settings().redacted_url()}; nothing to start")
+    if servers.external_database_configured():
+        click.echo(f"using configured database {servers.warehouse_settings().redacted_url()}; nothing to start")
         return
     click.echo(_embedded().ensure_running().describe())
 
@@ -102,8 +104,8 @@ def db_stop() -> None:
 @db.command("status")
 def db_status() -> None:
     """Whether the embedded server runs, and where."""
-    if settings.external_database_configured():
-        click.echo(f"configured database: {settings.warehouse_settings().redacted_url()}")
+    if servers.external_database_configured():
+        click.echo(f"configured database: {servers.warehouse_settings().redacted_url()}")
         return
     click.echo(_embedded().status().describe())
 
@@ -113,7 +115,7 @@ def db_status() -> None:
 @click.option("--show-password", is_flag=True, help="Print the password instead of ****.")
 def db_url(dagster: bool, show_password: bool) -> None:
     """Print the connection URL of the warehouse (starts the embedded server if needed)."""
-    target = settings.dagster_storage_settings() if dagster else settings.warehouse_settings()
+    target = servers.dagster_storage_settings() if dagster else servers.warehouse_settings()
     click.echo(target.url() if show_password else target.redacted_url())
 
 
@@ -121,8 +123,8 @@ def db_url(dagster: bool, show_password: bool) -> None:
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 def db_psql(psql_args: tuple[str, ...]) -> None:
     """Open psql on the warehouse (extra arguments go to psql, e.g. -c 'SELECT 1')."""
-    if settings.external_database_configured():
-        argv, env = settings.warehouse_settings().psql_command(shutil.which("psql") or "psql")
+    if servers.external_database_configured():
+        argv, env = servers.warehouse_settings().psql_command(shutil.which("psql") or "psql")
     else:
         server = _embedded()
         server.ensure_running()
@@ -164,19 +166,19 @@ def sample(users: int | None, products: int | None, seed: int | None, landing_di
 @main.command("dbt-parse")
 def dbt_parse() -> None:
     """Build the dbt manifest that Dagster loads (dbt_project/target/manifest.json)."""
-    env = {**os.environ, **settings.warehouse_settings(start_embedded=False).dbt_environment()}
+    env = {**os.environ, **servers.warehouse_settings(start_embedded=False).dbt_environment()}
     _run([_venv_bin("dbt"), "parse", "--quiet", "--project-dir", str(settings.DBT_PROJECT_DIR),
           "--profiles-dir", str(settings.DBT_PROJECT_DIR)], env)
 
 
 def _dagster_env() -> dict[str, str]:
-    return {**os.environ, **settings.dagster_environment()}
+    return {**os.environ, **servers.dagster_environment()}
 
 
 @main.command("env")
 def env_cmd() -> None:
     """Print `export` lines so plain `dagster` / `dbt` commands use this project's instance and database."""
-    for key, value in settings.dagster_environment().items():
+    for key, value in servers.dagster_environment().items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
@@ -198,10 +200,10 @@ def materialize(select: str | None, in_process: bool) -> None:
         _run([_venv_bin("dagster"), "asset", "materialize", "-m", "rec_orchestration.definitions",
               "--select", select, "--config-json", json.dumps({"execution": {"config": executor}})], _dagster_env())
         return
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from rec_orchestration.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
     keys = _sync_landing_partitions()
-    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    tags = {PARTITION_RANGE_START_TAG: keys[0], PARTITION_RANGE_END_TAG: keys[-1]}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="rec_run_config_") as run_config:
         json.dump({"execution": {"config": executor}}, run_config)  # JSON is YAML
         run_config.flush()
@@ -218,7 +220,7 @@ def _sync_landing_partitions() -> list[str]:
     if not landing.is_dir():
         raise click.ClickException(f"landing directory {landing} does not exist (run `rec sample` or set "
                                    "REC_LANDING_DIR)")
-    os.environ.update(settings.dagster_environment())
+    os.environ.update(servers.dagster_environment())
     with dg.DagsterInstance.get() as instance:
         added = sync_landing_partitions(instance, landing)
         keys = instance.get_dynamic_partitions(LANDING_PARTITIONS_NAME)
@@ -262,7 +264,7 @@ def recs_group() -> None:
 
 
 def _publishing_connection() -> psycopg.Connection:
-    return psycopg.connect(settings.warehouse_settings().conninfo(), autocommit=True)
+    return psycopg.connect(servers.warehouse_settings().conninfo(), autocommit=True)
 
 
 @recs_group.command("publications")
@@ -323,7 +325,7 @@ def recs_unpin(yes: bool) -> None:
 @main.command("summary")
 def summary() -> None:
     """Rows per table, where the UI is, and an example query."""
-    target = settings.warehouse_settings()
+    target = servers.warehouse_settings()
     click.echo("\n== rec_orchestration: results ==")
     click.echo(f"warehouse: {target.redacted_url()}  (`rec db url --show-password`, `rec db psql`)")
     with psycopg.connect(target.conninfo()) as conn:
@@ -340,7 +342,8 @@ def summary() -> None:
         if conn.execute("SELECT to_regclass('ml.model_champions') IS NOT NULL").fetchone()[0]:
             click.echo("\nmodels, evaluated on each user's latest interaction (ml.model_evaluations):\n")
             for row in conn.execute(MODELS_QUERY).fetchall():
-                click.echo(f"    {row[0]:<11} nDCG@10 {row[1]:.4f}  P@10 {row[2]:.4f}  R@10 {row[3]:.4f}  {row[4]}")
+                name, ndcg, precision, recall, role, k = row
+                click.echo(f"    {name:<11} nDCG@{k} {ndcg:.4f}  P@{k} {precision:.4f}  R@{k} {recall:.4f}  {role}")
     click.echo("\nUI: `make dev`, then open http://127.0.0.1:3000 (asset graph, runs, checks)")
 
 
@@ -355,7 +358,7 @@ def backup_cmd(directory: Path | None, keep: int) -> None:
     """Dump the warehouse's core, ml, recs and recs_store schemas (those that exist) with pg_dump."""
     from rec_orchestration.backup import BackupError, backup, dump_schemas
 
-    target = settings.warehouse_settings()
+    target = servers.warehouse_settings()
     try:
         dump = backup(target, directory or settings.backup_dir(), keep=keep)
         schemas = dump_schemas(dump)
@@ -377,7 +380,7 @@ def restore_cmd(dump: Path, database_url: str | None, yes: bool) -> None:
     """
     from rec_orchestration.backup import BackupError, dump_schemas, restore
 
-    target = settings.DatabaseSettings.from_url(database_url) if database_url else settings.warehouse_settings()
+    target = DatabaseSettings.from_url(database_url) if database_url else servers.warehouse_settings()
     try:
         schemas = dump_schemas(dump)
         if not yes:

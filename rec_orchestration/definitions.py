@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-from rec_orchestration.assets.ingestion import raw_landing
 from rec_orchestration.assets.evaluation import champion, champion_beats_popularity, model_evaluations
+from rec_orchestration.assets.ingestion import raw_landing
 from rec_orchestration.assets.models import model_assets, popular_products
 from rec_orchestration.assets.publish import (
     every_user_gets_unseen_recommendations,
@@ -14,13 +14,13 @@ from rec_orchestration.assets.publish import (
 )
 from rec_orchestration.assets.similarity import item_similarity
 from rec_orchestration.assets.warehouse import warehouse_dbt_models
-from rec_orchestration.jobs import backup_warehouse, daily_backup_schedule
+from rec_orchestration.jobs import backup_warehouse, ingest_landing_job, refresh_recommendations_job
 from rec_orchestration.resources.dbt import dbt_resource
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
-from rec_orchestration.schedules import hourly_refresh_schedule, refresh_recommendations_job
-from rec_orchestration.sensors import ingest_landing_job, landing_sensor
+from rec_orchestration.schedules import daily_backup_schedule, hourly_refresh_schedule
+from rec_orchestration.sensors import landing_sensor
 
 defs = dg.Definitions(
     assets=[raw_landing, warehouse_dbt_models, popular_products, *model_assets, model_evaluations, champion,

@@ -1,4 +1,7 @@
-"""Operational jobs that are not assets: the nightly warehouse backup."""
+"""Every job of the code location: the hourly refresh, the ingestion of one landing entry, the backup.
+
+The schedules (``schedules.py``) and the landing sensor (``sensors.py``) start them; a person can launch
+any of them from the UI."""
 
 import time
 
@@ -6,13 +9,15 @@ import dagster as dg
 from pydantic import Field
 
 from rec_orchestration import settings
+from rec_orchestration.assets.ingestion import RAW_ASSET_KEYS
 from rec_orchestration.backup import BACKUP_SCHEMAS, DEFAULT_KEEP_DUMPS, backup, complete_dumps, dump_schemas
+from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.resources.postgres import PostgresResource
 
 
 class BackupConfig(dg.Config):
-    keep: int = Field(default=DEFAULT_KEEP_DUMPS, ge=1, description="Complete dumps to keep in the backup directory; older "
-                                                   "ones are deleted after a successful backup.")
+    keep: int = Field(default=DEFAULT_KEEP_DUMPS, ge=1, description=(
+        "Complete dumps to keep in the backup directory; older ones are deleted after a successful backup."))
 
 
 @dg.op(out=dg.Out(dg.Nothing))
@@ -40,11 +45,20 @@ def backup_warehouse() -> None:
     dump_warehouse()
 
 
-daily_backup_schedule = dg.ScheduleDefinition(
-    name="daily_backup",
-    job=backup_warehouse,
-    cron_schedule="30 3 * * *",  # not at minute 0, when hourly_refresh starts
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Back up the warehouse every day at 03:30 UTC.",
+# Everything from the landing files to the published tables, over every landing partition in one run
+# (the raw assets' single-run backfill policy). Ingestion skips content it has loaded, so the run
+# picks up what the sensor has not ingested yet, re-runs the raw tables' blocking checks and then
+# refreshes the warehouse, models and recommendations.
+refresh_recommendations_job = dg.define_asset_job(
+    name="refresh_recommendations",
+    selection=dg.AssetSelection.all(),
+    partitions_def=landing_partitions,
+    description="Ingest new landing files, rebuild the warehouse, refit models, publish recommendations.",
+)
+
+ingest_landing_job = dg.define_asset_job(
+    name="ingest_landing_files",
+    selection=dg.AssetSelection.assets(*RAW_ASSET_KEYS),
+    partitions_def=landing_partitions,
+    description="Load one landing entry (file or folder) into the raw tables and run their checks.",
 )

@@ -9,6 +9,11 @@ from rec_orchestration.sources.formats import landing_entries
 LANDING_PARTITIONS_NAME = "landing_files"
 landing_partitions = dg.DynamicPartitionsDefinition(name=LANDING_PARTITIONS_NAME)
 
+# Run tags that make one run cover a range of partitions (Dagster's documented `dagster/asset_partition_range_*`
+# tags; Dagster exports no public name for them, tests/unit/test_layering.py checks they still match).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
 
 def entry_fingerprint(entry: Path) -> str:
     """Changes when a landing entry's content may have changed (size and mtime of every file in it)."""

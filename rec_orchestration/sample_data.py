@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -248,6 +248,3 @@ def write_sample(landing_dir: Path, spec: SampleSpec | None = None) -> SampleFil
         changed=changed_meta or changed_reviews,
     )
 
-
-def spec_as_dict(spec: SampleSpec) -> dict:
-    return asdict(spec)

@@ -1,20 +1,9 @@
-"""Jobs and schedules."""
+"""Schedules: the hourly refresh of the whole pipeline and the nightly backup."""
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, landing_partitions
-
-# Everything from the landing files to the published tables, over every landing partition in one run
-# (the raw assets' single-run backfill policy). Ingestion skips content it has loaded, so the run
-# picks up what the sensor has not ingested yet, re-runs the raw tables' blocking checks and then
-# refreshes the warehouse, models and recommendations.
-refresh_recommendations_job = dg.define_asset_job(
-    name="refresh_recommendations",
-    selection=dg.AssetSelection.all(),
-    partitions_def=landing_partitions,
-    description="Ingest new landing files, rebuild the warehouse, refit models, publish recommendations.",
-)
+from rec_orchestration.jobs import backup_warehouse, refresh_recommendations_job
+from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 
 def all_partitions_run_request(instance: dg.DagsterInstance, run_key: str | None = None) -> dg.RunRequest | None:
@@ -22,8 +11,8 @@ def all_partitions_run_request(instance: dg.DagsterInstance, run_key: str | None
     keys = instance.get_dynamic_partitions(LANDING_PARTITIONS_NAME)
     if not keys:
         return None
-    return dg.RunRequest(run_key=run_key, tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                                                ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+    return dg.RunRequest(run_key=run_key, tags={PARTITION_RANGE_START_TAG: keys[0],
+                                                PARTITION_RANGE_END_TAG: keys[-1]})
 
 
 @dg.schedule(
@@ -37,3 +26,13 @@ def all_partitions_run_request(instance: dg.DagsterInstance, run_key: str | None
 def hourly_refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     request = all_partitions_run_request(context.instance)
     return request or dg.SkipReason("no landing files yet: the landing sensor adds them as they arrive")
+
+
+daily_backup_schedule = dg.ScheduleDefinition(
+    name="daily_backup",
+    job=backup_warehouse,
+    cron_schedule="30 3 * * *",  # not at minute 0, when hourly_refresh starts
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Back up the warehouse every day at 03:30 UTC.",
+)

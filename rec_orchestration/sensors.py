@@ -5,16 +5,9 @@ import json
 import dagster as dg
 
 from rec_orchestration import settings
-from rec_orchestration.assets.ingestion import RAW_ASSET_KEYS
+from rec_orchestration.jobs import ingest_landing_job
 from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, entry_fingerprint, landing_partitions
 from rec_orchestration.sources.formats import landing_entries
-
-ingest_landing_job = dg.define_asset_job(
-    name="ingest_landing_files",
-    selection=dg.AssetSelection.assets(*RAW_ASSET_KEYS),
-    partitions_def=landing_partitions,
-    description="Load one landing entry (file or folder) into the raw tables and run their checks.",
-)
 
 
 @dg.sensor(

@@ -17,8 +17,9 @@ import pytest
 from psycopg import sql
 
 from rec_orchestration import settings
+from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.scratch import ScratchDatabases
 from rec_orchestration.sample_data import SampleSpec, write_sample
-from rec_orchestration.settings import DatabaseSettings
 
 if TYPE_CHECKING:  # Dagster is imported where it is used: collecting the unit tests stays quick
     import dagster as dg
@@ -27,44 +28,9 @@ if TYPE_CHECKING:  # Dagster is imported where it is used: collecting the unit t
 TEST_SPEC = SampleSpec(n_users=150, n_products=80, seed=7)
 
 
-class TestDatabases:
-    """Creates throw-away databases on the configured server (or the embedded one) and drops them."""
-
-    def __init__(self) -> None:
-        self.created: list[str] = []
-        self.embedded = None
-        self.started_embedded = False
-        if settings.external_database_configured():
-            self.admin = settings.warehouse_settings()
-        else:
-            from rec_orchestration.resources.embedded_postgres import EmbeddedPostgres
-
-            self.embedded = EmbeddedPostgres.default()
-            self.started_embedded = not self.embedded.status().running
-            self.embedded.ensure_running()
-            self.admin = self.embedded.superuser_settings()
-
-    def create(self, prefix: str) -> DatabaseSettings:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-            owner = settings.EMBEDDED_APP_ROLE if self.embedded else self.admin.user
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
-        self.created.append(name)
-        if self.embedded:
-            return self.embedded.app_settings(name)
-        return self.admin.with_database(name)
-
-    def drop_all(self) -> None:
-        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
-            for name in self.created:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if self.embedded and self.started_embedded:
-            self.embedded.stop()  # leave the machine as we found it (CI starts from nothing)
-
-
 @pytest.fixture(scope="session")
-def test_databases() -> Iterator[TestDatabases]:
-    databases = TestDatabases()
+def test_databases() -> Iterator[ScratchDatabases]:
+    databases = ScratchDatabases()
     yield databases
     databases.drop_all()
 
@@ -76,7 +42,7 @@ def sample_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return landing
 
 
-def prepare_warehouse_env(databases: TestDatabases, sample_landing: Path, workdir: Path,
+def prepare_warehouse_env(databases: ScratchDatabases, sample_landing: Path, workdir: Path,
                           monkeypatch: pytest.MonkeyPatch) -> DatabaseSettings:
     """A fresh warehouse database, Dagster storage database, landing dir copy and model store."""
     warehouse = databases.create("rec_test")
@@ -94,14 +60,14 @@ def prepare_warehouse_env(databases: TestDatabases, sample_landing: Path, workdi
 
 
 @pytest.fixture()
-def warehouse_env(test_databases: TestDatabases, sample_landing: Path, tmp_path: Path,
+def warehouse_env(test_databases: ScratchDatabases, sample_landing: Path, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> DatabaseSettings:
     """Per test: its own databases and landing directory (``tmp_path / "landing"``)."""
     return prepare_warehouse_env(test_databases, sample_landing, tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def module_warehouse_env(test_databases: TestDatabases, sample_landing: Path,
+def module_warehouse_env(test_databases: ScratchDatabases, sample_landing: Path,
                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DatabaseSettings, Path]]:
     """Per module: shared by read-only tests; yields the settings and the work directory."""
     workdir = tmp_path_factory.mktemp("module")

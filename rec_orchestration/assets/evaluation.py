@@ -2,122 +2,34 @@
 
 ``ml/model_evaluations`` reads the latest artifact of each model (their manifests carry the metrics
 measured on the shared time-based split), records them per model version in ``ml.model_evaluations``,
-picks the champion (highest nDCG@k) into ``ml.model_champions``, and shows a metrics table and a
+picks the champion (``ml/champion.py``) into ``ml.model_champions``, and shows a metrics table and a
 comparison plot in the UI. The blocking check ``champion_beats_popularity`` stops publishing when the
 champion is not better than the popularity baseline.
 """
 
 import json
-import time
 from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
-from psycopg import sql
 from pydantic import Field
 
-from rec_orchestration.assets.models import (
-    CODE_VERSIONS,
-    EVAL_K,
-    data_version,
-    interactions_frame,
-    model_inputs,
-)
-from rec_orchestration.ml.interactions import Interactions
-from rec_orchestration.resources.model_store import artifact_version
+from rec_orchestration.db import reads
+from rec_orchestration.db.roles import ensure_roles
+from rec_orchestration.db.tables import packaged_sql
 from rec_orchestration.ml import registry
+from rec_orchestration.ml.champion import choose_champion, require_same_data
 from rec_orchestration.ml.plots import markdown_image, metric_comparison
+from rec_orchestration.ml.training import EVAL_K, ModelInputs, category_features, refit_on_everything
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
-from rec_orchestration.resources.roles import ensure_roles
 from rec_orchestration.retry import retry_transient_db_errors
-
-BASELINE = "popularity"
-EVALUATIONS_DDL = sql.SQL("""
-    CREATE TABLE IF NOT EXISTS ml.model_evaluations (
-        model_name     text NOT NULL,
-        model_version  text NOT NULL,
-        k              integer NOT NULL,
-        precision_at_k double precision NOT NULL,
-        recall_at_k    double precision NOT NULL,
-        ndcg_at_k      double precision NOT NULL,
-        map            double precision NOT NULL,
-        coverage       double precision NOT NULL,
-        users          integer NOT NULL,
-        fit_seconds    double precision NOT NULL,
-        data_version   text NOT NULL,
-        split          jsonb NOT NULL,
-        params         jsonb NOT NULL,
-        evaluated_at   timestamptz NOT NULL,
-        PRIMARY KEY (model_name, model_version, k)
-    )""")
-CHAMPIONS_DDL = sql.SQL("""
-    CREATE TABLE IF NOT EXISTS ml.model_champions (
-        run_id              text PRIMARY KEY,
-        chosen_at           timestamptz NOT NULL,
-        model_name          text NOT NULL,
-        model_version       text NOT NULL,
-        k                   integer NOT NULL,
-        ndcg_at_k           double precision NOT NULL,
-        baseline_version    text NOT NULL,
-        baseline_ndcg_at_k  double precision NOT NULL,
-        required_lift       double precision NOT NULL,
-        beats_baseline      boolean NOT NULL,
-        deployed_version    text
-    )""")
-CHAMPIONS_MIGRATION = sql.SQL("ALTER TABLE ml.model_champions ADD COLUMN IF NOT EXISTS deployed_version text")
-
-
-def move_history_to_ml(conn) -> None:
-    """An earlier layout kept the evaluation history in recs (readable by downstream apps): move it to
-    ml, as ``legacy_<name>`` when ml has the table already."""
-    for name in ("model_evaluations", "model_champions"):
-        legacy, current = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
-                                       (f"recs.{name}", f"ml.{name}")).fetchone()
-        if legacy is None:
-            continue
-        if current is not None:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("ml", f"legacy_{name}")))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier("recs", name),
-                                                                       sql.Identifier(f"legacy_{name}")))
-            name = f"legacy_{name}"
-        conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA ml").format(sql.Identifier("recs", name)))
-
-
-def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
-    """The run a champion belongs to: a retry of a run keeps its original run's id."""
-    run = context.run
-    return run.root_run_id or run.run_id
-
-
-def champion_row(warehouse: PostgresResource, run_id: str | None) -> dict | None:
-    """The champion chosen by run ``run_id``, or (None) the latest chosen by any run; None if none."""
-    if not warehouse.table_exists("ml.model_champions"):
-        return None
-    if run_id is None:
-        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1"))
-    else:
-        frame = warehouse.read_dataframe(sql.SQL("SELECT * FROM ml.model_champions WHERE run_id = %s"), (run_id,))
-    return None if frame.empty else frame.iloc[0].to_dict()
+from rec_orchestration.runs import approved_champion, run_key
 
 
 class EvaluationConfig(dg.Config):
     min_lift: float = Field(default=0.0, ge=0.0, description=(
         "The champion must beat popularity's nDCG@k by more than this fraction (0.05 = 5 %) to be published."))
-
-
-def latest_manifests(model_store: ModelStoreResource) -> dict[str, dict]:
-    manifests = {}
-    for name in registry.MODEL_NAMES:
-        version = model_store.latest(name)
-        if version is None:
-            raise dg.Failure(f"model {name} has no artifact yet: materialize models/{name} first")
-        manifests[name] = model_store.manifest(name, version)
-    data_versions = {m["data_version"] for m in manifests.values()}
-    if len(data_versions) > 1:
-        raise dg.Failure("the models' latest artifacts were fitted on different data; materialize the models "
-                         f"together so their metrics compare: {sorted(data_versions)}")
-    return manifests
 
 
 @dg.asset(
@@ -130,7 +42,18 @@ def latest_manifests(model_store: ModelStoreResource) -> dict[str, dict]:
 def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: PostgresResource,
                       model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Each model's metrics at k on the held-out latest interactions, per version; the champion chosen."""
-    manifests = latest_manifests(model_store)
+    store = model_store.store()
+    manifests = {}
+    for name in registry.MODEL_NAMES:
+        version = store.latest(name)
+        if version is None:
+            raise dg.Failure(f"model {name} has no artifact yet: materialize models/{name} first")
+        manifests[name] = store.manifest(name, version)
+    try:
+        require_same_data(manifests)
+    except ValueError as error:
+        raise dg.Failure(str(error)) from error
+    choice = choose_champion(manifests, EVAL_K, config.min_lift)
     now = datetime.now(UTC)
     rows = []
     for name, manifest in manifests.items():
@@ -138,17 +61,9 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
         rows.append((name, manifest["version"], EVAL_K, m[f"precision@{EVAL_K}"], m[f"recall@{EVAL_K}"],
                      m[f"ndcg@{EVAL_K}"], m["map"], m["coverage"], int(m["users"]), manifest["fit_seconds"],
                      manifest["data_version"], json.dumps(manifest["split"]), json.dumps(manifest["params"]), now))
-    best = max(manifests, key=lambda name: (manifests[name]["metrics"][f"ndcg@{EVAL_K}"], name != BASELINE))
-    champion_ndcg = manifests[best]["metrics"][f"ndcg@{EVAL_K}"]
-    baseline_ndcg = manifests[BASELINE]["metrics"][f"ndcg@{EVAL_K}"]
-    beats = best != BASELINE and champion_ndcg > baseline_ndcg * (1.0 + config.min_lift)
-    run_id = run_key(context)
     with warehouse.connection() as conn:
         ensure_roles(conn)
-        move_history_to_ml(conn)
-        conn.execute(EVALUATIONS_DDL)
-        conn.execute(CHAMPIONS_DDL)
-        conn.execute(CHAMPIONS_MIGRATION)
+        conn.execute(packaged_sql("ml_schema.sql"))
         with conn.cursor() as cur:
             cur.executemany("""
                 INSERT INTO ml.model_evaluations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
@@ -163,8 +78,8 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
                 baseline_version = EXCLUDED.baseline_version, baseline_ndcg_at_k = EXCLUDED.baseline_ndcg_at_k,
                 required_lift = EXCLUDED.required_lift, beats_baseline = EXCLUDED.beats_baseline,
                 deployed_version = NULL""",
-            (run_id, now, best, manifests[best]["version"], EVAL_K, champion_ndcg,
-             manifests[BASELINE]["version"], baseline_ndcg, config.min_lift, beats))
+            (run_key(context), now, choice.model_name, choice.model_version, EVAL_K, choice.ndcg,
+             choice.baseline_version, choice.baseline_ndcg, choice.required_lift, choice.beats_baseline))
     table = pd.DataFrame([{"model": name, "version": m["version"],
                            **{key: round(float(value), 4) for key, value in m["metrics"].items() if key != "users"},
                            "fit_s": m["fit_seconds"]}
@@ -173,10 +88,10 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     plot = metric_comparison({name: m["metrics"] for name, m in manifests.items()}, keys,
                              f"held-out latest interaction per user, k={EVAL_K}")
     return dg.MaterializeResult(metadata={
-        "champion": f"{best} {manifests[best]['version']}",
-        f"champion_ndcg@{EVAL_K}": float(champion_ndcg),
-        f"popularity_ndcg@{EVAL_K}": float(baseline_ndcg),
-        "beats_popularity": beats,
+        "champion": f"{choice.model_name} {choice.model_version}",
+        f"champion_ndcg@{EVAL_K}": choice.ndcg,
+        f"popularity_ndcg@{EVAL_K}": choice.baseline_ndcg,
+        "beats_popularity": choice.beats_baseline,
         "metrics": dg.MetadataValue.md(table.to_markdown(index=False)),
         "comparison": dg.MetadataValue.md(markdown_image(plot, "metric comparison")),
     })
@@ -187,7 +102,7 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
                             "nothing downstream publishes it.")
 def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
                               warehouse: PostgresResource) -> dg.AssetCheckResult:
-    row = champion_row(warehouse, run_key(context))
+    row = reads.champion_row(warehouse, run_key(context))
     if row is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": "this run chose no champion"})
     return dg.AssetCheckResult(passed=bool(row["beats_baseline"]), metadata={
@@ -196,20 +111,6 @@ def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
         f"popularity_ndcg@{EVAL_K}": float(row["baseline_ndcg_at_k"]),
         "required_lift": float(row["required_lift"]),
     })
-
-
-def approved_champion(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dict:
-    """The champion this run chose (its blocking check passed, or the caller would not run); when this run
-    chose none, the latest one, and only if it beat popularity."""
-    row = champion_row(warehouse, run_key(context)) or champion_row(warehouse, None)
-    if row is None:
-        raise dg.Failure("no champion model yet: materialize ml/model_evaluations first")
-    if not row["beats_baseline"]:
-        raise dg.Failure(
-            f"the latest champion, {row['model_name']} {row['model_version']} (nDCG@{row['k']} "
-            f"{row['ndcg_at_k']:.4f}), does not beat popularity ({row['baseline_ndcg_at_k']:.4f}, required lift "
-            f"{row['required_lift']}): not publishing it; the live recommendations stay as they are")
-    return row
 
 
 @dg.asset(
@@ -224,33 +125,21 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
     """The champion refitted, with the parameters it was evaluated with, on every interaction (its
     evaluation held out each user's latest one): what ``recs/user_recommendations`` publishes."""
     row = approved_champion(context, warehouse)
-    name, evaluated_version = row["model_name"], row["model_version"]
-    evaluated = model_store.manifest(name, evaluated_version)
-    frame = interactions_frame(warehouse)
-    frame_version = data_version(frame)
-    inputs = model_inputs(warehouse, evaluated.get("item_features", False))
-    version = artifact_version(frame_version, {**evaluated["params"], **inputs.get("version", {})},
-                               f"{CODE_VERSIONS[name]}/all-interactions")
-    reused = model_store.exists(name, version)
-    if not reused:
-        started = time.perf_counter()
-        model = registry.build(name, **evaluated["params"], **inputs.get("constructor", {}))
-        model.fit(Interactions.from_frame(frame))
-        model_store.save(name, version, model.state_dict(), {
-            "params": evaluated["params"], "refit_of": evaluated_version, "metrics": evaluated["metrics"],
-            "data_version": frame_version, "n_interactions": len(frame),
-            "fit_seconds": round(time.perf_counter() - started, 3)})
+    store = model_store.store()
+    evaluated = store.manifest(row["model_name"], row["model_version"])
+    # The refit gets the inputs the evaluated fit had: category features where it used them.
+    inputs = category_features(reads.item_categories(warehouse)) if evaluated.get("item_features") else ModelInputs()
+    manifest, reused = refit_on_everything(evaluated, reads.interactions_frame(warehouse), store, inputs)
     with warehouse.connection() as conn:
         conn.execute("UPDATE ml.model_champions SET deployed_version = %s WHERE run_id = %s",
-                     (version, row["run_id"]))
-    manifest = model_store.manifest(name, version)
+                     (manifest["version"], row["run_id"]))
     return dg.MaterializeResult(metadata={
-        "model": name,
-        "model_version": version,
-        "evaluated_version": evaluated_version,
+        "model": row["model_name"],
+        "model_version": manifest["version"],
+        "evaluated_version": row["model_version"],
         "reused_artifact": reused,
         "n_interactions": manifest["n_interactions"],
         "fit_seconds": manifest["fit_seconds"],
         f"evaluated_ndcg@{EVAL_K}": float(evaluated["metrics"][f"ndcg@{EVAL_K}"]),
-        "artifact": dg.MetadataValue.path(model_store.location(name, version)),
+        "artifact": dg.MetadataValue.path(store.location(row["model_name"], manifest["version"])),
     })

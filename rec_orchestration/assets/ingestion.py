@@ -17,11 +17,12 @@ from psycopg import sql
 from pydantic import Field
 
 from rec_orchestration import settings
+from rec_orchestration.db.roles import ensure_roles
+from rec_orchestration.db.tables import qualified
 from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.quality.suites import RAW_SUITES
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
-from rec_orchestration.resources.postgres import PostgresResource, qualified
-from rec_orchestration.resources.roles import ensure_roles
+from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
 from rec_orchestration.sources.formats import FORMATS, UnknownFormatError
 from rec_orchestration.sources.loader import EntryResult, LoadResult, ensure_raw_schema, load_entry

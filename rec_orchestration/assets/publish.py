@@ -1,4 +1,4 @@
-"""Publish: the tables downstream applications read, as one publication (see ``publishing.py``).
+"""Publish: the tables downstream applications read, as one publication (see :mod:`rec_orchestration.publishing`).
 
 One step builds every published table from the model stage's outputs and swaps them in together:
 ``recs.user_recommendations`` (the champion's top k per user, popularity for cold-start users),
@@ -14,47 +14,24 @@ import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from pydantic import Field
 
 from rec_orchestration import publishing
-from rec_orchestration.assets.evaluation import approved_champion
-from rec_orchestration.assets.models import load_interactions, product_category_ids
+from rec_orchestration.db import reads
+from rec_orchestration.db.roles import ensure_roles
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.serving import ServingInputs, Source, assemble, blend_similarities, neighbour_lists
+from rec_orchestration.publishing.checks import recommendation_problems, refusal
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
-from rec_orchestration.resources.roles import ensure_roles
 from rec_orchestration.retry import retry_transient_db_errors
+from rec_orchestration.runs import approved_champion
 
 RECOMMENDATIONS = dg.AssetKey(["recs", "user_recommendations"])
 PUBLISHED_KEYS = {name: dg.AssetKey(["recs", name]) for name in publishing.TABLES if name != "products"}
-
-PRODUCTS_QUERY = sql.SQL("""
-    SELECT p.product_id, p.title, p.main_category,
-           (SELECT array_to_string(c.path, ' > ') FROM core.product_categories pc
-            JOIN core.categories c USING (category_id)
-            WHERE pc.product_id = p.product_id ORDER BY cardinality(c.path) DESC, c.category_id LIMIT 1) AS category,
-           p.price, p.average_rating, p.rating_count
-    FROM core.products p ORDER BY p.product_id""")
-BY_CATEGORY_QUERY = sql.SQL("""
-    SELECT b.category_id, array_to_string(c.path, ' > ') AS category, b.product_id, b.rank, b.score
-    FROM ml.popular_products_by_category b JOIN core.categories c USING (category_id)
-    ORDER BY b.category_id, b.rank""")
-# Checked on the new partitions before they go live, and on the live views by the asset check.
-PROBLEMS_QUERY = """
-    SELECT (SELECT count(*) FROM core.users u WHERE NOT EXISTS
-               (SELECT 1 FROM {recs} r WHERE r.user_id = u.user_id)) AS users_without_recommendations,
-           (SELECT count(*) FROM {recs} r JOIN core.interactions v USING (user_id, product_id))
-               AS recommendations_already_seen,
-           (SELECT count(*) FROM (SELECT user_id, product_id FROM {recs} GROUP BY 1, 2 HAVING count(*) > 1) d)
-               AS duplicate_recommendations,
-           (SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM {recs} GROUP BY user_id) c)
-               AS max_per_user,
-           (SELECT count(*) FROM {popular}) AS popular_products"""
-
 
 class PublishConfig(dg.Config):
     k: int = Field(default=20, ge=1, le=1000, description="Recommendations per user.")
@@ -66,10 +43,8 @@ class PublishConfig(dg.Config):
 
 
 def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender, str]:
-    ranked = warehouse.read_dataframe(sql.SQL(
-        "SELECT product_id, score, model_version FROM ml.popular_products ORDER BY rank"))
-    if ranked.empty:
-        raise dg.Failure("ml.popular_products is empty")
+    """The published popularity ranking (``ml.popular_products``) as a model, and its version."""
+    ranked = reads.popularity_ranking(warehouse)
     model = PopularityRecommender()
     model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
     model.item_scores = ranked["score"].to_numpy(dtype=float)
@@ -84,24 +59,8 @@ def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResourc
     if not version:
         raise dg.Failure(f"champion {row['model_name']} {row['model_version']} is not refitted for publishing yet: "
                          "materialize models/champion first")
-    state, _ = model_store.load(row["model_name"], version)
+    state, _ = model_store.store().load(row["model_name"], version)
     return registry.model_class(row["model_name"]).from_state_dict(state), version, row
-
-
-def recommendation_problems(conn: psycopg.Connection, recs: sql.Composable, popular: sql.Composable) -> dict:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql.SQL(PROBLEMS_QUERY).format(recs=recs, popular=popular)).fetchone()
-
-
-def refusal(problems: dict, k: int) -> str | None:
-    """Why a set of recommendations must not go live, or None."""
-    wrong = {name: problems[name] for name in ("users_without_recommendations", "recommendations_already_seen",
-                                                "duplicate_recommendations") if problems[name]}
-    if problems["max_per_user"] > k:
-        wrong["max_per_user"] = problems["max_per_user"]
-    if not problems["popular_products"]:
-        wrong["popular_products"] = 0
-    return f"refusing to publish: {wrong}" if wrong else None
 
 
 @dg.multi_asset(
@@ -137,18 +96,16 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     started = datetime.now(UTC)
     popular, popular_version = popularity_model(warehouse)
     champion, champion_version, champion_row = champion_model(context, warehouse, model_store)
-    interactions = load_interactions(warehouse)
+    interactions = Interactions.from_frame(reads.interactions_frame(warehouse))
     seen = interactions.items_by_user()
-    users = np.array([row[0] for row in warehouse.fetch_all("SELECT user_id FROM core.users ORDER BY user_id")],
-                     dtype=np.int64)
+    users = reads.user_ids(warehouse)
     active = np.array([user for user in users.tolist() if len(seen.get(user, ())) >= config.min_interactions],
                       dtype=np.int64)
 
-    similarity = warehouse.read_dataframe(sql.SQL(
-        "SELECT item_id, neighbor_id, score, rank, method FROM ml.item_similarity"))
+    similarity = reads.item_similarity(warehouse)
     blended = blend_similarities(similarity, config.similar_products)
-    products = warehouse.read_dataframe(PRODUCTS_QUERY)
-    by_category = warehouse.read_dataframe(BY_CATEGORY_QUERY)
+    products = reads.product_metadata(warehouse)
+    by_category = reads.popularity_by_category(warehouse)
     category_groups = by_category.groupby("category_id", sort=False)
     inputs = ServingInputs(
         k=config.k, min_interactions=config.min_interactions, seen=seen,
@@ -158,7 +115,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         popularity=Source(popular.name, popular_version),
         category_ranking={int(c): group["product_id"].tolist() for c, group in category_groups},
         category_scores={int(c): group["score"].tolist() for c, group in category_groups},
-        item_categories=product_category_ids(warehouse),
+        item_categories=reads.product_category_ids(warehouse),
         neighbours=neighbour_lists(blended),
         titles=dict(zip(products["product_id"].tolist(), products["title"].tolist(), strict=True)),
     )
@@ -182,7 +139,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
                              in enumerate(zip(*(array.tolist() for array in ranking), strict=True), start=1)],
         "popular_products_by_category": [(int(c), name, int(p), int(r), float(s)) for c, name, p, r, s in
                                          by_category.itertuples(index=False, name=None)],
-        "products": [tuple(None if pd.isna(v) else v for v in row) for row in products.itertuples(index=False, name=None)],
+        "products": [tuple(None if pd.isna(v) else v for v in row)
+                     for row in products.itertuples(index=False, name=None)],
     }
 
     def validate(conn: psycopg.Connection, partitions: dict[str, sql.Composable]) -> None:
@@ -193,7 +151,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
 
     evaluation = {key: champion_row[key] for key in ("k", "ndcg_at_k", "baseline_ndcg_at_k", "model_version")
                   if key in champion_row}
-    evaluation |= champion_metrics(warehouse, champion_row)
+    evaluation |= reads.evaluation_metrics(warehouse, champion_row["model_name"], champion_row["model_version"],
+                                          champion_row["k"])
     with warehouse.connection() as conn:
         ensure_roles(conn)  # readers get SELECT on the recs views
         conn.commit()
@@ -228,15 +187,6 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     for name in ("popular_products", "popular_products_by_category"):
         yield dg.MaterializeResult(asset_key=PUBLISHED_KEYS[name], metadata={
             **common, "rows": publication.row_counts[name], "model_version": popular_version})
-
-
-def champion_metrics(warehouse: PostgresResource, champion_row: dict) -> dict:
-    """The champion's full evaluation row (precision, recall, nDCG, MAP, coverage at k)."""
-    frame = warehouse.read_dataframe(sql.SQL("""
-        SELECT precision_at_k, recall_at_k, ndcg_at_k, map, coverage, users AS evaluated_users
-        FROM ml.model_evaluations WHERE model_name = %s AND model_version = %s AND k = %s"""),
-        (champion_row["model_name"], champion_row["model_version"], int(champion_row["k"])))
-    return {} if frame.empty else {key: float(value) for key, value in frame.iloc[0].items()}
 
 
 @dg.asset_check(asset=RECOMMENDATIONS, blocking=True,

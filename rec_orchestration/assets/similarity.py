@@ -10,25 +10,17 @@ Three methods, each the top-N neighbours of every product:
 import dagster as dg
 import numpy as np
 import pandas as pd
-from psycopg import sql
 from pydantic import Field
 
-from rec_orchestration.assets.models import load_interactions
-from rec_orchestration.ml.gnn import LightGCNRecommender
+from rec_orchestration.db import reads
+from rec_orchestration.db.tables import replace_table
+from rec_orchestration.ml import registry
+from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.similarity import ItemNeighbours, content_top_n, cosine_top_n_sparse
 from rec_orchestration.resources.model_store import ModelStoreResource
-from rec_orchestration.resources.postgres import PostgresResource, replace_table
+from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
-
-PRODUCT_TEXT_QUERY = sql.SQL("""
-    SELECT p.product_id,
-           concat_ws(' ', p.title, p.description, p.main_category, string_agg(array_to_string(c.path, ' '), ' ')) AS text
-    FROM core.products p
-    LEFT JOIN core.product_categories pc USING (product_id)
-    LEFT JOIN core.categories c USING (category_id)
-    GROUP BY p.product_id
-    ORDER BY p.product_id
-""")
 
 
 class SimilarityConfig(dg.Config):
@@ -41,7 +33,7 @@ def _frame(neighbours: ItemNeighbours, item_ids: np.ndarray, method: str) -> pd.
     return frame
 
 
-def embedding_neighbours(model: LightGCNRecommender, n: int) -> pd.DataFrame:
+def embedding_neighbours(model: Recommender, n: int) -> pd.DataFrame:
     """The model's own ``similar_items`` (cosine of its item embeddings), as long-form rows."""
     neighbours, scores = model.similar_items(model.item_ids, n)
     width = neighbours.shape[1]
@@ -61,20 +53,21 @@ def embedding_neighbours(model: LightGCNRecommender, n: int) -> pd.DataFrame:
 def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig, warehouse: PostgresResource,
                     model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Top-N similar products per product by collaborative, content and embedding cosine similarity."""
-    interactions = load_interactions(warehouse)
+    interactions = Interactions.from_frame(reads.interactions_frame(warehouse))
     matrix = (interactions.user_item_matrix() > 0).astype(np.float32).tocsr()
     frames = [_frame(cosine_top_n_sparse(matrix, config.neighbours), interactions.item_ids, "collaborative")]
 
-    products = warehouse.read_dataframe(PRODUCT_TEXT_QUERY)
+    products = reads.product_texts(warehouse)
     item_ids = products["product_id"].to_numpy(dtype=np.int64)
     frames.append(_frame(content_top_n(products["text"].fillna("").tolist(), config.neighbours), item_ids,
                          "content"))
 
-    version = model_store.latest("lightgcn")
+    store = model_store.store()
+    version = store.latest("lightgcn")
     if version is None:
         raise dg.Failure("models/lightgcn has no artifact yet: materialize it first")
-    state, _ = model_store.load("lightgcn", version)
-    frames.append(embedding_neighbours(LightGCNRecommender.from_state_dict(state), config.neighbours))
+    state, _ = store.load("lightgcn", version)
+    frames.append(embedding_neighbours(registry.model_class("lightgcn").from_state_dict(state), config.neighbours))
 
     similarity = pd.concat(frames, ignore_index=True)
     rows = similarity[["item_id", "neighbor_id", "score", "rank", "method"]].itertuples(index=False, name=None)
@@ -88,15 +81,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
         )
     per_method = similarity.groupby("method").agg(rows=("item_id", "size"), products=("item_id", "nunique"),
                                                   mean_score=("score", "mean")).reset_index()
-    example = warehouse.read_dataframe(sql.SQL("""
-        SELECT s.method, s.rank, left(a.title, 40) AS product, left(b.title, 40) AS neighbour,
-               round(s.score::numeric, 3) AS score
-        FROM ml.item_similarity s
-        JOIN core.products a ON a.product_id = s.item_id
-        JOIN core.products b ON b.product_id = s.neighbor_id
-        WHERE s.item_id = (SELECT product_id FROM core.interactions GROUP BY product_id
-                           ORDER BY count(*) DESC, product_id LIMIT 1) AND s.rank <= 3
-        ORDER BY s.method, s.rank"""))
+    example = reads.neighbours_of_most_interacted_product(warehouse, 3)
     return dg.MaterializeResult(metadata={
         "rows": written,
         "per_method": dg.MetadataValue.md(per_method.round(4).to_markdown(index=False)),

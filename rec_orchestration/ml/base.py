@@ -92,7 +92,7 @@ class Recommender(ABC):
 
     def user_index_of(self, user_ids: np.ndarray) -> np.ndarray:
         """Dense index of each external user id, -1 where the model never saw the user."""
-        return _index_of(self.user_ids, np.asarray(user_ids))
+        return index_of(self.user_ids, np.asarray(user_ids))
 
     def recommend(self, user_ids: np.ndarray, k: int,
                   exclude: Mapping[Any, np.ndarray] | None = None) -> Recommendations:
@@ -114,7 +114,7 @@ class Recommender(ABC):
                 for row_in_block, row in enumerate(rows):
                     seen = exclude.get(user_ids[row])
                     if seen is not None and len(seen):
-                        seen_index = _index_of(self.item_ids, np.asarray(seen))
+                        seen_index = index_of(self.item_ids, np.asarray(seen))
                         scores[row_in_block, seen_index[seen_index >= 0]] = -np.inf
             best, best_scores = top_k(scores, k)
             for row_in_block, row in enumerate(rows):
@@ -135,7 +135,7 @@ class Recommender(ABC):
         from rec_orchestration.ml.similarity import cosine_top_n_dense
 
         item_ids = np.asarray(item_ids)
-        index = _index_of(self.item_ids, item_ids)
+        index = index_of(self.item_ids, item_ids)
         n = min(n, len(self.item_ids) - 1)
         neighbours = np.full((len(item_ids), n), -1, dtype=np.int64)
         scores = np.full((len(item_ids), n), np.nan)
@@ -163,7 +163,7 @@ class Recommender(ABC):
         return cls.from_state_dict(state)
 
 
-def _index_of(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def index_of(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Position of each of ``ids`` in the sorted array ``known_ids``, -1 where absent."""
     if len(known_ids) == 0:
         return np.full(len(ids), -1, dtype=np.int64)

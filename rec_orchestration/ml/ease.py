@@ -16,6 +16,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.defaults import EASE
 from rec_orchestration.ml.interactions import Interactions
 
 UNMODELLED_SCORE = -np.inf  # never recommended: the caller tops up from popularity
@@ -25,7 +26,7 @@ MAX_ITEMS_LIMIT = 20_000      # float64 inverse of 20,000 x 20,000: 3.2 GB, plus
 class EASERecommender(Recommender):
     name = "ease"
 
-    def __init__(self, l2: float = 500.0, max_items: int = 10_000) -> None:
+    def __init__(self, l2: float = EASE["l2"], max_items: int = EASE["max_items"]) -> None:
         if l2 <= 0:
             raise ValueError("l2 must be positive")
         if not 2 <= max_items <= MAX_ITEMS_LIMIT:

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.defaults import LIGHTFM
 from rec_orchestration.ml.interactions import Interactions
 
 
@@ -46,7 +47,8 @@ class LightFMRecommender(Recommender):
 
     name = "lightfm"
 
-    def __init__(self, factors: int = 64, epochs: int = 30, learning_rate: float = 0.05,
+    def __init__(self, factors: int = LIGHTFM["factors"], epochs: int = LIGHTFM["epochs"],
+                 learning_rate: float = LIGHTFM["learning_rate"],
                  item_alpha: float = 1e-6, user_alpha: float = 1e-6, max_sampled: int = 10,
                  item_features: Mapping[Any, Sequence[str]] | None = None, feature_weight: float = 1.0,
                  num_threads: int = 2, seed: int = 42) -> None:

@@ -24,7 +24,9 @@ recommendations, so both readings give the same figure.)
 
 Recommendations are given in rank order, as ``{user: items}`` or a :class:`Recommendations`; the truth
 as ``{user: items}`` (a set or an array). Items need only be comparable for equality with each other
-(integers, strings).
+(integers, strings). Where the ranking is already a matrix (LightGCN's per-epoch validation takes its
+top k on the device), :func:`ndcg_per_user` and :func:`recall_per_user` score the top-k hit matrix
+directly, with the same definitions.
 """
 
 from __future__ import annotations
@@ -103,14 +105,34 @@ def _precision(h: _Hits) -> np.ndarray:
     return h.hits.sum(axis=1) / h.k
 
 
+def recall_per_user(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Recall@k of each row of a top-k hit matrix: hits / number of relevant items.
+
+    ``hits`` is ``(users, k)``, true where the recommendation at rank ``r + 1`` is relevant (any
+    numeric or bool dtype); ``n_relevant`` is each user's number of relevant items (at least 1).
+    """
+    return np.asarray(hits).sum(axis=1) / n_relevant
+
+
+def ndcg_per_user(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Binary-relevance nDCG@k of each row of a top-k hit matrix (``k`` = its number of columns).
+
+    Discount ``1 / ln(1 + rank)``; the ideal DCG puts ``min(n_relevant, k)`` hits at ranks 1, 2, ...
+    ``hits`` and ``n_relevant`` as in :func:`recall_per_user`.
+    """
+    hits = np.asarray(hits)
+    k = hits.shape[1]
+    discount = 1.0 / np.log1p(np.arange(1, k + 1))
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])
+    return (hits * discount).sum(axis=1) / ideal[np.minimum(n_relevant, k)]
+
+
 def _recall(h: _Hits) -> np.ndarray:
-    return h.hits.sum(axis=1) / h.n_relevant
+    return recall_per_user(h.hits, h.n_relevant)
 
 
 def _ndcg(h: _Hits) -> np.ndarray:
-    discount = 1.0 / np.log1p(np.arange(1, h.k + 1))
-    ideal = np.concatenate([[0.0], np.cumsum(discount)])
-    return (h.hits * discount).sum(axis=1) / ideal[np.minimum(h.n_relevant, h.k)]
+    return ndcg_per_user(h.hits, h.n_relevant)
 
 
 def _average_precision(h: _Hits) -> np.ndarray:

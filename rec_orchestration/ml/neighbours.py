@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender, _index_of
+from rec_orchestration.ml.base import Recommender, index_of
+from rec_orchestration.ml.defaults import ITEMKNN
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.similarity import cosine_top_n_sparse
 
@@ -19,7 +20,7 @@ from rec_orchestration.ml.similarity import cosine_top_n_sparse
 class ItemKNNRecommender(Recommender):
     name = "itemknn"
 
-    def __init__(self, neighbours: int = 50, shrink_power: float = 1.0) -> None:
+    def __init__(self, neighbours: int = ITEMKNN["neighbours"], shrink_power: float = ITEMKNN["shrink_power"]) -> None:
         if neighbours < 1:
             raise ValueError("neighbours must be at least 1")
         self.params = {"neighbours": neighbours, "shrink_power": shrink_power}
@@ -46,7 +47,7 @@ class ItemKNNRecommender(Recommender):
 
     def similar_items(self, item_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Neighbours straight from the stored similarity rows (padded with -1 / NaN)."""
-        index = _index_of(self.item_ids, np.asarray(item_ids))
+        index = index_of(self.item_ids, np.asarray(item_ids))
         neighbours = np.full((len(index), n), -1, dtype=np.int64)
         scores = np.full((len(index), n), np.nan)
         for row, item in enumerate(index.tolist()):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from rec_orchestration.ml.base import Recommendations, Recommender
+from rec_orchestration.ml.defaults import POPULARITY
 from rec_orchestration.ml.interactions import Interactions
 
 SECONDS_PER_DAY = 86_400.0
@@ -21,12 +22,17 @@ SECONDS_PER_DAY = 86_400.0
 class PopularityRecommender(Recommender):
     name = "popularity"
 
-    def __init__(self, half_life_days: float = 90.0) -> None:
+    def __init__(self, half_life_days: float = POPULARITY["half_life_days"]) -> None:
         if half_life_days <= 0:
             raise ValueError("half_life_days must be positive")
         self.half_life_days = half_life_days
         self.item_ids: np.ndarray = np.array([])
         self.item_scores: np.ndarray = np.array([])
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The constructor's parameters, as the other models keep them."""
+        return {"half_life_days": self.half_life_days}
 
     def fit(self, interactions: Interactions) -> PopularityRecommender:
         if len(interactions) == 0:

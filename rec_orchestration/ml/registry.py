@@ -1,10 +1,9 @@
 """Every model the project trains, by name, with the defaults the pipeline uses.
 
-The defaults were chosen on a validation split carved out of the training data of ml-100k
-(``bench/model_quality.py --tune``: the best validation nDCG@10 of each model's grid), never on a test
-split; the pipeline's config may override any of them. LightGCN's learning rate and L2 were chosen
-on its own validation split (10 % of each user's training positives, nDCG@20), and it picks its
-epoch count by early stopping on that split.
+``DEFAULTS[name]`` holds the tuned parameters of model ``name``; it is ``ml.defaults.DEFAULTS``, the
+values each constructor defaults to (where they come from is told there), so ``build(name)`` and the
+model constructed with no arguments are the same model. Model classes are imported only when asked
+for, so reading the names and defaults loads no torch.
 """
 
 from __future__ import annotations
@@ -12,16 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.defaults import DEFAULTS
+
+__all__ = ["DEFAULTS", "MODEL_NAMES", "build", "model_class"]
 
 MODEL_NAMES: tuple[str, ...] = ("popularity", "itemknn", "ease", "lightfm", "lightgcn")
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "popularity": {"half_life_days": 90.0},
-    "itemknn": {"neighbours": 20, "shrink_power": 0.25},
-    "ease": {"l2": 500.0, "max_items": 10_000},
-    "lightfm": {"factors": 16, "epochs": 30, "learning_rate": 0.05},
-    "lightgcn": {"factors": 64, "layers": 3, "lr": 5e-3, "reg": 1e-3, "epochs": 300, "patience": 10},
-}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -38,7 +32,7 @@ def model_class(name: str) -> type[Recommender]:
         from rec_orchestration.ml.factorization import LightFMRecommender
         return LightFMRecommender
     if name == "lightgcn":
-        from rec_orchestration.ml.gnn import LightGCNRecommender
+        from rec_orchestration.ml.lightgcn import LightGCNRecommender
         return LightGCNRecommender
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
 

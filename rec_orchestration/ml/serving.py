@@ -33,7 +33,8 @@ def blend_similarities(similarity: pd.DataFrame, n: int, rrf_k: int = RRF_K) -> 
     fused = fused.sort_values(["item_id", "score", "neighbor_id"], ascending=[True, False, True], kind="stable")
     fused["rank"] = fused.groupby("item_id").cumcount() + 1
     fused = fused[fused["rank"] <= n]
-    return pd.DataFrame({"product_id": fused["item_id"].to_numpy(), "similar_product_id": fused["neighbor_id"].to_numpy(),
+    return pd.DataFrame({"product_id": fused["item_id"].to_numpy(),
+                         "similar_product_id": fused["neighbor_id"].to_numpy(),
                          "rank": fused["rank"].to_numpy(), "score": fused["score"].to_numpy(), "method": BLENDED})
 
 

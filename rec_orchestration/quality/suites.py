@@ -16,16 +16,18 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from rec_orchestration.sources.records import (
+    AGES,
+    EARLIEST_PLAUSIBLE,
+    EVENT_KINDS,
+    FUTURE_TOLERANCE,
+    HIGHEST_RATING,
+    LOWEST_RATING,
+    REVIEW_EVENT_TYPES,
+)
+
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
-
-#: No event in the sources predates this (the oldest public review data sets start in the late 1990s).
-EARLIEST_EVENT_TS = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
-#: Tolerated clock skew of the sources: event timestamps up to ``now + FUTURE_TOLERANCE``.
-FUTURE_TOLERANCE = dt.timedelta(days=1)
-
-REVIEW_EVENT_TYPES = ("review", "rating")
-INTERACTION_EVENT_TYPES = ("view", "click", "like", "purchase", "rating")
 
 
 def _latest_event_ts(now: dt.datetime) -> dt.datetime:
@@ -39,9 +41,9 @@ def _event_ts_plausible(now: dt.datetime) -> Expectation:
 
     return gxe.ExpectColumnValuesToBeBetween(
         column="event_ts",
-        min_value=EARLIEST_EVENT_TS,
+        min_value=EARLIEST_PLAUSIBLE,
         max_value=_latest_event_ts(now),
-        description="event timestamps lie between 1995-01-01 UTC and tomorrow",
+        description=f"event timestamps lie between {EARLIEST_PLAUSIBLE:%Y-%m-%d} UTC and now + {FUTURE_TOLERANCE}",
     )
 
 
@@ -58,11 +60,13 @@ def reviews_suite(now: dt.datetime) -> list[Expectation]:
     return [
         *_not_null("user_key", "item_key", "event_ts"),
         gxe.ExpectColumnValuesToBeBetween(
-            column="rating", min_value=0.5, max_value=5, description="ratings are 0.5 to 5 stars"
+            column="rating", min_value=float(LOWEST_RATING), max_value=HIGHEST_RATING,
+            description=f"ratings are {LOWEST_RATING} to {HIGHEST_RATING} stars"
         ),
         _event_ts_plausible(now),
         gxe.ExpectColumnValuesToBeInSet(
-            column="event_type", value_set=list(REVIEW_EVENT_TYPES), description="event_type is review or rating"
+            column="event_type", value_set=list(REVIEW_EVENT_TYPES),
+            description="event_type is " + " or ".join(REVIEW_EVENT_TYPES),
         ),
     ]
 
@@ -79,7 +83,8 @@ def products_suite(now: dt.datetime) -> list[Expectation]:
         ),
         gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0, description="prices are not negative"),
         gxe.ExpectColumnValuesToBeBetween(
-            column="average_rating", min_value=0, max_value=5, description="average ratings are 0 to 5 stars"
+            column="average_rating", min_value=0, max_value=HIGHEST_RATING,
+            description=f"average ratings are 0 to {HIGHEST_RATING} stars"
         ),
     ]
 
@@ -94,7 +99,8 @@ def users_suite(now: dt.datetime) -> list[Expectation]:
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=["file_id", "user_key"], description="user keys unique within a delivery"
         ),
-        gxe.ExpectColumnValuesToBeBetween(column="age", min_value=1, max_value=120, description="ages are 1 to 120"),
+        gxe.ExpectColumnValuesToBeBetween(column="age", min_value=AGES[0], max_value=AGES[1],
+                                          description=f"ages are {AGES[0]} to {AGES[1]}"),
     ]
 
 
@@ -106,8 +112,8 @@ def events_suite(now: dt.datetime) -> list[Expectation]:
         *_not_null("user_key", "item_key", "event_type", "event_ts"),
         gxe.ExpectColumnValuesToBeInSet(
             column="event_type",
-            value_set=list(INTERACTION_EVENT_TYPES),
-            description="event_type is one of " + ", ".join(INTERACTION_EVENT_TYPES),
+            value_set=list(EVENT_KINDS),
+            description="event_type is one of " + ", ".join(EVENT_KINDS),
         ),
         _event_ts_plausible(now),
         gxe.ExpectColumnValuesToBeBetween(column="quantity", min_value=1, description="quantities are at least 1"),

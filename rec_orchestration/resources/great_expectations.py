@@ -96,8 +96,8 @@ class _GXSession:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self._context: "EphemeralDataContext | None" = None
-        self._datasources: dict[str, "PostgresDatasource"] = {}
+        self._context: EphemeralDataContext | None = None
+        self._datasources: dict[str, PostgresDatasource] = {}
 
     def context(self) -> "EphemeralDataContext":
         if self._context is None:

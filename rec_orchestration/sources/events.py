@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rec_orchestration.sources.records import (
     EVENT_KINDS,
+    LOWEST_RATING,
     InvalidFileError,
     InvalidRecord,
     Rejected,
@@ -31,7 +32,6 @@ from rec_orchestration.sources.text_lines import read_lines, shown, signed_crc32
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_type", "value", "timestamp")
 OPTIONAL_COLUMNS = ("quantity", "price")
-LOWEST_RATING = Decimal("0.5")
 PARQUET_BATCH_ROWS = 65_536
 
 

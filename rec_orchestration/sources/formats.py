@@ -45,7 +45,8 @@ FORMATS: dict[str, Format] = {
     for f in (
         Format("amazon2023_reviews", "reviews", amazon2023.read_reviews, "Amazon Reviews 2023 reviews (*.jsonl[.gz])"),
         Format("amazon2023_products", "products", amazon2023.read_products, "Amazon Reviews 2023 meta_*.jsonl[.gz]"),
-        Format("amazon2014_reviews", "reviews", amazon2014.read_reviews, "Amazon reviews 2014 (reviewerID/asin/overall)"),
+        Format("amazon2014_reviews", "reviews", amazon2014.read_reviews,
+               "Amazon reviews 2014 (reviewerID/asin/overall)"),
         Format("movielens_100k_ratings", "reviews", movielens.read_100k_ratings, "MovieLens 100K u.data"),
         Format("movielens_100k_movies", "products", movielens.read_100k_movies, "MovieLens 100K u.item"),
         Format("movielens_100k_users", "users", movielens.read_100k_users, "MovieLens 100K u.user"),
@@ -106,7 +107,7 @@ def _sniff_json(path: Path) -> str | None:
         if not isinstance(record, dict):
             continue
         keys = set(record)
-        if amazon2014.SIGNATURE <= keys:
+        if keys >= amazon2014.SIGNATURE:
             return "amazon2014_reviews"
         if "user_id" in keys and ("parent_asin" in keys or "asin" in keys):
             return "amazon2023_reviews"

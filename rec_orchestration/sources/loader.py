@@ -21,14 +21,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import IO
 
 import psycopg
 from psycopg import sql
 
-from rec_orchestration.resources.postgres import copy_rows, qualified
+from rec_orchestration.db.tables import copy_rows, packaged_sql, qualified
 from rec_orchestration.sources.formats import FORMATS, Format, LandingPlan, plan
 from rec_orchestration.sources.records import InvalidFileError, RecordKind, Rejected
 
@@ -60,12 +59,9 @@ class EntryResult:
     loaded: list[LoadResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    def kinds(self) -> set[str]:
-        return {r.record_kind for r in self.loaded}
-
 
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
-    ddl = resources.files("rec_orchestration").joinpath("sql/raw_schema.sql").read_text()
+    ddl = packaged_sql("raw_schema.sql")
     # Serialise concurrent first runs: CREATE ... IF NOT EXISTS races on the catalog otherwise.
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('rec_orchestration.raw_schema'))")
     conn.execute(ddl)

@@ -17,15 +17,18 @@ Ratings land in ``raw.reviews`` as ``event_type = 'rating'`` (0.5-5 stars), movi
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from psycopg.types.json import Jsonb
 
 from rec_orchestration.sources.records import (
+    AGES,
+    LOWEST_RATING,
     InvalidFileError,
     InvalidRecord,
     Rejected,
@@ -36,7 +39,8 @@ from rec_orchestration.sources.records import (
 )
 from rec_orchestration.sources.text_lines import UTF8_OR_LATIN1, Line, read_lines, shown
 
-LOWEST_RATING = Decimal("0.5")
+if TYPE_CHECKING:
+    import pandas as pd
 
 # u.genre, in flag order.
 GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -97,7 +101,8 @@ def _read(path: Path, encoding: str, parse: Callable[[Line], tuple], header: tup
         if header is not None:
             columns = tuple(c.strip() for c in line.text.split(","))
             if columns != header:
-                raise InvalidFileError(f"{path.name}: expected the header {','.join(header)!r}, got {line.text[:200]!r}")
+                raise InvalidFileError(
+                    f"{path.name}: expected the header {','.join(header)!r}, got {line.text[:200]!r}")
             header = None
             continue
         try:
@@ -131,8 +136,8 @@ def read_100k_movies(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
 def _age(text: str) -> int | None:
     if not text.strip():
         return None
-    if not text.strip().isdigit() or not 0 < int(text) <= 120:
-        raise InvalidRecord(f"age {text!r} is not a number from 1 to 120")
+    if not text.strip().isdigit() or not AGES[0] <= int(text) <= AGES[1]:
+        raise InvalidRecord(f"age {text!r} is not a number from {AGES[0]} to {AGES[1]}")
     return int(text)
 
 
@@ -192,3 +197,46 @@ def _csv_movie(line: Line) -> tuple:
 
 def read_csv_movies(path: Path, now: datetime) -> Iterator[tuple | Rejected]:
     return _read(path, "utf-8", _csv_movie, MOVIES_CSV_HEADER)
+
+
+# -- ratings as a DataFrame (benchmarks, offline evaluation) -------------------------------------------
+
+RATINGS_FILES = ("ratings.dat", "u.data", "ratings.csv")  # what a release's directory holds: 1M/10M, 100K, latest
+
+
+def read_ratings_frame(path: str | Path) -> pd.DataFrame:
+    """A MovieLens ratings file, or the release directory holding one, as a DataFrame in file order.
+
+    Columns ``user_id``, ``product_id`` (int64), ``rating`` (float64, stars) and ``ts`` (int64, epoch
+    seconds), named as in :mod:`rec_orchestration.ml.interactions`. The layout: a ``.csv`` file is the
+    "latest" ``ratings.csv`` (its header checked); otherwise ``::``-separated (``ratings.dat``) when the
+    first line holds ``::``, else tab-separated (``u.data``, ``ua.base``, ...). A directory is read through
+    the first of :data:`RATINGS_FILES` it holds. Rows stay in file order: the published split protocols
+    draw one random number per row in that order. Unlike the loader's readers above, nothing is
+    validated row by row: a malformed line fails the whole read.
+    """
+    import pandas as pd  # here, not at the top: the loader imports this module and needs no pandas
+
+    from rec_orchestration.ml.interactions import ITEM_ID, TIMESTAMP, USER_ID
+
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in RATINGS_FILES if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no MovieLens ratings file ({', '.join(RATINGS_FILES)}) in {path}")
+        path = found[0]
+    columns = [USER_ID, ITEM_ID, "rating", TIMESTAMP]
+    options = {"names": columns, "index_col": False,
+               "dtype": {USER_ID: "int64", ITEM_ID: "int64", "rating": "float64", TIMESTAMP: "int64"}}
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\r\n")
+        if tuple(c.strip() for c in header.split(",")) != RATINGS_CSV_HEADER:
+            raise InvalidFileError(
+                f"{path.name}: expected the header {','.join(RATINGS_CSV_HEADER)!r}, got {header[:200]!r}")
+        return pd.read_csv(path, header=0, **options)
+    raw = path.read_bytes()
+    end = raw.find(b"\n")
+    if b"::" in (raw if end < 0 else raw[:end]):
+        raw = raw.replace(b"::", b"\t")  # the C parser takes one-character separators only
+    return pd.read_csv(io.BytesIO(raw), sep="\t", header=None, **options)

@@ -50,10 +50,16 @@ RECORD_KINDS = {
     )
 }
 
+# What a plausible record is: the loader quarantines what breaks these, and the Great Expectations
+# suites (quality/suites.py) check the loaded tables against the same bounds.
 # Reviews dated before the web shop era or in the future are data errors, not history.
 EARLIEST_PLAUSIBLE = datetime(1995, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(days=1)
+FUTURE_TOLERANCE = timedelta(days=1)  # tolerated clock skew of the sources
 MAX_KEY_LENGTH = 200
+REVIEW_EVENT_TYPES = ("review", "rating")  # event_type of raw.reviews: Amazon reviews, MovieLens ratings
+LOWEST_RATING = Decimal("0.5")  # MovieLens half stars; Amazon's stars start at 1
+HIGHEST_RATING = 5
+AGES = (1, 120)  # plausible user ages, inclusive
 
 
 class Rejected(NamedTuple):
@@ -70,13 +76,6 @@ class InvalidRecord(ValueError):
 
 class InvalidFileError(ValueError):
     """The file as a whole is not what its format says (a wrong header, say): nothing of it is loaded."""
-
-
-@dataclass(frozen=True)
-class ReadStats:
-    rows_read: int
-    rows_loaded: int
-    rows_rejected: int
 
 
 def clean_text(value: object, field: str, *, required: bool = False, max_len: int | None = None) -> str | None:
@@ -134,8 +133,8 @@ def parse_rating(value: object, low: Decimal | int = 1) -> Decimal:
             raise InvalidRecord(f"rating is not a number: {value!r}") from exc
         if not rating.is_finite():
             raise InvalidRecord(f"rating is not a number: {value!r}")
-    if rating < low or rating > 5:
-        raise InvalidRecord(f"rating {value!r} outside {low}-5")
+    if rating < low or rating > HIGHEST_RATING:
+        raise InvalidRecord(f"rating {value!r} outside {low}-{HIGHEST_RATING}")
     if (rating * 2) % 1 != 0:
         raise InvalidRecord(f"rating {value!r} is not a whole or half star")
     return rating

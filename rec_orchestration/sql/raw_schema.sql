@@ -98,38 +98,10 @@ CREATE TABLE IF NOT EXISTS raw.rejected_records (
     PRIMARY KEY (file_id, line_number)
 );
 
--- Databases made by an earlier version of this file. Guarded by catalog lookups: ALTER TABLE takes an
--- ACCESS EXCLUSIVE lock even when IF NOT EXISTS makes it a no-op, and this runs before every load.
+-- The ledger's lookup by path (a re-run skips a known file without hashing it). Guarded by a catalog
+-- lookup: CREATE INDEX IF NOT EXISTS would still lock the table, and this runs before every load.
 DO $$
-DECLARE
-    added record;
 BEGIN
-    FOR added IN SELECT * FROM (VALUES ('ingested_files', 'landing_entry', 'text'),
-                                       ('ingested_files', 'mtime_ns', 'bigint'),
-                                       ('reviews', 'line_crc', 'integer'),
-                                       ('products', 'line_crc', 'integer'),
-                                       ('ingested_files', 'load_seq', 'bigint UNIQUE')) AS c (tbl, col, typ)
-    LOOP
-        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                       WHERE table_schema = 'raw' AND table_name = added.tbl AND column_name = added.col) THEN
-            EXECUTE format('ALTER TABLE raw.%I ADD COLUMN %I %s', added.tbl, added.col, added.typ);
-        END IF;
-    END LOOP;
-    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ingested_files_record_kind_check'
-               AND conrelid = 'raw.ingested_files'::regclass) THEN
-        ALTER TABLE raw.ingested_files DROP CONSTRAINT ingested_files_record_kind_check;
-    END IF;
-    -- Files loaded before load_seq existed are numbered in file_id order, under the loaders' lock.
-    IF EXISTS (SELECT 1 FROM raw.ingested_files WHERE load_seq IS NULL) THEN
-        PERFORM pg_advisory_xact_lock(hashtext('rec_orchestration.load_seq'));
-        UPDATE raw.ingested_files AS f SET load_seq = o.seq
-        FROM (SELECT file_id,
-                     row_number() OVER (ORDER BY file_id)
-                     + (SELECT coalesce(max(load_seq), 0) FROM raw.ingested_files) AS seq
-              FROM raw.ingested_files WHERE load_seq IS NULL) AS o
-        WHERE f.file_id = o.file_id;
-        PERFORM setval('raw.load_seq', (SELECT max(load_seq) FROM raw.ingested_files));
-    END IF;
     IF to_regclass('raw.ingested_files_path_idx') IS NULL THEN
         CREATE INDEX ingested_files_path_idx ON raw.ingested_files (path);
     END IF;

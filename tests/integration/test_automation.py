@@ -19,6 +19,8 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from rec_orchestration import settings
+from rec_orchestration.db import servers
+from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.definitions import defs
 from rec_orchestration.ml import registry
 from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, sync_landing_partitions
@@ -32,7 +34,7 @@ SCHEDULE_NAME_TAG = "dagster/schedule_name"
 def project_instance(monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
     """The instance the daemon of `rec dev` uses (the project's dagster.yaml: PostgreSQL storage, here in
     the test's own database). Schedule contexts need a persistent instance; an ephemeral one is dropped."""
-    for key, value in settings.dagster_environment().items():
+    for key, value in servers.dagster_environment().items():
         monkeypatch.setenv(key, value)
     with dg.DagsterInstance.get() as instance:
         yield instance
@@ -67,7 +69,7 @@ def test_the_schedule_skips_until_landing_partitions_exist_then_requests_one_run
 
 
 @pytest.fixture(scope="module")
-def scheduled_refresh(module_warehouse_env) -> Iterator[tuple[settings.DatabaseSettings, dg.DagsterInstance,
+def scheduled_refresh(module_warehouse_env) -> Iterator[tuple[DatabaseSettings, dg.DagsterInstance,
                                                               dg.ExecuteInProcessResult]]:
     """One full run launched from the schedule's request, shared by the tests below."""
     db, _ = module_warehouse_env

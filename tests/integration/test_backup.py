@@ -15,8 +15,8 @@ from psycopg import errors, sql
 
 from rec_orchestration import settings
 from rec_orchestration.backup import BACKUP_SCHEMAS, BackupError, backup, complete_dumps, dump_schemas, restore
-from rec_orchestration.resources.roles import ANALYST_ROLE, READER_ROLE
-from rec_orchestration.settings import DatabaseSettings
+from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.roles import ANALYST_ROLE, READER_ROLE
 from tests.conftest import assert_success, materialize_everything, query, scalar, throwaway_logins
 
 # Objects the test adds where the pipeline has not made any yet (the model and publish steps are too

@@ -37,7 +37,7 @@ def test_running_twice_adds_no_rows_and_runs_are_recorded_in_postgres(warehouse_
     assert scalar(warehouse_env, "SELECT count(*) FROM recs.recommendation_runs") == 2
 
     # Dagster's own storage is the PostgreSQL database named by REC_DAGSTER_DATABASE_URL.
-    from rec_orchestration.settings import DatabaseSettings
+    from rec_orchestration.db.address import DatabaseSettings
 
     dagster_db = DatabaseSettings.from_url(os.environ["REC_DAGSTER_DATABASE_URL"])
     statuses = query(dagster_db, "SELECT status FROM runs ORDER BY create_timestamp")
@@ -50,3 +50,22 @@ def test_running_twice_adds_no_rows_and_runs_are_recorded_in_postgres(warehouse_
     listed = [line.split()[0] for line in models if "nDCG@10" in line]
     assert sorted(listed) == sorted(registry.MODEL_NAMES)
     assert sum("champion" in line for line in models) == 1
+
+
+def test_summary_labels_the_metrics_with_the_k_they_were_measured_at(warehouse_env):
+    """``rec summary`` prints each model's metrics at the k recorded with them, whatever EVAL_K is."""
+    import psycopg
+
+    from rec_orchestration.db.tables import packaged_sql
+
+    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as conn:
+        conn.execute(packaged_sql("ml_schema.sql"))
+        conn.execute("""INSERT INTO ml.model_evaluations VALUES
+            ('ease', 'v1', 5, 0.1, 0.2, 0.345, 0.1, 0.5, 10, 1.0, 'd', '{}', '{}', '2026-01-01'),
+            ('popularity', 'v1', 5, 0.1, 0.2, 0.123, 0.1, 0.5, 10, 1.0, 'd', '{}', '{}', '2026-01-01')""")
+        conn.execute("""INSERT INTO ml.model_champions VALUES
+            ('run-1', '2026-01-01', 'ease', 'v1', 5, 0.345, 'v1', 0.123, 0, true, NULL)""")
+    models = rec("summary").split("models, evaluated on", 1)[1].splitlines()
+    lines = {line.split()[0]: line for line in models if line.strip().startswith(("ease", "popularity"))}
+    assert "nDCG@5 0.3450" in lines["ease"] and "P@5" in lines["ease"] and "champion" in lines["ease"]
+    assert "nDCG@5 0.1230" in lines["popularity"] and "@10" not in "".join(models)

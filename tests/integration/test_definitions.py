@@ -100,7 +100,8 @@ def test_hourly_schedule_refreshes_every_asset():
 
 def test_dagster_cli_validates_the_workspace(warehouse_env):
     # The environment `rec env` prints: DAGSTER_HOME with the project's dagster.yaml (PostgreSQL storage).
-    from rec_orchestration.settings import PROJECT_ROOT, dagster_environment
+    from rec_orchestration.db.servers import dagster_environment
+    from rec_orchestration.settings import PROJECT_ROOT
 
     done = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "dagster"), "definitions", "validate", "-w",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from rec_orchestration.resources.embedded_postgres import EmbeddedPostgres
+from rec_orchestration.db.embedded import EmbeddedPostgres
 
 
 @pytest.fixture()
 def server(tmp_path_factory):
-    # A short path outside $HOME: the server user must traverse it (see ARCHITECTURE.md).
+    # A short path outside $HOME: as root, the server runs as an unprivileged user that must traverse it.
     root = tmp_path_factory.mktemp("pg")
     instance = EmbeddedPostgres(root, port=55499)
     yield instance

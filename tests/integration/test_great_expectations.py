@@ -16,6 +16,7 @@ import great_expectations.expectations as gxe
 import psycopg
 import pytest
 
+from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.quality.suites import RAW_SUITES, products_suite, reviews_suite
 from rec_orchestration.resources.great_expectations import (
     GreatExpectationsResource,
@@ -24,7 +25,6 @@ from rec_orchestration.resources.great_expectations import (
     to_check_metadata,
     validate_table,
 )
-from rec_orchestration.settings import DatabaseSettings
 
 NOW = dt.datetime.now(dt.UTC)
 

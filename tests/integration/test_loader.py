@@ -15,10 +15,9 @@ import pytest
 
 from rec_orchestration.sources.formats import FORMATS
 from rec_orchestration.sources.loader import UnreadableFileError, load_file
-
-REVIEWS = FORMATS["amazon2023_reviews"]
 from tests.conftest import query, scalar
 
+REVIEWS = FORMATS["amazon2023_reviews"]
 GOOD = {"rating": 5.0, "title": "t", "text": "x", "asin": "A", "parent_asin": "P1", "user_id": "U1",
         "timestamp": 1_600_000_000_000, "helpful_vote": 0, "verified_purchase": True}
 

@@ -79,7 +79,8 @@ def test_every_user_gets_twenty_recommendations_none_already_reviewed(materializ
     # product's blended neighbours; recommendations without such a product say "personalized".
     explained = query(materialized, """
         SELECT count(*), count(*) FILTER (WHERE EXISTS (
-                   SELECT 1 FROM core.interactions i WHERE i.user_id = r.user_id AND i.product_id = r.because_product_id)
+                   SELECT 1 FROM core.interactions i
+                   WHERE i.user_id = r.user_id AND i.product_id = r.because_product_id)
                AND EXISTS (
                    SELECT 1 FROM recs.similar_products s WHERE s.method = 'blended' AND s.product_id = r.product_id
                    AND s.similar_product_id = r.because_product_id)

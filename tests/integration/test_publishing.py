@@ -218,34 +218,6 @@ def test_a_refused_publication_changes_nothing(warehouse_env):
     assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == 1
 
 
-def test_an_earlier_layouts_tables_make_way_for_the_views_and_keep_their_history(warehouse_env):
-    """Before publications, recs held plain tables (and the evaluation history): upgrading keeps the
-    history and replaces the tables by the views."""
-    from rec_orchestration.assets.evaluation import move_history_to_ml
-
-    db = warehouse_env
-    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
-        conn.execute("""CREATE SCHEMA recs;
-            CREATE TABLE recs.user_recommendations (user_id bigint, product_id bigint, rank integer);
-            CREATE TABLE recs.popular_products (product_id bigint, rank integer);
-            CREATE TABLE recs.item_similarity (item_id bigint, neighbor_id bigint);
-            CREATE TABLE recs.recommendation_runs (run_id text PRIMARY KEY, model_name text);
-            INSERT INTO recs.recommendation_runs VALUES ('old-run', 'ease');
-            CREATE TABLE recs.model_evaluations (model_name text, ndcg_at_k double precision);
-            INSERT INTO recs.model_evaluations VALUES ('ease', 0.3);
-            CREATE SCHEMA ml;""")
-        with conn.transaction():
-            move_history_to_ml(conn)
-    publish(db, 1)
-    assert query(db, "SELECT * FROM ml.model_evaluations") == [("ease", 0.3)]
-    assert query(db, "SELECT * FROM recs_store.legacy_recommendation_runs") == [("old-run", "ease")]
-    kinds = dict(query(db, """SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                              WHERE n.nspname = 'recs'"""))
-    assert set(kinds.values()) == {"v"}, kinds  # only views remain in the contract schema
-    assert {"user_recommendations", "popular_products", "recommendation_runs"} <= set(kinds)
-    assert live_tags(db) == [("run-1",)]
-
-
 KILLED_BETWEEN_COMMITS = textwrap.dedent("""
     import sys, time
     from datetime import UTC, datetime
@@ -257,7 +229,7 @@ KILLED_BETWEEN_COMMITS = textwrap.dedent("""
         print("attached", flush=True)
         time.sleep(600)
 
-    publishing._settle = hang
+    publishing.swap.settle = hang
     with psycopg.connect(sys.argv[1], autocommit=True) as conn:
         publishing.publish(conn, make_rows(2), run_id="run-2", model_name="popularity", model_version="v2",
                            evaluation={}, k=K, user_counts={}, started_at=datetime.now(UTC))

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-
 import psycopg
 import pytest
 from psycopg import errors, sql
 
-from rec_orchestration.resources.roles import ANALYST_ROLE, READER_ROLE
+from rec_orchestration.db.roles import ANALYST_ROLE, READER_ROLE
 from tests.conftest import materialize_everything, query, throwaway_logins
 
 

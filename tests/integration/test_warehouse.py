@@ -84,7 +84,8 @@ def test_an_incremental_build_after_one_more_file_equals_a_full_rebuild(warehous
     rating, title = query(warehouse_env, """
         SELECT r.rating, r.title FROM core.reviews r
         JOIN core.users u USING (user_id) JOIN core.products p USING (product_id)
-        WHERE u.user_key = %s AND p.product_key = %s AND r.reviewed_at = 'epoch'::timestamptz + %s * interval '1 millisecond'""",
+        WHERE u.user_key = %s AND p.product_key = %s
+          AND r.reviewed_at = 'epoch'::timestamptz + %s * interval '1 millisecond'""",
         (first_review["user_id"], first_review["parent_asin"], first_review["timestamp"]))[0]
     assert (rating, title) == (Decimal(str(changed["rating"])), "Changed my mind")
 
@@ -161,7 +162,8 @@ def test_a_model_left_out_of_a_build_is_caught_up_and_never_overtaken(warehouse_
     (first_review,) = first_lines(landing / "reviews.jsonl", 1)
     late = landing.parent / "later"
     late.mkdir()
-    (late / "reviews.jsonl").write_text(json.dumps({**first_review, "user_id": "LATE1", "timestamp": 1690000000000}) + "\n")
+    late_review = {**first_review, "user_id": "LATE1", "timestamp": 1690000000000}
+    (late / "reviews.jsonl").write_text(json.dumps(late_review) + "\n")
     (late / "events.csv").write_text(EVENTS_HEADER + f"LATE2,{first_review['parent_asin']},view,,1690000100,,\n")
     with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as conn:
         load_file(conn, late / "reviews.jsonl", FORMATS["amazon2023_reviews"])

@@ -1,4 +1,5 @@
-"""LightGCN: learns communities, restores its best epoch, validates only on its own input, round-trips.
+"""LightGCN: learns communities, restores its best epoch, validates only on its own input, records each
+epoch, round-trips.
 
 The data: two communities of 20 users, each interacting with 7 of the 10 items of its own block; the
 other 3 of the block are held out, and a model that learned the graph scores them above every item of
@@ -7,14 +8,35 @@ the other block.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
+import scipy.sparse as sp
 import torch
 
-from rec_orchestration.ml.base import Recommender
-from rec_orchestration.ml.gnn import LightGCN, LightGCNRecommender, positive_pairs, validation_split
 from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.lightgcn import (
+    BprEpochs,
+    EpochHistory,
+    LightGCN,
+    LightGCNRecommender,
+    holdout_mask,
+    normalized_adjacency,
+    positive_pairs,
+    symmetric_sparse_product,
+    validation_batches,
+)
+from rec_orchestration.ml.metrics import ndcg_at_k
+
+# Lightning's hints for a bare Trainer (the recommender silences the same ones while it fits)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`"),
+    pytest.mark.filterwarnings("ignore:Your `IterableDataset` has `__len__` defined"),
+    pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated"),
+]
 
 N_USERS, N_ITEMS, ITEM_OFFSET = 40, 20, 1000
 SMALL = {"factors": 16, "layers": 2, "lr": 0.05, "batch_size": 64, "accelerator": "cpu"}
@@ -70,12 +92,12 @@ def test_untrained_embeddings_do_not_separate_the_communities(data):
     assert sum(separated) < 0.5 * N_USERS
 
 
-def test_validation_split_holds_out_only_the_users_own_positives():
+def test_holdout_mask_holds_out_only_the_users_own_positives():
     rng = np.random.default_rng(3)
     counts = rng.integers(1, 30, size=200)
     users = np.repeat(np.arange(200), counts)
     items = np.concatenate([np.sort(rng.choice(500, size=n, replace=False)) for n in counts])
-    held_out = validation_split(users, items, 0.2, seed=5)
+    held_out = holdout_mask(users, items, 0.2, seed=5)
     assert held_out.shape == users.shape and held_out.any()
     # held-out pairs are input pairs, and every user keeps at least one positive for training
     assert np.bincount(users[~held_out], minlength=200).min() >= 1
@@ -85,8 +107,8 @@ def test_validation_split_holds_out_only_the_users_own_positives():
     assert val and not val & kept
     assert val | kept == set(zip(users.tolist(), items.tolist(), strict=True))
     assert held_out.mean() == pytest.approx(0.2, abs=0.03)
-    np.testing.assert_array_equal(held_out, validation_split(users, items, 0.2, seed=5))
-    assert not validation_split(users, items, 0.0, seed=5).any()
+    np.testing.assert_array_equal(held_out, holdout_mask(users, items, 0.2, seed=5))
+    assert not holdout_mask(users, items, 0.0, seed=5).any()
 
 
 def test_early_stopping_stops_when_validation_stops_improving(data):
@@ -95,6 +117,60 @@ def test_early_stopping_stops_when_validation_stops_improving(data):
     assert model.stopped_early
     assert [row["epoch"] for row in model.history] == [0, 1, 2]
     assert model.best_epoch == 0
+    assert model.seconds_per_epoch > 0
+
+
+def quiet_trainer(history: EpochHistory, epochs: int) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", max_epochs=epochs, callbacks=[history], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0)
+
+
+def test_epoch_history_keeps_the_mean_batch_loss_of_each_epoch(data):
+    users, items = positive_pairs(data[0])
+    # lr 0: the weights never move, so replaying the same seeded batches gives the same losses
+    module = LightGCN(N_USERS, N_ITEMS, users, items, factors=8, layers=2, lr=0.0, reg=1e-3, seed=3)
+    history = EpochHistory(metric="val_ndcg")
+    loader = torch.utils.data.DataLoader(BprEpochs(users, items, N_ITEMS, batch_size=64, seed=4), batch_size=None)
+    quiet_trainer(history, epochs=2).fit(module, train_dataloaders=loader)
+    replay = BprEpochs(users, items, N_ITEMS, batch_size=64, seed=4)
+    with torch.no_grad():
+        expected = [np.mean([float(module.bpr_loss(*batch)) for batch in replay]) for _ in range(2)]
+    assert [row["epoch"] for row in history.rows] == [0, 1]
+    assert [row["train_loss"] for row in history.rows] == pytest.approx(expected, rel=1e-6)
+    assert all(np.isnan(row["val_ndcg"]) for row in history.rows)     # nothing validated, nothing logged
+    assert all(row["seconds"] > 0 for row in history.rows)
+
+
+def test_epoch_history_takes_the_validation_metric_and_leaves_validation_time_out(data):
+    pause = 0.3
+
+    class SlowValidation(LightGCN):
+        def on_validation_epoch_end(self) -> None:
+            time.sleep(pause)
+            super().on_validation_epoch_end()
+
+    users, items = positive_pairs(data[0])
+    held_out = holdout_mask(users, items, 0.2, seed=1)
+    train_users, train_items = users[~held_out], items[~held_out]
+
+    def matrix(u: np.ndarray, i: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((np.ones(len(u)), (u, i)), shape=(N_USERS, N_ITEMS))
+
+    module = SlowValidation(N_USERS, N_ITEMS, train_users, train_items, factors=8, layers=2, lr=0.05, reg=1e-3)
+    train = torch.utils.data.DataLoader(BprEpochs(train_users, train_items, N_ITEMS, 64, seed=4), batch_size=None)
+    validation = torch.utils.data.DataLoader(
+        validation_batches(matrix(train_users, train_items), matrix(users[held_out], items[held_out])),
+        batch_size=None)
+    history = EpochHistory(metric="val_ndcg")
+    trainer = quiet_trainer(history, epochs=2)
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=validation)
+    total = time.perf_counter() - started
+    # each epoch's validation ran inside it and slept `pause`: had it been counted, this would exceed total
+    assert sum(row["seconds"] for row in history.rows) + 2 * pause <= total
+    assert all(0 < row["val_ndcg"] <= 1 for row in history.rows)
+    assert history.rows[-1]["val_ndcg"] == pytest.approx(float(trainer.callback_metrics["val_ndcg"]))
 
 
 def test_keeps_the_weights_of_the_best_validation_epoch(data, early_stopped):
@@ -104,27 +180,27 @@ def test_keeps_the_weights_of_the_best_validation_epoch(data, early_stopped):
     assert early_stopped.best_epoch == int(np.argmax(ndcgs)) < len(history) - 1
     assert early_stopped.best_val_ndcg == pytest.approx(max(ndcgs))
     assert all(np.isfinite(row["train_loss"]) for row in history)
-    # nDCG@20 recomputed here from the kept embeddings is the best epoch's, not the last one's
+    # nDCG@20 of the validation split, recomputed through the public API and ml.metrics from the kept
+    # embeddings, is the best epoch's, not the last one's
     interactions = data[0]
     users, items = positive_pairs(interactions)
-    held_out = validation_split(users, items, 0.1, seed=early_stopped.params["seed"])
+    held_out = holdout_mask(users, items, 0.1, seed=early_stopped.params["seed"])
     assert held_out.any()
-    recomputed = validation_ndcg(early_stopped, users, items, held_out)
+    recomputed = validation_ndcg(early_stopped, interactions, users, items, held_out)
     assert recomputed == pytest.approx(early_stopped.best_val_ndcg, abs=1e-6)
     assert recomputed != pytest.approx(ndcgs[-1], abs=1e-6)
 
 
-def validation_ndcg(model: Recommender, users, items, held_out, k: int = 20) -> float:
-    scores = model.score_users(np.arange(N_USERS)).astype(np.float64)
-    scores[users[~held_out], items[~held_out]] = -np.inf
-    discount = 1 / np.log2(np.arange(2, k + 2))
-    values = []
-    for user in np.unique(users[held_out]):
-        relevant = set(items[held_out & (users == user)].tolist())
-        ranked = np.argsort(-scores[user], kind="stable")[:k]
-        dcg = sum(discount[rank] for rank, item in enumerate(ranked) if item in relevant)
-        values.append(dcg / discount[:min(len(relevant), k)].sum())
-    return float(np.mean(values))
+def validation_ndcg(model: LightGCNRecommender, interactions: Interactions, users: np.ndarray, items: np.ndarray,
+                    held_out: np.ndarray, k: int = 20) -> float:
+    """nDCG@k of the held-out pairs, training pairs excluded from the ranking, as ``ml.metrics`` scores it."""
+    def by_user(mask: np.ndarray) -> dict[int, np.ndarray]:
+        user_ids, item_ids = interactions.user_ids[users[mask]], interactions.item_ids[items[mask]]
+        return {int(user): item_ids[user_ids == user] for user in np.unique(user_ids)}
+
+    truth = by_user(held_out)
+    recommendations = model.recommend(np.array(list(truth)), k, exclude=by_user(~held_out))
+    return ndcg_at_k(recommendations, truth, k)
 
 
 def test_fits_are_repeatable_with_a_seed(data, early_stopped):
@@ -150,7 +226,7 @@ def test_save_and_load_give_identical_scores(tmp_path, early_stopped):
 
 def test_module_propagation_is_the_mean_of_the_normalised_layers():
     users, items = np.array([0, 0, 1]), np.array([0, 1, 1])
-    module = LightGCN(2, 2, users, items, factors=4, layers=2, seed=1)
+    module = LightGCN(2, 2, users, items, factors=4, layers=2, lr=1e-3, reg=1e-4, seed=1)
     adjacency = module.adjacency.to_dense()
     # nodes: users 0, 1 (degrees 2, 1), then items 0, 1 (degrees 1, 2); entry = 1 / sqrt(deg * deg)
     expected_adjacency = torch.zeros(4, 4)
@@ -161,6 +237,16 @@ def test_module_propagation_is_the_mean_of_the_normalised_layers():
     expected = (ego + expected_adjacency @ ego + expected_adjacency @ expected_adjacency @ ego) / 3
     user_final, item_final = module.propagate()
     torch.testing.assert_close(torch.cat([user_final, item_final]).detach(), expected)
+
+
+def test_the_symmetric_sparse_product_has_the_dense_products_gradient():
+    adjacency = normalized_adjacency(np.array([0, 0, 1]), np.array([0, 1, 1]), 2, 2)
+    dense = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    weights = torch.arange(12.0).reshape(4, 3)
+    (symmetric_sparse_product(adjacency, dense) * weights).sum().backward()
+    sparse_grad, dense.grad = dense.grad, None
+    (adjacency.to_dense() @ dense * weights).sum().backward()
+    torch.testing.assert_close(sparse_grad, dense.grad)
 
 
 def test_refuses_interactions_without_a_positive():

@@ -15,9 +15,11 @@ from rec_orchestration.ml.metrics import (
     evaluate,
     map_score,
     ndcg_at_k,
+    ndcg_per_user,
     precision_at_k,
     ranking_metrics,
     recall_at_k,
+    recall_per_user,
 )
 from rec_orchestration.ml.popularity import PopularityRecommender
 
@@ -43,6 +45,17 @@ def test_ndcg_binary_with_ideal_of_min_relevant_k_hits():
     ndcg_a = (1 / ln(2) + 1 / ln(4)) / (1 / ln(2) + 1 / ln(3) + 1 / ln(4))  # 4 relevant, k = 3
     ndcg_b = (1 / ln(3)) / (1 / ln(2))                                    # hit at rank 2, 1 relevant
     assert ndcg_at_k(RECS, TRUTH, k=3) == pytest.approx((ndcg_a + ndcg_b + 0) / 3)
+
+
+def test_hit_matrix_metrics_score_each_row_like_the_mapping_metrics():
+    # RECS / TRUTH's users a, b, c as a top-3 hit matrix and their numbers of relevant items
+    hits = np.array([[True, False, True], [False, True, False], [False, False, False]])
+    n_relevant = np.array([4, 1, 1])
+    ndcg_a = (1 / ln(2) + 1 / ln(4)) / (1 / ln(2) + 1 / ln(3) + 1 / ln(4))
+    np.testing.assert_allclose(ndcg_per_user(hits, n_relevant), [ndcg_a, ln(2) / ln(3), 0.0])
+    np.testing.assert_allclose(recall_per_user(hits, n_relevant), [2 / 4, 1.0, 0.0])
+    assert ndcg_per_user(hits, n_relevant).mean() == pytest.approx(ndcg_at_k(RECS, TRUTH, k=3))
+    assert recall_per_user(hits.astype(np.float32), n_relevant).mean() == pytest.approx(recall_at_k(RECS, TRUTH, k=3))
 
 
 def test_map_sums_precision_at_each_hit_over_number_relevant():

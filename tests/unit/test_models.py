@@ -2,11 +2,17 @@
 
 The data: two communities of users, each interacting only with its own block of items, so a model that
 learns anything recommends a user the unseen items of their own block first.
+
+Models that can train on a GPU (LightGCN, through its ``accelerator``) run the suite again on CUDA
+under the ``gpu`` marker; those runs are skipped where ``torch.cuda.is_available()`` is False.
 """
+
+import inspect
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
@@ -24,6 +30,13 @@ SMALL = {                           # small settings so the whole suite stays qu
                  "patience": 60, "accelerator": "cpu"},
 }
 PERSONALISED = [name for name in registry.MODEL_NAMES if name != "popularity"]
+# The suite's runs: (model name, settings), one per model on the CPU, plus a CUDA run of each model
+# with a device setting; the CUDA runs carry the gpu marker and skip without a CUDA device.
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available())")
+RUNS = [pytest.param((name, SMALL[name]), id=name) for name in registry.MODEL_NAMES] + [
+    pytest.param(("lightgcn", {**SMALL["lightgcn"], "accelerator": "cuda"}), id="lightgcn-cuda",
+                 marks=[pytest.mark.gpu, ON_CUDA]),
+]
 
 
 def block(user: int) -> range:
@@ -44,11 +57,18 @@ def two_communities(seed: int = 0) -> tuple[Interactions, dict[int, np.ndarray]]
     return Interactions.from_frame(frame), held_out
 
 
-@pytest.fixture(scope="module", params=registry.MODEL_NAMES)
+@pytest.fixture(scope="module", params=RUNS)
 def fitted(request) -> tuple[str, Recommender, Interactions, dict]:
+    name, settings = request.param
     data, held_out = two_communities()
-    model = registry.build(request.param, **SMALL[request.param]).fit(data)
-    return request.param, model, data, held_out
+    model = registry.build(name, **settings).fit(data)
+    return name, model, data, held_out
+
+
+def test_trains_on_the_device_it_was_asked_for(fitted, request):
+    name, model, _, _ = fitted
+    _, settings = request.node.callspec.params["fitted"]     # this run's (name, settings)
+    assert getattr(model, "device_used", "cpu") == settings.get("accelerator", "cpu"), name
 
 
 def test_recommends_k_unseen_items_best_first(fitted):
@@ -124,3 +144,14 @@ def test_ease_over_the_most_interacted_items_only_recommends_those():
     assert all(set(items.tolist()) <= modelled for items in recs.items)
     with pytest.raises(ValueError, match="max_items"):
         registry.build("ease", max_items=1_000_000)
+
+
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
+def test_defaults_have_one_home(name):
+    """``registry.build(name)``, the class built with no arguments and ``registry.DEFAULTS`` agree."""
+    cls = registry.model_class(name)
+    built, bare = registry.build(name), cls()
+    assert built.params == bare.params
+    assert {key: bare.params[key] for key in registry.DEFAULTS[name]} == registry.DEFAULTS[name]
+    signature = inspect.signature(cls)
+    assert {key: signature.parameters[key].default for key in registry.DEFAULTS[name]} == registry.DEFAULTS[name]

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rec_orchestration.ml.artifacts import ModelStore, artifact_version
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.popularity import PopularityRecommender
-from rec_orchestration.resources.model_store import ModelStoreResource, artifact_version
 
 DAY = 86_400
 
@@ -41,7 +41,7 @@ def test_recommend_skips_what_each_user_has_seen():
 
 def test_state_dict_round_trips_through_the_model_store(tmp_path):
     model = PopularityRecommender(half_life_days=30).fit(interactions())
-    store = ModelStoreResource(root_url=str(tmp_path))
+    store = ModelStore(str(tmp_path))
     version = artifact_version("data-1", {"half_life_days": 30}, "code-1")
     assert version != artifact_version("data-2", {"half_life_days": 30}, "code-1")
     store.save(model.name, version, model.state_dict(), {"note": "test"})

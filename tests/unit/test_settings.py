@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from rec_orchestration import settings
-from rec_orchestration.settings import DatabaseSettings
+from rec_orchestration.db import servers
+from rec_orchestration.db.address import DatabaseSettings
 
 
 def test_rec_database_url_wins_and_passwords_are_redacted(monkeypatch):
     monkeypatch.setenv("REC_DATABASE_URL", "postgresql://app:s3cr%40t@db.example:6543/warehouse")
     monkeypatch.delenv("REC_DAGSTER_DATABASE_URL", raising=False)
-    target = settings.warehouse_settings()
+    target = servers.warehouse_settings()
     assert (target.host, target.port, target.user, target.password, target.dbname) == (
         "db.example", 6543, "app", "s3cr@t", "warehouse")
     assert "s3cr" not in target.redacted_url()
-    assert settings.dagster_storage_settings() == target  # Dagster shares the configured database
+    assert servers.dagster_storage_settings() == target  # Dagster shares the configured database
     assert target.url(driver="psycopg2") == "postgresql+psycopg2://app:s3cr%40t@db.example:6543/warehouse"
     assert target.dbt_environment()["DBT_ENV_SECRET_REC_PGPASSWORD"] == "s3cr@t"
 
@@ -22,13 +22,13 @@ def test_pg_variables_select_an_external_server(monkeypatch):
     monkeypatch.delenv("REC_DATABASE_URL", raising=False)
     for key, value in {"PGHOST": "10.0.0.5", "PGPORT": "5433", "PGUSER": "u", "PGDATABASE": "d"}.items():
         monkeypatch.setenv(key, value)
-    assert settings.external_database_configured()
-    assert settings.warehouse_settings() == DatabaseSettings("10.0.0.5", 5433, "u", None, "d")
+    assert servers.external_database_configured()
+    assert servers.warehouse_settings() == DatabaseSettings("10.0.0.5", 5433, "u", None, "d")
 
 
 def test_nothing_configured_means_embedded(monkeypatch):
     for key in ("REC_DATABASE_URL", "PGHOST", "PGDATABASE"):
         monkeypatch.delenv(key, raising=False)
-    assert not settings.external_database_configured()
-    target = settings.warehouse_settings(start_embedded=False)
+    assert not servers.external_database_configured()
+    target = servers.warehouse_settings(start_embedded=False)
     assert target.embedded and target.host == "127.0.0.1" and target.dbname == "rec"

@@ -95,7 +95,7 @@ def events() -> pd.DataFrame:
 
 def test_time_holdout_takes_each_users_latest():
     train, test = time_holdout(events(), n_latest=1)
-    assert sorted(zip(test["user_id"], test["product_id"])) == [(1, 10), (2, 21)]
+    assert sorted(zip(test["user_id"], test["product_id"], strict=True)) == [(1, 10), (2, 21)]
     assert set(train["user_id"]) == {1, 2, 3}  # user 3 (one event) stays in train
     assert train.groupby("user_id")["ts"].max().le(test.groupby("user_id")["ts"].min(), fill_value=np.inf).all()
 
@@ -114,7 +114,7 @@ def test_time_holdout_works_on_datetimes_and_can_drop_new_items():
     frame["ts"] = pd.to_datetime(frame["ts"], unit="D", utc=True)
     frame.loc[frame["product_id"] == 20, "product_id"] = 10  # user 2 saw item 10 early on
     train, test = time_holdout(frame)
-    assert sorted(zip(test["user_id"], test["product_id"])) == [(1, 10), (2, 21)]
+    assert sorted(zip(test["user_id"], test["product_id"], strict=True)) == [(1, 10), (2, 21)]
     train, test = time_holdout(frame, drop_unknown_items=True)
     assert sorted(test["product_id"]) == [10]  # item 21 occurs only in test
 
@@ -132,5 +132,5 @@ def test_validation_split_is_carved_out_of_train_only():
                             "weight": 1.0, "ts": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0]})
     fit, validation = validation_split(history, how="time")
     # each user's latest; user 3's item 99 never occurs in the fit part, so it cannot be validated on
-    assert sorted(zip(validation["user_id"], validation["product_id"])) == [(1, 12), (2, 11)]
+    assert sorted(zip(validation["user_id"], validation["product_id"], strict=True)) == [(1, 12), (2, 11)]
     assert len(fit) == 5

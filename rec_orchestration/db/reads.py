@@ -1,0 +1,154 @@
+"""Every read of the warehouse that the model, similarity, evaluation and publish steps make.
+
+Each function takes anything with the query helpers of :class:`rec_orchestration.db.warehouse.Queries`
+(the plain ``Warehouse`` or the Dagster ``PostgresResource``) and returns plain Python or pandas values.
+Reads that feed a model are ordered, so the same rows give the same split and data version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from psycopg import sql
+
+from rec_orchestration.db.warehouse import Queries
+
+
+class EmptyInputError(RuntimeError):
+    """A step's input table has no rows: there is nothing to train on or publish."""
+
+
+# One row per (user, product), weighted by dbt (var interaction_weights). Ordered, so the split (ties
+# in time broken by row order) and the data version are the same on every read.
+INTERACTIONS_QUERY = sql.SQL("""
+    SELECT user_id, product_id, weight, last_at AS ts
+    FROM core.interactions
+    ORDER BY user_id, last_at, product_id
+""")
+
+
+def interactions_frame(db: Queries) -> pd.DataFrame:
+    """``user_id, product_id, weight (float), ts (UTC)`` of every interaction; raises when there is none."""
+    frame = db.read_dataframe(INTERACTIONS_QUERY)
+    if frame.empty:
+        raise EmptyInputError("core.interactions is empty: nothing to train on")
+    frame["weight"] = frame["weight"].astype(float)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def grouped_by_product(db: Queries, query: sql.Composable | str) -> dict[int, list]:
+    """Product id -> the second column of every ``(product_id, value)`` row of ``query``, in row order."""
+    groups: dict[int, list] = {}
+    for product_id, value in db.fetch_all(query):
+        groups.setdefault(int(product_id), []).append(value)
+    return groups
+
+
+def item_categories(db: Queries) -> dict[int, list[str]]:
+    """Product id -> the category paths it is in (Amazon category paths, MovieLens genres), as text."""
+    return grouped_by_product(db, sql.SQL("""
+        SELECT pc.product_id, array_to_string(c.path, ' > ') AS path
+        FROM core.product_categories pc JOIN core.categories c USING (category_id)
+        ORDER BY pc.product_id, path"""))
+
+
+def product_category_ids(db: Queries) -> dict[int, list[int]]:
+    """Product id -> the ids of its categories."""
+    return grouped_by_product(db, "SELECT product_id, category_id FROM core.product_categories")
+
+
+def product_texts(db: Queries) -> pd.DataFrame:
+    """``product_id, text``: title, description, main category and category paths, for content similarity."""
+    return db.read_dataframe(sql.SQL("""
+        SELECT p.product_id,
+               concat_ws(' ', p.title, p.description, p.main_category,
+                         string_agg(array_to_string(c.path, ' '), ' ')) AS text
+        FROM core.products p
+        LEFT JOIN core.product_categories pc USING (product_id)
+        LEFT JOIN core.categories c USING (category_id)
+        GROUP BY p.product_id
+        ORDER BY p.product_id"""))
+
+
+def product_metadata(db: Queries) -> pd.DataFrame:
+    """What the published ``products`` table holds: metadata and the product's deepest category path."""
+    return db.read_dataframe(sql.SQL("""
+        SELECT p.product_id, p.title, p.main_category,
+               (SELECT array_to_string(c.path, ' > ') FROM core.product_categories pc
+                JOIN core.categories c USING (category_id)
+                WHERE pc.product_id = p.product_id
+                ORDER BY cardinality(c.path) DESC, c.category_id LIMIT 1) AS category,
+               p.price, p.average_rating, p.rating_count
+        FROM core.products p ORDER BY p.product_id"""))
+
+
+def user_ids(db: Queries) -> np.ndarray:
+    """Every user of ``core.users``, ascending."""
+    return np.array([row[0] for row in db.fetch_all("SELECT user_id FROM core.users ORDER BY user_id")],
+                    dtype=np.int64)
+
+
+def popularity_ranking(db: Queries) -> pd.DataFrame:
+    """``product_id, score, model_version`` of ``ml.popular_products``, best first; raises when empty."""
+    ranked = db.read_dataframe(sql.SQL(
+        "SELECT product_id, score, model_version FROM ml.popular_products ORDER BY rank"))
+    if ranked.empty:
+        raise EmptyInputError("ml.popular_products is empty")
+    return ranked
+
+
+def popularity_by_category(db: Queries) -> pd.DataFrame:
+    """``category_id, category, product_id, rank, score`` of ``ml.popular_products_by_category``."""
+    return db.read_dataframe(sql.SQL("""
+        SELECT b.category_id, array_to_string(c.path, ' > ') AS category, b.product_id, b.rank, b.score
+        FROM ml.popular_products_by_category b JOIN core.categories c USING (category_id)
+        ORDER BY b.category_id, b.rank"""))
+
+
+def top_popular_products(db: Queries, n: int = 10) -> pd.DataFrame:
+    """The ``n`` most popular products with their titles (a preview for the UI)."""
+    return db.read_dataframe(sql.SQL("""
+        SELECT pp.rank, p.title, p.main_category, round(pp.score::numeric, 2) AS score
+        FROM ml.popular_products pp JOIN core.products p USING (product_id)
+        ORDER BY pp.rank LIMIT %s"""), (n,))
+
+
+def item_similarity(db: Queries) -> pd.DataFrame:
+    """Every row of ``ml.item_similarity``."""
+    return db.read_dataframe(sql.SQL("SELECT item_id, neighbor_id, score, rank, method FROM ml.item_similarity"))
+
+
+def neighbours_of_most_interacted_product(db: Queries, ranks: int = 3) -> pd.DataFrame:
+    """The top ``ranks`` neighbours per method of the most interacted product, with titles (a UI preview)."""
+    return db.read_dataframe(sql.SQL("""
+        SELECT s.method, s.rank, left(a.title, 40) AS product, left(b.title, 40) AS neighbour,
+               round(s.score::numeric, 3) AS score
+        FROM ml.item_similarity s
+        JOIN core.products a ON a.product_id = s.item_id
+        JOIN core.products b ON b.product_id = s.neighbor_id
+        WHERE s.item_id = (SELECT product_id FROM core.interactions GROUP BY product_id
+                           ORDER BY count(*) DESC, product_id LIMIT 1) AND s.rank <= %s
+        ORDER BY s.method, s.rank"""), (ranks,))
+
+
+def champion_row(db: Queries, run_id: str | None) -> dict[str, Any] | None:
+    """The champion chosen by run ``run_id``, or (None) the latest chosen by any run; None if none."""
+    if not db.table_exists("ml.model_champions"):
+        return None
+    if run_id is None:
+        frame = db.read_dataframe(sql.SQL("SELECT * FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1"))
+    else:
+        frame = db.read_dataframe(sql.SQL("SELECT * FROM ml.model_champions WHERE run_id = %s"), (run_id,))
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def evaluation_metrics(db: Queries, model_name: str, model_version: str, k: int) -> dict[str, float]:
+    """A model version's evaluation row (precision, recall, nDCG, MAP, coverage at k); {} if none."""
+    frame = db.read_dataframe(sql.SQL("""
+        SELECT precision_at_k, recall_at_k, ndcg_at_k, map, coverage, users AS evaluated_users
+        FROM ml.model_evaluations WHERE model_name = %s AND model_version = %s AND k = %s"""),
+        (model_name, model_version, int(k)))
+    return {} if frame.empty else {key: float(value) for key, value in frame.iloc[0].items()}

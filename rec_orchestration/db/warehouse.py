@@ -1,0 +1,86 @@
+"""A connection pool on the warehouse and the few query helpers every step uses.
+
+:class:`Warehouse` is the plain object (the CLI, benchmarks and Dagster-free code use it);
+:class:`rec_orchestration.resources.postgres.PostgresResource` is the same helpers as a Dagster resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.tables import qualified
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Params = Sequence[Any] | dict | None
+
+
+class Queries:
+    """Query helpers over ``connection()``, a context manager giving one transaction on a pooled connection
+    (committed on success, rolled back on error)."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection]:
+        raise NotImplementedError
+
+    def execute(self, query: sql.Composable | str, params: Params = None) -> None:
+        with self.connection() as conn:
+            conn.execute(query, params)  # type: ignore[arg-type]
+
+    def fetch_all(self, query: sql.Composable | str, params: Params = None) -> list[tuple]:
+        with self.connection() as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def fetch_value(self, query: sql.Composable | str, params: Params = None) -> Any:
+        rows = self.fetch_all(query, params)
+        return rows[0][0] if rows else None
+
+    def read_dataframe(self, query: sql.Composable | str, params: Params = None) -> pd.DataFrame:
+        """Run a query and return a pandas DataFrame (column names from the cursor)."""
+        import pandas as pd
+
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.execute(query, params)  # type: ignore[arg-type]
+            columns = [col.name for col in cur.description or []]
+            return pd.DataFrame(cur.fetchall(), columns=columns)
+
+    def row_count(self, table: str) -> int:
+        return int(self.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(qualified(table))))
+
+    def table_exists(self, table: str) -> bool:
+        return self.fetch_value("SELECT to_regclass(%s) IS NOT NULL", (table,))
+
+
+def open_pool(settings: DatabaseSettings, max_size: int, statement_timeout_s: int = 0) -> ConnectionPool:
+    """A pool that opens connections only when asked (``min_size=0``), with a per-statement timeout (0: none)."""
+    return ConnectionPool(settings.conninfo(options=f"-c statement_timeout={statement_timeout_s * 1000}"),
+                          min_size=0, max_size=max_size, open=True, name="rec_warehouse")
+
+
+class Warehouse(Queries):
+    """The warehouse database through a small connection pool; ``close()`` when done."""
+
+    def __init__(self, settings: DatabaseSettings, pool_max_size: int = 4, statement_timeout_s: int = 0) -> None:
+        self.settings = settings
+        self._pool = open_pool(settings, pool_max_size, statement_timeout_s)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        with self._pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

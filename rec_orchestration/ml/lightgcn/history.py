@@ -1,0 +1,53 @@
+"""What each training epoch did, kept by a Lightning callback beside the module rather than inside it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class EpochHistory(pl.Callback):
+    """One row per training epoch in ``rows``: ``epoch``, ``train_loss`` (the mean of the epoch's batch
+    losses), ``metric`` under its own name (the value last logged for it, e.g. ``val_ndcg`` by the
+    validation that ends the epoch; NaN while none has been) and ``seconds`` (the epoch's wall-clock
+    time, validation excluded).
+
+    The training step's returned loss is what is averaged, so the module keeps no bookkeeping of its own.
+    """
+
+    def __init__(self, metric: str = "val_ndcg") -> None:
+        self.metric = metric
+        self.rows: list[dict[str, float]] = []
+        self._loss_sum = torch.zeros(())
+        self._batches = 0
+        self._started = self._validation_started = time.perf_counter()
+        self._validation_seconds = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._loss_sum = torch.zeros((), device=pl_module.device)
+        self._batches = 0
+        self._validation_seconds = 0.0
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Summed where it was computed: reading each loss would make every step wait for the device.
+        self._loss_sum = self._loss_sum + outputs["loss"].detach().float()
+        self._batches += 1
+
+    # Lightning validates inside the training epoch (before on_train_epoch_end), so its time is subtracted.
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_seconds += time.perf_counter() - self._validation_started
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        train_loss = float(self._loss_sum) / max(self._batches, 1)   # float() waits for the device
+        seconds = time.perf_counter() - self._started - self._validation_seconds
+        logged = trainer.callback_metrics.get(self.metric)
+        self.rows.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss,
+                          self.metric: float(logged) if logged is not None else float("nan"), "seconds": seconds})

@@ -1,0 +1,219 @@
+"""The project's LightGCN recommender: fits the Lightning module with early stopping, keeps its embeddings.
+
+Model selection
+    :class:`LightGCNRecommender` carves a validation split out of the interactions it is given (a random
+    ``val_fraction`` of each user's positives), measures nDCG@20 on it after every epoch (training
+    positives excluded from the ranking), stops when it has not improved for ``patience`` epochs and
+    keeps the best epoch's weights. No test data is ever seen: the caller's test split stays outside.
+
+The fitted recommender keeps only the final (propagated) user and item embeddings, as CPU arrays; its
+state dict is tensors and plain values, so it loads with ``torch.load(weights_only=True)`` on a machine
+without a GPU whatever it was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import scipy.sparse as sp
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.defaults import LIGHTGCN
+from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.lightgcn.data import BprEpochs, holdout_mask, positive_pairs, validation_batches
+from rec_orchestration.ml.lightgcn.history import EpochHistory
+from rec_orchestration.ml.lightgcn.module import LightGCN
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_ndcg")   # what the recommender keeps of each epoch's row
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up banners and its hints for big datasets are noise for a model this size."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+            warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (None: left alone). On a CPU shared with other
+    busy processes, one thread can be many times faster than two that wait on each other."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    if accelerator in ("cuda", "gpu"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
+class LightGCNRecommender(Recommender):
+    """LightGCN trained with BPR, early-stopped on nDCG@20 of a validation split of its own input.
+
+    Every interaction with weight > 0 is a positive (repeats of a pair count once). After ``fit``:
+    ``history`` (per epoch: ``epoch``, ``train_loss``, ``val_ndcg``), ``best_epoch``, ``best_val_ndcg``,
+    ``stopped_early``, ``device_used`` (``"cuda"`` or ``"cpu"``), ``seconds_per_epoch`` (median
+    training time of an epoch, validation excluded). ``num_threads``: torch's CPU threads while fitting
+    (None: torch's setting). The tuned defaults (factors, layers, lr, reg, epochs, patience) are
+    ``ml.defaults.LIGHTGCN``.
+    """
+
+    name = "lightgcn"
+
+    def __init__(self, factors: int = LIGHTGCN["factors"], layers: int = LIGHTGCN["layers"],
+                 lr: float = LIGHTGCN["lr"], reg: float = LIGHTGCN["reg"], epochs: int = LIGHTGCN["epochs"],
+                 batch_size: int = 2048, patience: int = LIGHTGCN["patience"], val_fraction: float = 0.1,
+                 seed: int = 42, accelerator: str = "auto", checkpoint_dir: str | None = None,
+                 num_threads: int | None = None, max_minutes: float | None = None) -> None:
+        if not 0 <= val_fraction < 1:
+            raise ValueError("val_fraction must be in [0, 1)")
+        self.params = {"factors": int(factors), "layers": int(layers), "lr": float(lr), "reg": float(reg),
+                       "epochs": int(epochs), "batch_size": int(batch_size), "patience": int(patience),
+                       "val_fraction": float(val_fraction), "seed": int(seed)}
+        self.accelerator = accelerator
+        self.checkpoint_dir = checkpoint_dir
+        self.num_threads = num_threads
+        # Wall-clock budget of one fit (Lightning's max_time): training stops there and keeps the best
+        # epoch so far, so a scheduled refresh on a slow machine still ends on time.
+        self.max_minutes = max_minutes
+        self.user_ids = np.array([], dtype=np.int64)
+        self.item_ids = np.array([], dtype=np.int64)
+        self.user_factors = np.empty((0, factors), dtype=np.float32)
+        self.item_factors = np.empty((0, factors), dtype=np.float32)
+        self.history: list[dict[str, float]] = []
+        self.best_epoch = -1
+        self.best_val_ndcg = float("nan")
+        self.stopped_early = False
+        self.device_used = "cpu"
+        self.seconds_per_epoch = float("nan")
+
+    def fit(self, interactions: Interactions) -> LightGCNRecommender:
+        users, items = positive_pairs(interactions)
+        if len(users) == 0:
+            raise ValueError("cannot fit LightGCN on zero interactions with weight > 0")
+        p = self.params
+        n_users, n_items = interactions.n_users, interactions.n_items
+        held_out = holdout_mask(users, items, p["val_fraction"], p["seed"])
+        train_users, train_items = users[~held_out], items[~held_out]
+
+        module = LightGCN(n_users, n_items, train_users, train_items, factors=p["factors"], layers=p["layers"],
+                          lr=p["lr"], reg=p["reg"], seed=p["seed"])
+        train_loader = torch.utils.data.DataLoader(
+            BprEpochs(train_users, train_items, n_items, p["batch_size"], p["seed"]), batch_size=None)
+        val_loader = None
+        if held_out.any():
+            def matrix(u: np.ndarray, i: np.ndarray) -> sp.csr_matrix:
+                return sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(n_users, n_items))
+            val_loader = torch.utils.data.DataLoader(
+                validation_batches(matrix(train_users, train_items), matrix(users[held_out], items[held_out]),
+                                   seed=p["seed"]),
+                batch_size=None)
+
+        with (tempfile.TemporaryDirectory(prefix="lightgcn-") as scratch, _quiet_lightning(),
+              _torch_threads(self.num_threads)):
+            directory = self.checkpoint_dir or scratch
+            history = EpochHistory(metric="val_ndcg")
+            callbacks: list[pl.Callback] = [history]
+            early_stopping = checkpoint = None
+            if val_loader is not None:
+                early_stopping = EarlyStopping(monitor="val_ndcg", mode="max", patience=p["patience"])
+                checkpoint = ModelCheckpoint(dirpath=directory, filename="lightgcn-{epoch}", monitor="val_ndcg",
+                                             mode="max", save_top_k=1, save_weights_only=True)
+                callbacks += [early_stopping, checkpoint]
+            trainer = pl.Trainer(
+                accelerator=self.accelerator, devices=1, max_epochs=p["epochs"],
+                max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
+                precision="16-mixed" if _uses_cuda(self.accelerator) else "32-true",
+                callbacks=callbacks, logger=False, enable_checkpointing=checkpoint is not None,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                default_root_dir=directory,
+            )
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            self.device_used = trainer.strategy.root_device.type
+            if checkpoint is not None and checkpoint.best_model_path:
+                best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+                module.load_state_dict(best["state_dict"])
+                self.best_epoch = int(best["epoch"])
+                self.best_val_ndcg = float(checkpoint.best_model_score)
+            else:
+                self.best_epoch = len(history.rows) - 1
+            self.stopped_early = early_stopping is not None and early_stopping.stopped_epoch > 0
+
+        module = module.cpu().eval()
+        with torch.no_grad():
+            user_final, item_final = module.propagate()
+        self.user_factors = user_final.numpy().astype(np.float32)
+        self.item_factors = item_final.numpy().astype(np.float32)
+        self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
+        self.history = [{key: row[key] for key in HISTORY_KEYS} for row in history.rows]
+        self.seconds_per_epoch = statistics.median(row["seconds"] for row in history.rows)
+        return self
+
+    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+        return self.user_factors[user_index] @ self.item_factors.T
+
+    def item_vectors(self) -> np.ndarray:
+        return self.item_factors
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": dict(self.params),
+            "accelerator": str(self.accelerator),
+            "user_ids": torch.as_tensor(self.user_ids.astype(np.int64)),
+            "item_ids": torch.as_tensor(self.item_ids.astype(np.int64)),
+            "user_factors": torch.as_tensor(np.ascontiguousarray(self.user_factors)),
+            "item_factors": torch.as_tensor(np.ascontiguousarray(self.item_factors)),
+            "history": {key: [float(row[key]) for row in self.history] for key in HISTORY_KEYS},
+            "best_epoch": int(self.best_epoch),
+            "best_val_ndcg": float(self.best_val_ndcg),
+            "stopped_early": bool(self.stopped_early),
+            "device_used": str(self.device_used),
+            "seconds_per_epoch": float(self.seconds_per_epoch),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> LightGCNRecommender:
+        model = cls(**state["params"], accelerator=state.get("accelerator", "auto"))
+        for key in ("user_ids", "item_ids", "user_factors", "item_factors"):
+            setattr(model, key, state[key].detach().cpu().numpy())
+        history = state["history"]
+        model.history = [{"epoch": int(epoch), "train_loss": loss, "val_ndcg": ndcg}
+                         for epoch, loss, ndcg in zip(history["epoch"], history["train_loss"], history["val_ndcg"],
+                                                      strict=True)]
+        model.best_epoch = int(state["best_epoch"])
+        model.best_val_ndcg = float(state["best_val_ndcg"])
+        model.stopped_early = bool(state["stopped_early"])
+        model.device_used = str(state["device_used"])
+        model.seconds_per_epoch = float(state["seconds_per_epoch"])
+        return model

@@ -1,0 +1,140 @@
+"""How every model is fitted and evaluated for the pipeline: one time-based split, one artifact version
+rule, models refitted only when their data, parameters or code changed.
+
+Each model is fitted on the training part of one split (every user's latest interaction held out), evaluated
+on the held-out part at :data:`EVAL_K`, and saved to the model store under a version derived from data,
+parameters and code. An artifact whose version already exists is reused, not refitted. The champion is then
+refitted on every interaction (:func:`refit_on_everything`): its evaluation never saw each user's latest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from rec_orchestration.ml import registry
+from rec_orchestration.ml.artifacts import ModelStore, artifact_version
+from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.metrics import evaluate
+from rec_orchestration.ml.plots import training_curve
+from rec_orchestration.ml.splits import time_holdout
+
+# Bumped when a model's code changes what it learns; part of every artifact version.
+CODE_VERSIONS = {"popularity": "popularity-v1", "itemknn": "itemknn-v1", "ease": "ease-v1",
+                 "lightfm": "lightfm-v1", "lightgcn": "lightgcn-v1"}
+EVAL_K = 10                   # metrics at k, for every model
+HOLDOUT_LATEST = 1            # each user's latest interaction is the test set
+HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained on
+# Part of every evaluated artifact's version: a change to how models are evaluated re-evaluates them.
+EVALUATION_VERSION = f"time-holdout-{HOLDOUT_LATEST}-min{HOLDOUT_MIN_INTERACTIONS}-k{EVAL_K}-v1"
+TRAINING_CURVE = "training_curve.png"
+# Attributes a fitted model may have that go into its manifest (LightGCN's device and timing).
+REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg")
+
+
+def data_version(frame: pd.DataFrame) -> str:
+    """Hash of exactly the rows a model is fitted on (any changed id, weight or time changes it)."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return f"{len(frame)}:{digest.hexdigest()[:24]}"
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    """The one split every model is fitted and evaluated on, so their metrics compare."""
+
+    train: Interactions
+    test: pd.DataFrame       # user_id, product_id: each evaluated user's latest interaction(s)
+    data_version: str        # of the whole frame the split was made from
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "time", "held_out_per_user": HOLDOUT_LATEST,
+                "min_interactions": HOLDOUT_MIN_INTERACTIONS, "train_interactions": len(self.train),
+                "test_interactions": len(self.test), "test_users": int(self.test["user_id"].nunique())}
+
+
+def training_split(frame: pd.DataFrame) -> TrainingSplit:
+    """Each user's latest interaction (users with at least three) held out of ``frame`` (the warehouse's
+    interactions, ``user_id, product_id, weight, ts``)."""
+    train, test = time_holdout(frame, n_latest=HOLDOUT_LATEST, min_interactions=HOLDOUT_MIN_INTERACTIONS)
+    return TrainingSplit(Interactions.from_frame(train), test[["user_id", "product_id"]].reset_index(drop=True),
+                         data_version(frame))
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Inputs besides interactions: ``constructor`` keyword arguments (item features) and what of them
+    goes into the artifact version (their hash)."""
+
+    constructor: dict[str, Any] = field(default_factory=dict)
+    version: dict[str, str] = field(default_factory=dict)
+
+
+def category_features(categories: Mapping[int, list[str]]) -> ModelInputs:
+    """Category paths as item features (LightFM), with their hash for the artifact version."""
+    digest = hashlib.sha256(json.dumps(sorted((k, sorted(v)) for k, v in categories.items())).encode())
+    return ModelInputs(constructor={"item_features": dict(categories)},
+                       version={"item_features": digest.hexdigest()})
+
+
+def training_plot(model: Recommender) -> bytes | None:
+    """PNG of the training curve (loss and validation nDCG per epoch) where the model records one."""
+    history = getattr(model, "history", None)
+    if not history:
+        return None
+    return training_curve(history, title=model.name)
+
+
+def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, store: ModelStore,
+                     inputs: ModelInputs = ModelInputs()) -> tuple[dict[str, Any], bool]:
+    """Fit ``name`` on the split's training part, evaluate it at :data:`EVAL_K` on its test part and save the
+    artifact (made the model's ``LATEST``). Returns its manifest and whether an existing artifact of the same
+    data, parameters and code was reused instead of fitting."""
+    version = artifact_version(split.data_version, {**params, **inputs.version},
+                               f"{CODE_VERSIONS[name]}/{EVALUATION_VERSION}")
+    if store.exists(name, version):
+        store.set_latest(name, version)
+        return store.manifest(name, version), True
+    model = registry.build(name, **params, **inputs.constructor)
+    started = time.perf_counter()
+    model.fit(split.train)
+    fit_seconds = time.perf_counter() - started
+    metrics = evaluate(model, split.train, split.test, k=EVAL_K)
+    manifest: dict[str, Any] = {
+        "params": params, "item_features": bool(inputs.version), "metrics": metrics, "split": split.describe(),
+        "data_version": split.data_version, "code_version": CODE_VERSIONS[name],
+        "fit_seconds": round(fit_seconds, 3), "n_users": split.train.n_users, "n_items": split.train.n_items}
+    manifest |= {key: getattr(model, key) for key in REPORTED_ATTRIBUTES if getattr(model, key, None) is not None}
+    files = {}
+    if (plot := training_plot(model)) is not None:
+        files[TRAINING_CURVE] = plot
+        manifest["history"] = model.history
+    store.save(name, version, model.state_dict(), manifest, files=files)
+    store.set_latest(name, version)
+    return store.manifest(name, version), False
+
+
+def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store: ModelStore,
+                        inputs: ModelInputs = ModelInputs()) -> tuple[dict[str, Any], bool]:
+    """The evaluated model (its manifest) refitted with the same parameters on every interaction of ``frame``.
+    Returns the refit's manifest and whether an existing artifact was reused."""
+    name = evaluated["model_name"]
+    frame_version = data_version(frame)
+    version = artifact_version(frame_version, {**evaluated["params"], **inputs.version},
+                               f"{CODE_VERSIONS[name]}/all-interactions")
+    if store.exists(name, version):
+        return store.manifest(name, version), True
+    started = time.perf_counter()
+    model = registry.build(name, **evaluated["params"], **inputs.constructor)
+    model.fit(Interactions.from_frame(frame))
+    store.save(name, version, model.state_dict(), {
+        "params": evaluated["params"], "refit_of": evaluated["version"], "metrics": evaluated["metrics"],
+        "data_version": frame_version, "n_interactions": len(frame),
+        "fit_seconds": round(time.perf_counter() - started, 3)})
+    return store.manifest(name, version), False

@@ -1,0 +1,36 @@
+-- The model stage's history tables in schema ml (readable by rec_analyst, never by rec_reader).
+CREATE SCHEMA IF NOT EXISTS ml;
+
+-- Every evaluated model version's metrics at k on the shared held-out split.
+CREATE TABLE IF NOT EXISTS ml.model_evaluations (
+    model_name     text NOT NULL,
+    model_version  text NOT NULL,
+    k              integer NOT NULL,
+    precision_at_k double precision NOT NULL,
+    recall_at_k    double precision NOT NULL,
+    ndcg_at_k      double precision NOT NULL,
+    map            double precision NOT NULL,
+    coverage       double precision NOT NULL,
+    users          integer NOT NULL,
+    fit_seconds    double precision NOT NULL,
+    data_version   text NOT NULL,
+    split          jsonb NOT NULL,
+    params         jsonb NOT NULL,
+    evaluated_at   timestamptz NOT NULL,
+    PRIMARY KEY (model_name, model_version, k)
+);
+
+-- The champion each run chose, whether it beat the baseline, and the refit that was deployed.
+CREATE TABLE IF NOT EXISTS ml.model_champions (
+    run_id              text PRIMARY KEY,
+    chosen_at           timestamptz NOT NULL,
+    model_name          text NOT NULL,
+    model_version       text NOT NULL,
+    k                   integer NOT NULL,
+    ndcg_at_k           double precision NOT NULL,
+    baseline_version    text NOT NULL,
+    baseline_ndcg_at_k  double precision NOT NULL,
+    required_lift       double precision NOT NULL,
+    beats_baseline      boolean NOT NULL,
+    deployed_version    text
+);
