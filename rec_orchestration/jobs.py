@@ -11,7 +11,6 @@ from pydantic import Field
 from rec_orchestration import settings
 from rec_orchestration.assets.ingestion import RAW_ASSET_KEYS
 from rec_orchestration.backup import BACKUP_SCHEMAS, DEFAULT_KEEP_DUMPS, backup, complete_dumps, dump_schemas
-from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.resources.postgres import PostgresResource
 
 
@@ -46,19 +45,18 @@ def backup_warehouse() -> None:
 
 
 # Everything from the landing files to the published tables, over every landing partition in one run
+# (Dagster infers the landing_files partitions from the raw assets)
 # (the raw assets' single-run backfill policy). Ingestion skips content it has loaded, so the run
 # picks up what the sensor has not ingested yet, re-runs the raw tables' blocking checks and then
 # refreshes the warehouse, models and recommendations.
 refresh_recommendations_job = dg.define_asset_job(
     name="refresh_recommendations",
     selection=dg.AssetSelection.all(),
-    partitions_def=landing_partitions,
     description="Ingest new landing files, rebuild the warehouse, refit models, publish recommendations.",
 )
 
 ingest_landing_job = dg.define_asset_job(
     name="ingest_landing_files",
     selection=dg.AssetSelection.assets(*RAW_ASSET_KEYS),
-    partitions_def=landing_partitions,
     description="Load one landing entry (file or folder) into the raw tables and run their checks.",
 )

@@ -1,7 +1,7 @@
 """Great Expectations suites for the raw landing tables, defined in code.
 
 One function per table returns a fresh list of GX expectation objects; run them with
-:func:`rec_orchestration.resources.great_expectations.validate_table`. The checks are row-level
+:func:`rec_orchestration.quality.validation.validate_table`. The checks are row-level
 (nulls, ranges, allowed values, duplicate keys within one delivery), so an empty table passes;
 whether a table should have rows at all is for the caller to decide (``TableValidation.row_count``).
 Map expectations ignore NULLs unless they are about NULLs, so optional columns may stay empty.

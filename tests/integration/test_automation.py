@@ -166,6 +166,6 @@ def test_a_new_landing_file_is_ingested_by_the_run_its_sensor_request_launches(w
 @pytest.fixture(autouse=True)
 def _no_gx_cache_across_databases():
     yield
-    from rec_orchestration.resources.great_expectations import reset_gx_session
+    from rec_orchestration.quality.validation import reset_gx_session
 
     reset_gx_session()  # each test drops its database; do not keep pooled connections to it

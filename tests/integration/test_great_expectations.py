@@ -18,13 +18,8 @@ import pytest
 
 from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.quality.suites import RAW_SUITES, products_suite, reviews_suite
-from rec_orchestration.resources.great_expectations import (
-    GreatExpectationsResource,
-    TableValidation,
-    reset_gx_session,
-    to_check_metadata,
-    validate_table,
-)
+from rec_orchestration.quality.validation import TableValidation, reset_gx_session, validate_table
+from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
 
 NOW = dt.datetime.now(dt.UTC)
 

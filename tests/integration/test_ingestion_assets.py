@@ -111,6 +111,6 @@ def test_a_failing_great_expectations_check_stops_everything_downstream(warehous
 @pytest.fixture(autouse=True)
 def _no_gx_cache_across_databases():
     yield
-    from rec_orchestration.resources.great_expectations import reset_gx_session
+    from rec_orchestration.quality.validation import reset_gx_session
 
     reset_gx_session()  # each test drops its database; do not keep pooled connections to it
