@@ -1,31 +1,20 @@
 """Shared fixtures: a real PostgreSQL (the embedded server unless REC_DATABASE_URL / PG* name one),
-fresh databases per test session, and a small generated sample in a temporary landing directory."""
+fresh databases per test session, and a small generated sample in a temporary landing directory.
+The helpers they use, and that tests import, are in tests/support.py."""
 
 from __future__ import annotations
 
 import os
-import secrets
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from rec_orchestration import settings
 from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.db.scratch import ScratchDatabases
-from rec_orchestration.sample_data import SampleSpec, write_sample
-
-if TYPE_CHECKING:  # Dagster is imported where it is used: collecting the unit tests stays quick
-    import dagster as dg
-
-# Small enough for seconds per run, large enough that every user can get 10 unseen products.
-TEST_SPEC = SampleSpec(n_users=150, n_products=80, seed=7)
+from rec_orchestration.sample_data import write_sample
+from tests.support import TEST_SPEC, prepare_warehouse_env
 
 
 @pytest.fixture(scope="session")
@@ -40,23 +29,6 @@ def sample_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     landing = tmp_path_factory.mktemp("landing")
     write_sample(landing, TEST_SPEC)
     return landing
-
-
-def prepare_warehouse_env(databases: ScratchDatabases, sample_landing: Path, workdir: Path,
-                          monkeypatch: pytest.MonkeyPatch) -> DatabaseSettings:
-    """A fresh warehouse database, Dagster storage database, landing dir copy and model store."""
-    warehouse = databases.create("rec_test")
-    dagster_db = databases.create("rec_test_dagster")
-    landing = workdir / "landing"
-    landing.mkdir()
-    for source in sample_landing.iterdir():
-        (landing / source.name).write_bytes(source.read_bytes())
-    monkeypatch.setenv("REC_DATABASE_URL", warehouse.url())
-    monkeypatch.setenv("REC_DAGSTER_DATABASE_URL", dagster_db.url())
-    monkeypatch.setenv("REC_LANDING_DIR", str(landing))
-    monkeypatch.setenv("REC_MODEL_STORE_DIR", str(workdir / "model_store"))
-    monkeypatch.setenv("REC_HOME", str(workdir / "rec_home"))
-    return warehouse
 
 
 @pytest.fixture()
@@ -84,74 +56,6 @@ def conn(warehouse_env: DatabaseSettings) -> Iterator[psycopg.Connection]:
         with connection.transaction():
             ensure_raw_schema(connection)
         yield connection
-
-
-# Fewer training epochs than the pipeline's defaults, so the suite stays quick on two CPU cores; the
-# models still learn the sample's planted tastes (tests/integration/test_models.py asserts it).
-QUICK_MODELS = {"ops": {
-    "models__lightgcn": {"config": {"epochs": 40, "patience": 5}},
-    "models__lightfm": {"config": {"epochs": 10}},
-}}
-
-
-def materialize_everything(run_config: dict | None = None,
-                           asset_selection: list | None = None) -> dg.ExecuteInProcessResult:
-    """What the hourly schedule runs: the refresh job over every landing partition, after the landing
-    directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""
-    import dagster as dg
-
-    from rec_orchestration.definitions import defs
-    from rec_orchestration.partitions import sync_landing_partitions
-    from rec_orchestration.schedules import all_partitions_run_request
-
-    job = defs.resolve_job_def("refresh_recommendations")
-    with dg.DagsterInstance.ephemeral() as instance:
-        sync_landing_partitions(instance, settings.landing_dir())
-        request = all_partitions_run_request(instance)
-        assert request is not None, "no landing partitions"
-        return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
-                                       run_config=run_config if run_config is not None else QUICK_MODELS,
-                                       asset_selection=asset_selection)
-
-
-@contextmanager
-def throwaway_logins(admin: DatabaseSettings) -> Iterator[Callable[[str, DatabaseSettings], psycopg.Connection]]:
-    """``connect(group, db)``: a new login role in ``group`` (created through ``admin``), connected to
-    ``db`` with autocommit. The connections are closed and the roles dropped on exit."""
-    made: list[str] = []
-    connections: list[psycopg.Connection] = []
-
-    def connect(group: str, db: DatabaseSettings) -> psycopg.Connection:
-        name, password = f"test_{group}_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
-        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                sql.Identifier(name), sql.Literal(password), sql.Identifier(group)))
-        made.append(name)
-        connections.append(psycopg.connect(replace(db, user=name, password=password).conninfo(), autocommit=True))
-        return connections[-1]
-
-    try:
-        yield connect
-    finally:
-        for conn in connections:
-            conn.close()
-        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
-            for name in made:
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def assert_success(result: dg.ExecuteInProcessResult) -> None:
-    """The run succeeded; otherwise the assertion shows every failure message of the run."""
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
-
-
-def query(db: DatabaseSettings, statement: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(db.conninfo()) as conn:
-        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
-
-
-def scalar(db: DatabaseSettings, statement: str, params: tuple = ()):
-    return query(db, statement, params)[0][0]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from psycopg import sql
 from pydantic import Field
 
 from rec_orchestration import settings
+from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
-from rec_orchestration.db.tables import qualified
 from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.quality.suites import RAW_SUITES
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
@@ -37,21 +36,6 @@ _DESCRIPTIONS = {
     "users": "User attributes (MovieLens u.user / users.dat), one row per record.",
     "events": "Generic interaction events (view/click/like/purchase/rating) from CSV or Parquet.",
 }
-
-# Per file of a kind: does the table hold exactly rows_loaded rows, the quarantine rows_rejected, and
-# rows_read = rows_loaded + rows_rejected? Returns the files that disagree.
-_RECONCILE = """
-    SELECT f.file_id, f.path, f.rows_read, f.rows_loaded, f.rows_rejected,
-           coalesce(t.n, 0) AS rows_in_table, coalesce(q.n, 0) AS rows_in_quarantine
-    FROM raw.ingested_files AS f
-    LEFT JOIN (SELECT file_id, count(*) AS n FROM {table} GROUP BY file_id) AS t USING (file_id)
-    LEFT JOIN (SELECT file_id, count(*) AS n FROM raw.rejected_records GROUP BY file_id) AS q USING (file_id)
-    WHERE f.record_kind = %s AND f.finished_at IS NOT NULL
-      AND (f.rows_read <> f.rows_loaded + f.rows_rejected
-           OR coalesce(t.n, 0) <> f.rows_loaded OR coalesce(q.n, 0) <> f.rows_rejected)
-    ORDER BY f.file_id
-"""
-
 
 class LandingConfig(dg.Config):
     landing_dir: str | None = Field(default=None, description="Defaults to REC_LANDING_DIR or <project>/data/landing.")
@@ -164,19 +148,13 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
 
 
 def _reconciliation_check(warehouse: PostgresResource, kind: str, key: dg.AssetKey) -> dg.AssetCheckResult:
-    statement = sql.SQL(_RECONCILE).format(table=qualified(f"raw.{kind}"))
-    with warehouse.connection() as conn:
-        bad = conn.execute(statement, (kind,)).fetchall()
-        files, rows_read = conn.execute(
-            "SELECT count(*), coalesce(sum(rows_read), 0) FROM raw.ingested_files WHERE record_kind = %s", (kind,)
-        ).fetchone()
-    columns = ["file_id", "path", "rows_read", "rows_loaded", "rows_rejected", "rows_in_table", "rows_in_quarantine"]
+    bad = reads.ledger_disagreements(warehouse, kind)
+    files, rows_read = reads.ledger_totals(warehouse, kind)
     return dg.AssetCheckResult(
-        asset_key=key, check_name="ledger_reconciles", passed=not bad,
+        asset_key=key, check_name="ledger_reconciles", passed=bad.empty,
         metadata={
-            "files": files, "rows_read": int(rows_read), "files_disagreeing": len(bad),
-            **({"disagreements": dg.MetadataValue.md(pd.DataFrame(bad[:20], columns=columns).to_markdown(index=False))}
-               if bad else {}),
+            "files": files, "rows_read": rows_read, "files_disagreeing": len(bad),
+            **({"disagreements": dg.MetadataValue.md(bad.head(20).to_markdown(index=False))} if len(bad) else {}),
         },
     )
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from psycopg import sql
 
+from rec_orchestration.db.tables import qualified
 from rec_orchestration.db.warehouse import Queries
 
 
@@ -152,3 +153,30 @@ def evaluation_metrics(db: Queries, model_name: str, model_version: str, k: int)
         FROM ml.model_evaluations WHERE model_name = %s AND model_version = %s AND k = %s"""),
         (model_name, model_version, int(k)))
     return {} if frame.empty else {key: float(value) for key, value in frame.iloc[0].items()}
+
+
+# Per file of a kind: does the table hold exactly rows_loaded rows, the quarantine rows_rejected, and
+# rows_read = rows_loaded + rows_rejected? Returns the files that disagree.
+LEDGER_DISAGREEMENTS = """
+    SELECT f.file_id, f.path, f.rows_read, f.rows_loaded, f.rows_rejected,
+           coalesce(t.n, 0) AS rows_in_table, coalesce(q.n, 0) AS rows_in_quarantine
+    FROM raw.ingested_files AS f
+    LEFT JOIN (SELECT file_id, count(*) AS n FROM {table} GROUP BY file_id) AS t USING (file_id)
+    LEFT JOIN (SELECT file_id, count(*) AS n FROM raw.rejected_records GROUP BY file_id) AS q USING (file_id)
+    WHERE f.record_kind = %s AND f.finished_at IS NOT NULL
+      AND (f.rows_read <> f.rows_loaded + f.rows_rejected
+           OR coalesce(t.n, 0) <> f.rows_loaded OR coalesce(q.n, 0) <> f.rows_rejected)
+    ORDER BY f.file_id
+"""
+
+
+def ledger_disagreements(db: Queries, kind: str) -> pd.DataFrame:
+    """The loaded files of record kind ``kind`` whose ledger row, table rows and quarantine disagree."""
+    return db.read_dataframe(sql.SQL(LEDGER_DISAGREEMENTS).format(table=qualified(f"raw.{kind}")), (kind,))
+
+
+def ledger_totals(db: Queries, kind: str) -> tuple[int, int]:
+    """Files of record kind ``kind`` in the ledger, and the rows read from them."""
+    files, rows_read = db.fetch_all(
+        "SELECT count(*), coalesce(sum(rows_read), 0) FROM raw.ingested_files WHERE record_kind = %s", (kind,))[0]
+    return int(files), int(rows_read)

@@ -24,7 +24,7 @@ from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.definitions import defs
 from rec_orchestration.ml import registry
 from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, sync_landing_partitions
-from tests.conftest import QUICK_MODELS, assert_success, query, scalar
+from tests.support import QUICK_MODELS, assert_success, query, scalar
 
 SAMPLE_ENTRIES = ["meta.jsonl", "reviews.jsonl"]  # what write_sample puts in the landing directory
 SCHEDULE_NAME_TAG = "dagster/schedule_name"
@@ -163,9 +163,3 @@ def test_a_new_landing_file_is_ingested_by_the_run_its_sensor_request_launches(w
         ("ULATE0",), ("ULATE1",), ("ULATE2",)]
 
 
-@pytest.fixture(autouse=True)
-def _no_gx_cache_across_databases():
-    yield
-    from rec_orchestration.quality.validation import reset_gx_session
-
-    reset_gx_session()  # each test drops its database; do not keep pooled connections to it

@@ -17,7 +17,7 @@ from rec_orchestration import settings
 from rec_orchestration.backup import BACKUP_SCHEMAS, BackupError, backup, complete_dumps, dump_schemas, restore
 from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.db.roles import ANALYST_ROLE, READER_ROLE
-from tests.conftest import assert_success, materialize_everything, query, scalar, throwaway_logins
+from tests.support import assert_success, materialize_everything, query, scalar, throwaway_logins
 
 # Objects the test adds where the pipeline has not made any yet (the model and publish steps are too
 # slow to run here): a table in ml, a partitioned table in recs_store and a view and table over it in

@@ -12,7 +12,7 @@ import pytest
 
 from rec_orchestration.sources.loader import UnreadableFileError, load_entry
 from rec_orchestration.sources.text_lines import MAX_LINE_BYTES
-from tests.conftest import query
+from tests.support import query
 
 GOOD = {"rating": 5.0, "title": "t", "text": "x", "asin": "A", "parent_asin": "P1", "user_id": "U1",
         "timestamp": 1_600_000_000_000, "helpful_vote": 0, "verified_purchase": True}

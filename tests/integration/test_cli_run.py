@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rec_orchestration.ml import registry
-from tests.conftest import query, scalar
+from tests.support import query, scalar
 
 REC = [sys.executable, "-m", "rec_orchestration.cli"]
 

@@ -8,12 +8,11 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from rec_orchestration.definitions import defs
 from rec_orchestration.partitions import LANDING_PARTITIONS_NAME
 from rec_orchestration.sensors import landing_sensor
-from tests.conftest import materialize_everything, query, scalar
+from tests.support import materialize_everything, query, scalar
 from tests.unit.test_formats import ML_100K
 
 
@@ -108,9 +107,3 @@ def test_a_failing_great_expectations_check_stops_everything_downstream(warehous
     assert scalar(warehouse_env, "SELECT count(*) FROM recs.user_recommendations") == recommendations
 
 
-@pytest.fixture(autouse=True)
-def _no_gx_cache_across_databases():
-    yield
-    from rec_orchestration.quality.validation import reset_gx_session
-
-    reset_gx_session()  # each test drops its database; do not keep pooled connections to it

@@ -15,7 +15,7 @@ import pytest
 
 from rec_orchestration.sources.formats import FORMATS
 from rec_orchestration.sources.loader import UnreadableFileError, load_file
-from tests.conftest import query, scalar
+from tests.support import query, scalar
 
 REVIEWS = FORMATS["amazon2023_reviews"]
 GOOD = {"rating": 5.0, "title": "t", "text": "x", "asin": "A", "parent_asin": "P1", "user_id": "U1",

@@ -10,7 +10,7 @@ import torch
 
 from rec_orchestration import settings
 from rec_orchestration.ml import registry
-from tests.conftest import QUICK_MODELS, assert_success, materialize_everything, query, scalar
+from tests.support import QUICK_MODELS, assert_success, materialize_everything, query, scalar
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from rec_orchestration.sample_data import SampleSpec, write_sample
-from tests.conftest import TEST_SPEC, assert_success, materialize_everything, query, scalar
+from tests.support import TEST_SPEC, assert_success, materialize_everything, query, scalar
 
 
 def sample_counts(landing: Path) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from rec_orchestration import publishing, settings
-from tests.conftest import query, scalar
+from tests.support import query, scalar
 
 USERS, K = 200, 20
 

@@ -16,7 +16,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import backoff_seconds, is_transient_db_error, retry_transient_db_errors
-from tests.conftest import assert_success, query
+from tests.support import assert_success, query
 
 
 def unused_port() -> int:

@@ -8,7 +8,7 @@ import pytest
 from psycopg import errors, sql
 
 from rec_orchestration.db.roles import ANALYST_ROLE, READER_ROLE
-from tests.conftest import materialize_everything, query, throwaway_logins
+from tests.support import materialize_everything, query, throwaway_logins
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from rec_orchestration import settings
-from tests.conftest import assert_success, materialize_everything, query, scalar
+from tests.support import assert_success, materialize_everything, query, scalar
 
 CORE_TABLES = ("users", "products", "categories", "product_categories", "reviews", "events", "interactions",
                "transactions", "transaction_items")
