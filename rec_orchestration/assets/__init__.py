@@ -1,1 +1,2 @@
-"""Software-defined assets, one module per stage. The work lives in ml/, sources/ and SQL."""
+"""Software-defined assets, one module per stage, none importing another. They wire: the work lives in
+ml/, sources/, db/, publishing/ and SQL."""
