@@ -110,3 +110,15 @@ def test_dagster_cli_validates_the_workspace(warehouse_env):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "passed validation" in done.stderr + done.stdout
+
+
+def test_loading_the_code_location_imports_no_model_training_library():
+    """Every step process and the webserver import the definitions: torch, Lightning, LightFM and Great
+    Expectations are imported by the steps that use them, not by loading the code location."""
+    heavy = ("torch", "pytorch_lightning", "lightning", "lightfm", "great_expectations")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, rec_orchestration.definitions\n"
+                               f"print(sorted(m for m in {heavy!r} if m in sys.modules))"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
