@@ -45,10 +45,9 @@ def backup_warehouse() -> None:
 
 
 # Everything from the landing files to the published tables, over every landing partition in one run
-# (Dagster infers the landing_files partitions from the raw assets)
-# (the raw assets' single-run backfill policy). Ingestion skips content it has loaded, so the run
-# picks up what the sensor has not ingested yet, re-runs the raw tables' blocking checks and then
-# refreshes the warehouse, models and recommendations.
+# (the raw assets' single-run backfill policy; Dagster infers the landing_files partitions from them).
+# Ingestion skips content it has loaded, so the run picks up what the sensor has not ingested yet,
+# re-runs the raw tables' blocking checks and then refreshes the warehouse, models and recommendations.
 refresh_recommendations_job = dg.define_asset_job(
     name="refresh_recommendations",
     selection=dg.AssetSelection.all(),

@@ -1,7 +1,7 @@
 """Every read of the warehouse that the model, similarity, evaluation and publish steps make.
 
 Each function takes anything with the query helpers of :class:`rec_orchestration.db.warehouse.Queries`
-(the plain ``Warehouse`` or the Dagster ``PostgresResource``) and returns plain Python or pandas values.
+(the Dagster ``PostgresResource`` is one) and returns plain Python or pandas values.
 Reads that feed a model are ordered, so the same rows give the same split and data version.
 """
 

@@ -1,13 +1,13 @@
-"""A connection pool on the warehouse and the few query helpers every step uses.
+"""The few query helpers every step uses, over any object that hands out pooled connections, and the pool.
 
-:class:`Warehouse` is the plain object (the CLI, benchmarks and Dagster-free code use it);
-:class:`rec_orchestration.resources.postgres.PostgresResource` is the same helpers as a Dagster resource.
+:class:`rec_orchestration.resources.postgres.PostgresResource` is the Dagster resource built on them; the
+warehouse reads (``db/reads.py``) take anything with these helpers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -62,25 +62,3 @@ def open_pool(settings: DatabaseSettings, max_size: int, statement_timeout_s: in
     """A pool that opens connections only when asked (``min_size=0``), with a per-statement timeout (0: none)."""
     return ConnectionPool(settings.conninfo(options=f"-c statement_timeout={statement_timeout_s * 1000}"),
                           min_size=0, max_size=max_size, open=True, name="rec_warehouse")
-
-
-class Warehouse(Queries):
-    """The warehouse database through a small connection pool; ``close()`` when done."""
-
-    def __init__(self, settings: DatabaseSettings, pool_max_size: int = 4, statement_timeout_s: int = 0) -> None:
-        self.settings = settings
-        self._pool = open_pool(settings, pool_max_size, statement_timeout_s)
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        with self._pool.connection() as conn:
-            yield conn
-
-    def close(self) -> None:
-        self._pool.close()
-
-    def __enter__(self) -> Warehouse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -14,7 +14,7 @@ Readers use the views in ``recs``, which select the partitions of the live publi
 (``WHERE publication_id = (SELECT publication_id FROM recs_store.live)``). A publish builds, loads,
 indexes and checks its partitions as standalone tables, attaches them (still not what the pointer
 names, so invisible) and commits; then, once the transactions that opened the tables before the
-attach have ended (``_settle``), a second transaction updates the one-row pointer. ``ATTACH
+attach have ended (``swap.settle``), a second transaction updates the one-row pointer. ``ATTACH
 PARTITION`` takes SHARE UPDATE EXCLUSIVE on the parent, which does not conflict with readers'
 ACCESS SHARE, and the pointer update is a row update: no reader waits for the swap, and the swap
 takes no lock a reader holds. Every statement reads the pointer once, with its snapshot, so it sees

@@ -43,7 +43,8 @@ def _event_ts_plausible(now: dt.datetime) -> Expectation:
         column="event_ts",
         min_value=EARLIEST_PLAUSIBLE,
         max_value=_latest_event_ts(now),
-        description=f"event timestamps lie between {EARLIEST_PLAUSIBLE:%Y-%m-%d} UTC and now + {FUTURE_TOLERANCE}",
+        description=(f"event timestamps lie between {EARLIEST_PLAUSIBLE:%Y-%m-%d} UTC and "
+                     f"{FUTURE_TOLERANCE.days} day(s) from now"),
     )
 
 
