@@ -51,7 +51,7 @@ import psycopg
 from bench.common import argument_parser, generate_reviews, machine, say, write_jsonl, write_meta
 from rec_orchestration.db.address import DatabaseSettings
 from rec_orchestration.db.scratch import ScratchDatabases
-from rec_orchestration.resources.dbt import dbt_executable
+from rec_orchestration.dbt_child import dbt_executable
 from rec_orchestration.settings import DBT_PROJECT_DIR
 from rec_orchestration.sources.formats import FORMATS
 from rec_orchestration.sources.loader import ensure_raw_schema, load_file

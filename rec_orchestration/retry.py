@@ -32,13 +32,15 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed
 
+from rec_orchestration.db.warehouse import refused_login
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 # psycopg puts most server errors whose SQLSTATE is "operational" under OperationalError, and the pool's
 # PoolTimeout and TooManyRequests derive from it too. Some of those are not transient: waiting does not
 # change a wrong password, a plpgsql bug, a program limit or a dropped database. They fail at once.
-# (A refused password at connect time carries no SQLSTATE in psycopg and is retried like any failed
-# connection.)
+# A refused login at connect time carries no SQLSTATE in psycopg: it is recognised by its message
+# (``db.warehouse.refused_login``) and fails at once too.
 NOT_TRANSIENT_SQLSTATE_CLASSES = frozenset({
     "28",  # invalid authorization specification
     "2F", "38", "39",  # SQL / external routine exceptions (bugs in functions)
@@ -62,7 +64,7 @@ def is_transient_db_error(error: BaseException) -> bool:
         return False
     sqlstate = error.sqlstate
     if sqlstate is None:  # raised by the client: connection failed or lost, pool or connect timeout
-        return True
+        return refused_login(error) is None
     return sqlstate[:2] not in NOT_TRANSIENT_SQLSTATE_CLASSES and sqlstate not in NOT_TRANSIENT_SQLSTATES
 
 

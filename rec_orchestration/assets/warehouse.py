@@ -11,10 +11,14 @@ import psycopg
 from dagster_dbt import DbtCliResource, dbt_assets
 from pydantic import Field
 
+from rec_orchestration.dbt_child import PARENT_PID_VARIABLE
 from rec_orchestration.resources.dbt import WarehouseDbtTranslator, dbt_project
 from rec_orchestration.resources.postgres import PostgresResource
 
 BUILD_LOCK = "rec_orchestration.dbt_build"
+# How often the server checks, during a long statement, that dbt is still there (PostgreSQL 14+): a
+# killed build's statements are cancelled within this, not run to their end holding their locks.
+CLIENT_CHECK_INTERVAL = "2s"
 
 
 @contextmanager
@@ -43,6 +47,16 @@ def _one_build_at_a_time(warehouse: PostgresResource,
             context.log.info("another warehouse build is running; waiting for it to finish")
             conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (BUILD_LOCK,))
         yield conn
+
+
+def _dbt_process_environment(warehouse: PostgresResource, conn: psycopg.Connection) -> dict[str, str]:
+    """The connection variables of ``profiles.yml``, the pid ``rec-dbt`` must find as its parent, and
+    (on a server that has it) the dead-client check for dbt's sessions through libpq's ``PGOPTIONS``."""
+    environment = {**warehouse.database_settings().dbt_environment(), PARENT_PID_VARIABLE: str(os.getpid())}
+    if conn.info.server_version >= 140000:
+        options = os.environ.get("PGOPTIONS", "")
+        environment["PGOPTIONS"] = f"{options} -c client_connection_check_interval={CLIENT_CHECK_INTERVAL}".strip()
+    return environment
 
 
 def _incremental_tables_out_of_date(conn: psycopg.Connection) -> list[str]:
@@ -94,5 +108,5 @@ def warehouse_dbt_models(context: dg.AssetExecutionContext, config: WarehouseCon
                                 "earlier version?): rebuilding the warehouse from raw (--full-refresh)")
             full_refresh = True
         args = ["build", *(["--full-refresh"] if full_refresh else [])]
-        with _environment(warehouse.database_settings().dbt_environment()):
+        with _environment(_dbt_process_environment(warehouse, conn)):
             yield from dbt.cli(args, context=context).stream()

@@ -6,6 +6,7 @@ warehouse reads (``db/reads.py``) take anything with these helpers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,28 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Params = Sequence[Any] | dict | None
+
+# libpq reports a refused login as text only (no SQLSTATE on a failed connect). These are the server's
+# and libpq's messages for a login that waiting will not fix: a wrong password or an unknown role or
+# database, no pg_hba.conf entry, a role without LOGIN.
+_REFUSED_LOGIN = re.compile(
+    r'authentication failed|no pg_hba\.conf entry|pg_hba\.conf rejects|role "[^"]*" does not exist'
+    r'|database "[^"]*" does not exist|not permitted to log in|no password supplied'
+    r'|permission denied for database')
+
+
+class LoginRefused(RuntimeError):
+    """PostgreSQL refused the login: a configuration error, not worth retrying."""
+
+
+def refused_login(error: BaseException) -> str | None:
+    """The server's reason when ``error`` is a refused login (see ``_REFUSED_LOGIN``), else None."""
+    if not isinstance(error, psycopg.OperationalError) or error.sqlstate is not None:
+        return None
+    message = str(error).strip()
+    if not _REFUSED_LOGIN.search(message):
+        return None
+    return message.rsplit("FATAL:", 1)[-1].strip()
 
 
 class Queries:
@@ -58,7 +81,27 @@ class Queries:
         return self.fetch_value("SELECT to_regclass(%s) IS NOT NULL", (table,))
 
 
+def check_login(settings: DatabaseSettings, connect_timeout_s: int = 10) -> None:
+    """Connect once. A refused login raises :class:`LoginRefused` at once, naming the role, database and
+    server but never the password; any other failure (a server down or restarting) propagates as the
+    ``psycopg.OperationalError`` it is, which steps retry."""
+    try:
+        psycopg.connect(settings.conninfo(), connect_timeout=connect_timeout_s).close()
+    except psycopg.OperationalError as error:
+        reason = refused_login(error)
+        if reason is None:
+            raise
+        raise LoginRefused(
+            f"PostgreSQL at {settings.host}:{settings.port} refused the login of role {settings.user!r} to "
+            f"database {settings.dbname!r}: {reason}. Check REC_DATABASE_URL or the PG* variables; retrying "
+            "will not help.") from None
+
+
 def open_pool(settings: DatabaseSettings, max_size: int, statement_timeout_s: int = 0) -> ConnectionPool:
-    """A pool that opens connections only when asked (``min_size=0``), with a per-statement timeout (0: none)."""
+    """A pool that opens connections only when asked (``min_size=0``), with a per-statement timeout (0: none).
+
+    The login is checked first (:func:`check_login`): the pool would otherwise retry a wrong password in
+    the background until its 30 s timeout and then report only that it timed out."""
+    check_login(settings)
     return ConnectionPool(settings.conninfo(options=f"-c statement_timeout={statement_timeout_s * 1000}"),
                           min_size=0, max_size=max_size, open=True, name="rec_warehouse")

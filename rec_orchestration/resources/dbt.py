@@ -5,16 +5,14 @@ and the test suite), never parsed at import time.
 """
 
 
-import shutil
-import sys
 from collections.abc import Mapping
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject
 
+from rec_orchestration.dbt_child import wrapper_executable
 from rec_orchestration.settings import DBT_PROJECT_DIR
 
 
@@ -23,15 +21,10 @@ def dbt_project() -> DbtProject:
     return DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
 
-def dbt_executable() -> str:
-    """The dbt installed beside this interpreter (works without an activated virtualenv)."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
-
-
 def dbt_resource() -> DbtCliResource:
+    """dbt through ``rec-dbt``, which ends dbt when the step's process dies (see ``dbt_child.py``)."""
     return DbtCliResource(project_dir=dbt_project(), profiles_dir=str(DBT_PROJECT_DIR),
-                          dbt_executable=dbt_executable())
+                          dbt_executable=wrapper_executable())
 
 
 class WarehouseDbtTranslator(DagsterDbtTranslator):

@@ -158,6 +158,10 @@ def test_a_step_still_failing_after_max_retries_fails_with_the_original_error():
     (pg_errors.UndefinedTable(), False),
     (pg_errors.UniqueViolation(), False),
     (pg_errors.InvalidPassword(), False),
+    (psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                              'FATAL:  password authentication failed for user "rec"'), False),
+    (psycopg.OperationalError('connection failed: FATAL:  database "nowhere" does not exist'), False),
+    (psycopg.OperationalError('connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1"'), False),
     (pg_errors.StatementTooComplex(), False),
     (pg_errors.DatabaseDropped(), False),
     (PoolClosed("the pool 'rec_warehouse' is already closed"), False),
