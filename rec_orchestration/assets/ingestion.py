@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import Field
 
 from rec_orchestration import settings
+from rec_orchestration.confinement import OutsideError, no_parent_steps, plain_name, within
 from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
 from rec_orchestration.partitions import landing_partitions
@@ -38,11 +39,27 @@ _DESCRIPTIONS = {
 }
 
 class LandingConfig(dg.Config):
-    landing_dir: str | None = Field(default=None, description="Defaults to REC_LANDING_DIR or <project>/data/landing.")
+    landing_dir: str | None = Field(default=None, description=(
+        "A folder inside the landing directory (REC_LANDING_DIR, default <project>/data/landing) to load "
+        "instead of it; paths leaving it are refused."))
     format: str | None = Field(
         default=None,
         description="Name the format of a landing file instead of detecting it: " + ", ".join(sorted(FORMATS)),
     )
+
+
+def _landing_dir(configured: str | None) -> Path:
+    """The landing directory of this run: ``REC_LANDING_DIR`` (the deployment's), or a directory inside
+    it named in run config. Run config cannot point a run anywhere else on the machine."""
+    root = settings.landing_dir()
+    if not configured:
+        return root
+    try:
+        no_parent_steps(configured, "run config landing_dir")
+        return within(root, root / configured, "run config landing_dir")  # an absolute path replaces root
+    except OutsideError as exc:
+        raise dg.Failure(f"{exc}. landing_dir may only name a folder inside the landing directory "
+                         "(REC_LANDING_DIR); set that variable to load from elsewhere") from None
 
 
 def _file_row(entry: str, result: LoadResult) -> dict:
@@ -78,7 +95,7 @@ def _file_row(entry: str, result: LoadResult) -> dict:
 def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                 great_expectations: GreatExpectationsResource, config: LandingConfig):
     """Loads the landing entries of this run's partitions, then validates the raw tables."""
-    landing = Path(config.landing_dir) if config.landing_dir else settings.landing_dir()
+    landing = _landing_dir(config.landing_dir)
     if not landing.is_dir():
         raise dg.Failure(f"landing directory {landing} does not exist (run `rec sample` or set REC_LANDING_DIR)")
     results: list[EntryResult] = []
@@ -93,7 +110,13 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
         conn.autocommit = True  # load_file opens its own transaction per file
         try:
             for key in context.partition_keys:
-                entry = landing / key
+                try:  # a partition key is a name in the landing directory: no path, no link out of it
+                    entry = landing / plain_name(key, "landing partition")
+                    if entry.exists():
+                        within(landing, entry, "landing entry")
+                except OutsideError as exc:
+                    failures.append(f"{exc}: refused")
+                    continue
                 if not entry.exists():
                     missing.append(key)
                     context.log.warning(f"{key}: no longer in {landing}; what was loaded from it stays")

@@ -13,9 +13,12 @@ import io
 import json
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import fsspec
+
+from rec_orchestration.confinement import no_parent_steps, plain_name, within
 
 STATE_FILE = "state_dict.pt"
 MANIFEST_FILE = "manifest.json"
@@ -33,13 +36,24 @@ class ModelStore:
     """Versioned model artifacts under ``root_url`` (a path or an fsspec URL such as ``s3://bucket/models``)."""
 
     def __init__(self, root_url: str) -> None:
+        no_parent_steps(root_url, "model store root")
         self.root_url = root_url.rstrip("/")
+        protocol = fsspec.core.split_protocol(self.root_url)[0]
+        # A local store also checks that symlinks inside it do not lead out of it.
+        self._local_root = Path(fsspec.core.strip_protocol(self.root_url)) if protocol in (None, "file") else None
 
     def _root(self) -> str:
         return self.root_url
 
     def _path(self, model_name: str, version: str, filename: str) -> str:
-        return f"{self._root()}/{model_name}/{version}/{filename}"
+        """The URL of one artifact file; model names, versions and file names are plain names."""
+        parts = [plain_name(model_name, "model name"), plain_name(version, "model version")]
+        if filename:
+            parts.append(plain_name(filename, "artifact file name"))
+        url = "/".join([self._root(), *parts, *([] if filename else [""])])
+        if self._local_root is not None:
+            within(self._local_root, Path(fsspec.core.strip_protocol(url)), "model artifact")
+        return url
 
     def exists(self, model_name: str, version: str) -> bool:
         """A complete artifact: its manifest (written last) is there and reads back."""
@@ -102,14 +116,14 @@ class ModelStore:
         """Point ``<model_name>/LATEST`` at ``version`` (what evaluation and publishing read)."""
         if not self.exists(model_name, version):
             raise ValueError(f"no complete artifact {model_name} {version}")
-        self._write(f"{self._root()}/{model_name}/{LATEST_FILE}", version.encode())
+        self._write(f"{self._root()}/{plain_name(model_name, 'model name')}/{LATEST_FILE}", version.encode())
 
     def latest(self, model_name: str) -> str | None:
-        url = f"{self._root()}/{model_name}/{LATEST_FILE}"
+        url = f"{self._root()}/{plain_name(model_name, 'model name')}/{LATEST_FILE}"
         fs, path = fsspec.core.url_to_fs(url)
         if not fs.exists(path):
             return None
-        return self._read(url).decode().strip()
+        return plain_name(self._read(url).decode().strip(), f"the version in {url}")
 
     def load(self, model_name: str, version: str, map_location: str = "cpu") -> tuple[dict[str, Any], dict]:
         import torch

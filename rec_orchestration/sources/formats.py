@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from rec_orchestration.confinement import OutsideError, within
 from rec_orchestration.sources import amazon2014, amazon2023, events, movielens
 from rec_orchestration.sources.records import RECORD_KINDS, RecordKind, Rejected
 from rec_orchestration.sources.text_lines import open_binary
@@ -75,11 +76,13 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class LandingPlan:
-    """What one landing entry holds: the files to load (with their formats) and the files ignored."""
+    """What one landing entry holds: the files to load (with their formats), the files ignored (not data),
+    and the files refused (symlinks resolving outside the entry: ``(path, reason)``)."""
 
     entry: Path
     files: list[SourceFile]
     ignored: list[Path] = field(default_factory=list)
+    refused: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def _base_name(path: Path) -> str:
@@ -173,11 +176,16 @@ def plan(entry: Path, format_name: str | None = None) -> LandingPlan:
         return LandingPlan(entry, [SourceFile(entry, fmt)])
     if not entry.is_dir():
         raise FileNotFoundError(f"{entry}: no such landing file or folder")
-    files, ignored = [], []
+    files, ignored, refused = [], [], []
     for path in sorted(p for p in entry.rglob("*") if p.is_file() and not is_pending(p)):
+        try:
+            within(entry, path, "landing file")
+        except OutsideError as exc:
+            refused.append((path, str(exc)))
+            continue
         fmt = detect(path)
         (files.append(SourceFile(path, fmt)) if fmt else ignored.append(path))
-    if not files:
+    if not files and not refused:
         raise UnknownFormatError(f"{entry}: no file in this folder has a known format "
                                  f"(found: {', '.join(p.name for p in ignored) or 'nothing'})")
-    return LandingPlan(entry, files, ignored)
+    return LandingPlan(entry, files, ignored, refused)

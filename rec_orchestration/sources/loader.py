@@ -253,7 +253,8 @@ def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = 
                now: datetime | None = None) -> EntryResult:
     """Load every data file of a landing entry, each in its own transaction.
 
-    A file that cannot be read is reported in ``failures`` and the others still load; the caller
+    A file that cannot be read, or a symlink resolving outside the entry, is reported in ``failures``
+    and the others still load; the caller
     decides how to fail. Unknown formats raise :class:`~rec_orchestration.sources.formats.UnknownFormatError`
     before anything is loaded.
     """
@@ -262,7 +263,7 @@ def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = 
         if known is not None and known[2] in FORMATS:  # loaded before, unchanged: no detection (its
             format_name = known[2]                      # format may have been named in run config)
     landing_plan = plan(entry, format_name)
-    result = EntryResult(landing_plan)
+    result = EntryResult(landing_plan, failures=[reason for _, reason in landing_plan.refused])
     for source in landing_plan.files:
         try:
             result.loaded.append(load_file(conn, source.path, source.format, entry=entry.name, now=now))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rec_orchestration.assets.ingestion import RAW_ASSET_KEYS
 from tests.integration.test_warehouse import rebuild_warehouse_from_scratch, snapshot
-from tests.support import assert_success, materialize_everything
+from tests.support import assert_success, materialize_everything, scalar
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,3 +99,30 @@ def test_a_wrong_password_fails_the_step_at_once_with_a_message_that_names_the_r
         "a refused login was retried"
     everything_logged = "\n".join(str(event) for event in result.all_events)
     assert wrong not in everything_logged and warehouse_env.password not in everything_logged
+
+
+def failure_messages(result) -> str:
+    return "\n".join(str(event.step_failure_data.error) for event in result.all_events if event.is_step_failure)
+
+
+def test_landing_paths_that_leave_the_landing_directory_are_refused(warehouse_env, tmp_path):
+    from rec_orchestration import settings
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "events.csv").write_text("user_id,item_id,event_type,value,timestamp\nintruder,i1,view,,1690000000\n")
+    (settings.landing_dir() / "linked_out").symlink_to(outside)
+
+    result = materialize_everything(asset_selection=RAW_ASSET_KEYS)
+    assert not result.success
+    assert "linked_out resolves to" in failure_messages(result) and "refused" in failure_messages(result)
+    # The other entries were loaded; nothing of the linked folder was.
+    assert scalar(warehouse_env, "SELECT count(*) FROM raw.reviews") > 0
+    assert scalar(warehouse_env, "SELECT count(*) FROM raw.events WHERE user_key = 'intruder'") == 0
+
+    (settings.landing_dir() / "linked_out").unlink()
+    for landing_dir in ("/etc", "../outside"):
+        result = materialize_everything(
+            run_config={"ops": {"raw_landing": {"config": {"landing_dir": landing_dir}}}},
+            asset_selection=RAW_ASSET_KEYS)
+        assert not result.success and "landing_dir may only name a folder inside" in failure_messages(result)
