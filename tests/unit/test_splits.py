@@ -1,4 +1,4 @@
-"""Splits: the stratified protocol's proportions and draws, no leakage, the time holdout, validation."""
+"""Splits: the stratified protocol (row for row the published one), no leakage, the time holdout, validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.common import MOVIELENS_DIR
+from rec_orchestration.ml.interactions import ITEM_ID, USER_ID
 from rec_orchestration.ml.splits import stratified_split, time_holdout, validation_split
+from rec_orchestration.sources.movielens import read_ratings_frame
+from tests.unit.published_split import python_stratified_split
+
+ML_100K = MOVIELENS_DIR / "ml-100k" / "u.data"  # where the benchmarks read it
 
 
 def frame_with_item_counts(counts: dict[int, int], n_users: int = 50, seed: int = 0) -> pd.DataFrame:
@@ -23,34 +29,119 @@ def frame_with_item_counts(counts: dict[int, int], n_users: int = 50, seed: int 
 
 
 COUNTS = {10: 1, 11: 2, 12: 3, 13: 4, 14: 8, 15: 10, 16: 40}
+# Group sizes where floor(ratio * n) and round(ratio * n) (half to even) part ways, and some where they agree.
+SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 14, 40)
+KEPT_IN_TRAIN = {  # round(ratio * n), Python's round, written out
+    0.75: {1: 1, 2: 2, 3: 2, 4: 3, 5: 4, 6: 4, 8: 6, 10: 8, 14: 10, 40: 30},
+    0.8: {1: 1, 2: 2, 3: 2, 4: 3, 5: 4, 6: 5, 8: 6, 10: 8, 14: 11, 40: 32},
+    0.5: {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 3, 8: 4, 10: 5, 14: 7, 40: 20},
+}
 
 
-def test_each_item_keeps_floor_of_ratio_in_train():
-    frame = frame_with_item_counts(COUNTS)
-    train, test = stratified_split(frame, ratio=0.75, filter_by="item", drop_unknown=False)
-    in_train = train["product_id"].value_counts().reindex(list(COUNTS), fill_value=0).to_dict()
-    assert in_train == {10: 0, 11: 1, 12: 2, 13: 3, 14: 6, 15: 7, 16: 30}
+def frame_with_group_sizes(sizes: tuple[int, ...], by: str, seed: int) -> pd.DataFrame:
+    """Groups of ``by`` (``"item"`` or ``"user"``) with ``sizes`` rows each (two groups per size), the
+    other column random, rows shuffled, group keys not in order of appearance, a non-default index."""
+    rng = np.random.default_rng(seed)
+    keys = rng.permutation(np.arange(100, 100 + 2 * len(sizes)))
+    group = np.repeat(keys, np.tile(sizes, 2))
+    other = rng.integers(0, 30, len(group))
+    column, other_column = (ITEM_ID, USER_ID) if by == "item" else (USER_ID, ITEM_ID)
+    frame = pd.DataFrame({column: group, other_column: other, "weight": 1.0, "ts": 0.0})
+    frame = frame[[USER_ID, ITEM_ID, "weight", "ts"]]
+    frame = frame.iloc[rng.permutation(len(frame))]
+    frame.index = rng.permutation(np.arange(1000, 1000 + len(frame)))
+    return frame
+
+
+def published(frame: pd.DataFrame, ratio: float, by: str, seed: int, min_rating: int = 1) -> tuple[set, set]:
+    train, test = python_stratified_split(frame, ratio=ratio, min_rating=min_rating, filter_by=by,
+                                          col_user=USER_ID, col_item=ITEM_ID, seed=seed)
+    return set(train.index), set(test.index)
+
+
+def assert_subsequence(part: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """``part`` holds rows of ``frame`` in ``frame``'s order, with their index and values."""
+    assert part.index.equals(frame.index[frame.index.isin(part.index)])
+    pd.testing.assert_frame_equal(part, frame.loc[part.index])
+
+
+@pytest.mark.parametrize("ratio", sorted(KEPT_IN_TRAIN))
+@pytest.mark.parametrize("by", ["item", "user"])
+def test_each_group_keeps_round_half_to_even_of_ratio_in_train(ratio: float, by: str):
+    frame = frame_with_group_sizes(SIZES, by, seed=5)
+    column = ITEM_ID if by == "item" else USER_ID
+    train, test = stratified_split(frame, ratio=ratio, filter_by=by, drop_unknown=False)
+    sizes = frame.groupby(column).size()
+    kept = train.groupby(column).size().reindex(sizes.index, fill_value=0)
+    assert {key: (int(sizes[key]), int(kept[key])) for key in sizes.index} == {
+        key: (int(sizes[key]), KEPT_IN_TRAIN[ratio][int(sizes[key])]) for key in sizes.index}
     assert len(train) + len(test) == len(frame)
     assert not set(train.index) & set(test.index)
+    assert_subsequence(train, frame)
+    assert_subsequence(test, frame)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 2024])
+@pytest.mark.parametrize("ratio", [0.75, 0.8, 0.5])
+@pytest.mark.parametrize("by", ["item", "user"])
+def test_same_rows_as_the_published_splitter(by: str, ratio: float, seed: int):
+    frame = frame_with_group_sizes((1, 2, 3, 5, 6, 14), by, seed=seed)
+    for min_rating in (1, 3):
+        train, test = stratified_split(frame, ratio=ratio, filter_by=by, seed=seed, min_rating=min_rating,
+                                       drop_unknown=False)
+        assert (set(train.index), set(test.index)) == published(frame, ratio, by, seed, min_rating)
+    assert len(train) + len(test) < len(frame)  # min_rating=3 dropped the groups of 1 and 2
+
+
+@pytest.mark.skipif(not ML_100K.is_file(), reason=f"MovieLens 100K is not at {ML_100K} on this machine")
+def test_movielens_100k_per_item_is_the_published_split():
+    frame = read_ratings_frame(ML_100K)  # file order, as the benchmark reads it
+    train, test = stratified_split(frame, ratio=0.75, filter_by="item", seed=42, drop_unknown=False)
+    assert (len(train), len(test)) == (75_066, 24_934)
+    assert (set(train.index), set(test.index)) == published(frame, 0.75, "item", 42)
+    assert_subsequence(train, frame)
+    dropped = stratified_split(frame, ratio=0.75, filter_by="item", seed=42)  # the benchmark's call
+    assert dropped[0].index.equals(train.index) and set(dropped[1].index) <= set(test.index)
+
+
+def test_rows_without_a_group_key_are_in_neither_part_as_theirs():
+    frame = pd.DataFrame({"user_id": range(9), "product_id": [1.0, np.nan, 1, 2, np.nan, 2, 2, 1, 1],
+                          "weight": 1.0, "ts": 0.0})
+    for min_rating in (1, 2):
+        train, test = stratified_split(frame, min_rating=min_rating, drop_unknown=False)
+        assert (set(train.index), set(test.index)) == published(frame, 0.75, "item", 42, min_rating)
+        assert not {1, 4} & (set(train.index) | set(test.index))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 14, 1000])
+def test_pandas_sample_draws_randomstate_permutation(n: int):
+    # The shuffle stratified_split reproduces without calling DataFrame.sample once per group.
+    frame = pd.DataFrame({"x": np.arange(n)}, index=np.arange(n) * 3 + 7)
+    for seed in (0, 42):
+        sampled = frame.sample(frac=1, random_state=seed)
+        assert sampled["x"].tolist() == np.random.RandomState(seed).permutation(n).tolist()
+
+
+def test_groups_of_one_size_share_one_permutation():
+    # RandomState(42).permutation(4) = [1, 3, 0, 2]: each item's rows 1, 3, 0 (in its own order) go to
+    # train, row 2 to test, whatever the item and wherever its rows are in the frame.
+    assert np.random.RandomState(42).permutation(4).tolist() == [1, 3, 0, 2]
+    frame = pd.DataFrame({"user_id": [1, 2, 3, 4, 5, 6, 7, 8], "product_id": [7, 9, 7, 9, 7, 9, 7, 9],
+                          "weight": 1.0, "ts": 0.0})
+    train, test = stratified_split(frame, seed=42, drop_unknown=False)
+    assert test.index.tolist() == [4, 5]  # item 7's rows are 0, 2, 4, 6 and item 9's 1, 3, 5, 7
+    assert train.index.tolist() == [0, 1, 2, 3, 6, 7]
 
 
 def test_test_rows_of_items_or_users_missing_from_train_are_dropped():
     frame = frame_with_item_counts(COUNTS)
-    train, test = stratified_split(frame)
+    train, test = stratified_split(frame, ratio=0.4)  # round(.4 * 1) = 0: item 10's one rating to test
     assert 10 not in set(test["product_id"])  # its only rating went to test, then was dropped
     assert set(test["product_id"]) <= set(train["product_id"])
     assert set(test["user_id"]) <= set(train["user_id"])
-    _, undropped = stratified_split(frame, drop_unknown=False)
+    _, undropped = stratified_split(frame, ratio=0.4, drop_unknown=False)
+    assert 10 in set(undropped["product_id"])
     assert len(undropped) > len(test)
-
-
-def test_draws_are_those_of_np_random_seed_then_rand_in_row_order():
-    # python_stratified_split: np.random.seed(42); rand(4) = [.37, .95, .73, .60]; within the item the
-    # row with the largest draw ranks last (4/4 > .75) and is the one in test.
-    frame = pd.DataFrame({"user_id": [1, 2, 3, 4], "product_id": 7, "weight": 1.0, "ts": 0.0})
-    train, test = stratified_split(frame, seed=42, drop_unknown=False)
-    assert test.index.tolist() == [int(np.argmax(np.random.RandomState(42).rand(4)))] == [1]
-    assert train.index.tolist() == [0, 2, 3]
 
 
 def test_stratified_by_user_and_min_rating():
@@ -58,7 +149,7 @@ def test_stratified_by_user_and_min_rating():
     train, test = stratified_split(frame, filter_by="user", drop_unknown=False)
     per_user = frame["user_id"].value_counts()
     kept = train["user_id"].value_counts().reindex(per_user.index, fill_value=0)
-    assert (kept == np.floor(0.75 * per_user)).all()
+    assert kept.to_dict() == {user: round(0.75 * n) for user, n in per_user.items()}
     train, test = stratified_split(frame, min_rating=4, drop_unknown=False)
     assert set(pd.concat([train, test])["product_id"]) == {13, 14, 15, 16}
 
