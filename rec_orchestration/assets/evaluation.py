@@ -4,7 +4,8 @@
 measured on the shared time-based split), records them per model version in ``ml.model_evaluations``,
 picks the champion (``ml/champion.py``) into ``ml.model_champions``, and shows a metrics table and a
 comparison plot in the UI. The blocking check ``champion_beats_popularity`` stops publishing when the
-champion is not better than the popularity baseline.
+champion is not better than the stronger of the two popularity baselines (time-decayed ``popularity``,
+plain ``popularity_plain``) on the holdout; ``ml.model_champions.baseline_name`` records which one it was.
 """
 
 import json
@@ -18,7 +19,7 @@ from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
 from rec_orchestration.db.tables import packaged_sql
 from rec_orchestration.ml import registry
-from rec_orchestration.ml.champion import choose_champion, require_same_data
+from rec_orchestration.ml.champion import BASELINES, DEFAULT_BASELINE, choose_champion, require_same_data
 from rec_orchestration.ml.plots import markdown_image, metric_comparison
 from rec_orchestration.ml.training import EVAL_K, ModelInputs, category_features, refit_on_everything
 from rec_orchestration.resources.model_store import ModelStoreResource
@@ -29,14 +30,15 @@ from rec_orchestration.runs import approved_champion, run_key
 
 class EvaluationConfig(dg.Config):
     min_lift: float = Field(default=0.0, ge=0.0, description=(
-        "The champion must beat popularity's nDCG@k by more than this fraction (0.05 = 5 %) to be published."))
+        "The champion must beat the stronger popularity baseline's nDCG@k by more than this fraction "
+        "(0.05 = 5 %) to be published."))
 
 
 @dg.asset(
     key=["ml", "model_evaluations"],
     group_name="evaluation",
     kinds={"python", "postgres"},
-    deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],
+    deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],  # models/popularity: both baselines
 )
 @retry_transient_db_errors()
 def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: PostgresResource,
@@ -44,10 +46,11 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     """Each model's metrics at k on the held-out latest interactions, per version; the champion chosen."""
     store = model_store.store()
     manifests = {}
-    for name in registry.MODEL_NAMES:
+    asset_of = {other: name for name, others in registry.FITTED_WITH.items() for other in others}
+    for name in registry.EVALUATED_NAMES:
         version = store.latest(name)
         if version is None:
-            raise dg.Failure(f"model {name} has no artifact yet: materialize models/{name} first")
+            raise dg.Failure(f"model {name} has no artifact yet: materialize models/{asset_of.get(name, name)} first")
         manifests[name] = store.manifest(name, version)
     try:
         require_same_data(manifests)
@@ -71,15 +74,18 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
                 rows)
         conn.execute("""
             INSERT INTO ml.model_champions (run_id, chosen_at, model_name, model_version, k, ndcg_at_k,
-                                              baseline_version, baseline_ndcg_at_k, required_lift, beats_baseline)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                              baseline_name, baseline_version, baseline_ndcg_at_k, required_lift,
+                                              beats_baseline)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (run_id) DO UPDATE SET chosen_at = EXCLUDED.chosen_at, model_name = EXCLUDED.model_name,
                 model_version = EXCLUDED.model_version, ndcg_at_k = EXCLUDED.ndcg_at_k,
-                baseline_version = EXCLUDED.baseline_version, baseline_ndcg_at_k = EXCLUDED.baseline_ndcg_at_k,
+                baseline_name = EXCLUDED.baseline_name, baseline_version = EXCLUDED.baseline_version,
+                baseline_ndcg_at_k = EXCLUDED.baseline_ndcg_at_k,
                 required_lift = EXCLUDED.required_lift, beats_baseline = EXCLUDED.beats_baseline,
                 deployed_version = NULL""",
             (run_key(context), now, choice.model_name, choice.model_version, EVAL_K, choice.ndcg,
-             choice.baseline_version, choice.baseline_ndcg, choice.required_lift, choice.beats_baseline))
+             choice.baseline_name, choice.baseline_version, choice.baseline_ndcg, choice.required_lift,
+             choice.beats_baseline))
     table = pd.DataFrame([{"model": name, "version": m["version"],
                            **{key: round(float(value), 4) for key, value in m["metrics"].items() if key != "users"},
                            "fit_s": m["fit_seconds"]}
@@ -90,16 +96,18 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     return dg.MaterializeResult(metadata={
         "champion": f"{choice.model_name} {choice.model_version}",
         f"champion_ndcg@{EVAL_K}": choice.ndcg,
-        f"popularity_ndcg@{EVAL_K}": choice.baseline_ndcg,
-        "beats_popularity": choice.beats_baseline,
+        "baseline": f"{choice.baseline_name} {choice.baseline_version}",
+        f"baseline_ndcg@{EVAL_K}": choice.baseline_ndcg,
+        **{f"{name}_ndcg@{EVAL_K}": float(manifests[name]["metrics"][f"ndcg@{EVAL_K}"]) for name in BASELINES},
+        "beats_baseline": choice.beats_baseline,
         "metrics": dg.MetadataValue.md(table.to_markdown(index=False)),
         "comparison": dg.MetadataValue.md(markdown_image(plot, "metric comparison")),
     })
 
 
 @dg.asset_check(asset=model_evaluations, blocking=True,
-                description="The champion beats the popularity baseline (by more than min_lift); otherwise "
-                            "nothing downstream publishes it.")
+                description="The champion beats the stronger popularity baseline on the holdout, time-decayed or "
+                            "plain (by more than min_lift); otherwise nothing downstream publishes it.")
 def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
                               warehouse: PostgresResource) -> dg.AssetCheckResult:
     row = reads.champion_row(warehouse, run_key(context))
@@ -108,7 +116,9 @@ def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
     return dg.AssetCheckResult(passed=bool(row["beats_baseline"]), metadata={
         "champion": f"{row['model_name']} {row['model_version']}",
         f"champion_ndcg@{EVAL_K}": float(row["ndcg_at_k"]),
-        f"popularity_ndcg@{EVAL_K}": float(row["baseline_ndcg_at_k"]),
+        "baseline": row.get("baseline_name") or DEFAULT_BASELINE,  # the stronger one, compared with
+        "baseline_version": row["baseline_version"],
+        f"baseline_ndcg@{EVAL_K}": float(row["baseline_ndcg_at_k"]),
         "required_lift": float(row["required_lift"]),
     })
 

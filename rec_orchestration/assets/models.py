@@ -1,8 +1,11 @@
-"""Models over the core tables: popularity (the fallback) and every model of ``ml.registry``, evaluated.
+"""Models over the core tables: every model of ``ml.registry``, evaluated, and popularity (the fallback).
 
 Each ``models/<name>`` asset fits its model on the shared time-based split and evaluates it
 (``ml/training.py``); an artifact of the same data, parameters and code is reused, not refitted.
-``ml/model_evaluations`` (assets/evaluation.py) compares them.
+``models/popularity`` fits and evaluates both popularity baselines, time-decayed ``popularity`` and plain
+``popularity_plain`` (``registry.FITTED_WITH``). ``ml/model_evaluations`` (assets/evaluation.py) compares
+them all. ``ml/popular_products`` refits the stronger baseline on the holdout (``ml/champion.py``) on every
+interaction: the cold-start fallback that publishing serves.
 """
 
 from typing import Any
@@ -15,6 +18,7 @@ from rec_orchestration.db import reads
 from rec_orchestration.db.tables import replace_table
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
+from rec_orchestration.ml.champion import BASELINES, stronger_baseline
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.plots import markdown_image
 from rec_orchestration.ml.popularity import PopularityRecommender
@@ -38,8 +42,12 @@ INTERACTION_DEPS = [dg.AssetKey(["core", "interactions"])]
 # ---------------------------------------------------------------------------------------------- configs
 
 class PopularityConfig(dg.Config):
-    half_life_days: float = Field(default=registry.DEFAULTS["popularity"]["half_life_days"], gt=0,
-                                  description="Weight of an interaction halves every this many days.")
+    half_life_days: float = Field(default=registry.DEFAULTS["popularity"]["half_life_days"], gt=0, description=(
+        "Weight of an interaction halves every this many days (the decayed baseline; popularity_plain, "
+        "evaluated beside it, does not decay)."))
+
+
+class PopularProductsConfig(dg.Config):
     per_category: int = Field(default=50, ge=1,
                               description="Products kept per category in ml.popular_products_by_category.")
 
@@ -128,10 +136,14 @@ def model_asset(name: str) -> dg.AssetsDefinition:
     """``models/<name>``: fit on the shared split, evaluate, store the artifact."""
     config_class = MODEL_CONFIGS[name]
 
+    fitted_with = registry.FITTED_WITH.get(name, ())
+    also = f" With it, {', '.join(fitted_with)} (registry defaults), on the same split." if fitted_with else ""
+
     @dg.asset(name=name, key_prefix=["models"], group_name="models", kinds={"python", "pytorch"},
               deps=INTERACTION_DEPS + ([dg.AssetKey(["core", "product_categories"])] if name == "lightfm" else []),
               description=f"The {name} model fitted on core.interactions (all but each user's latest "
-                          f"interaction), evaluated at k={EVAL_K} on the held-out ones; artifact in the model store.")
+                          f"interaction), evaluated at k={EVAL_K} on the held-out ones; artifact in the model "
+                          f"store.{also}")
     @retry_transient_db_errors()
     def _asset(context: dg.AssetExecutionContext, config: config_class, warehouse: PostgresResource,  # type: ignore[valid-type]
                model_store: ModelStoreResource) -> dg.MaterializeResult:
@@ -141,7 +153,15 @@ def model_asset(name: str) -> dg.AssetsDefinition:
         manifest, reused = fit_and_evaluate(name, model_params(name, config), split, store, inputs)
         if reused:
             context.log.info(f"{name} {manifest['version']}: data, parameters and code unchanged; reusing the artifact")
-        return dg.MaterializeResult(metadata=model_metadata(manifest, store, reused=reused))
+        metadata = model_metadata(manifest, store, reused=reused)
+        for other in fitted_with:  # e.g. popularity_plain beside popularity: its registry defaults, the same split
+            other_manifest, other_reused = fit_and_evaluate(other, dict(registry.DEFAULTS.get(other, {})), split,
+                                                            store)
+            metadata |= {f"{other}_version": other_manifest["version"],
+                         f"{other}_params": dg.MetadataValue.json(other_manifest["params"]),
+                         f"{other}_ndcg@{EVAL_K}": float(other_manifest["metrics"][f"ndcg@{EVAL_K}"])}
+            metadata["reused_artifact"] = bool(metadata["reused_artifact"]) and other_reused
+        return dg.MaterializeResult(metadata=metadata)
 
     return _asset
 
@@ -152,24 +172,42 @@ model_assets = [model_asset(name) for name in registry.MODEL_NAMES]
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(["ml", "popular_products"], group_name="models", kinds={"python", "postgres"},
-                     deps=INTERACTION_DEPS + [dg.AssetKey(["core", "products"])],
-                     description="Products ranked by time-decayed, weighted popularity (the cold-start fallback)."),
+                     deps=INTERACTION_DEPS + [dg.AssetKey(["core", "products"]), dg.AssetKey(["models", "popularity"])],
+                     description="Products ranked by weighted popularity, time-decayed or plain, whichever had "
+                                 "the higher held-out nDCG in models/popularity (the cold-start fallback)."),
         dg.AssetSpec(["ml", "popular_products_by_category"], group_name="models", kinds={"python", "postgres"},
-                     deps=INTERACTION_DEPS + [dg.AssetKey(["core", "product_categories"])],
+                     deps=INTERACTION_DEPS + [dg.AssetKey(["core", "product_categories"]),
+                                              dg.AssetKey(["models", "popularity"])],
                      description="The same ranking within each category."),
     ],
 )
 @retry_transient_db_errors()
-def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig, warehouse: PostgresResource,
+def popular_products(context: dg.AssetExecutionContext, config: PopularProductsConfig, warehouse: PostgresResource,
                      model_store: ModelStoreResource):
-    """Popularity over all interactions, overall and per category; the model saved to the model store."""
+    """The stronger popularity baseline on the holdout (the latest ``models/popularity`` artifacts of both
+    variants, the rule of ``ml/champion.py``, as the gate uses it) refitted with its parameters on every
+    interaction, overall and per category; the model saved to the model store."""
+    store = model_store.store()
+    evaluated = {}
+    for name in BASELINES:
+        latest = store.latest(name)
+        if latest is None:
+            raise dg.Failure(f"model {name} has no artifact yet: materialize models/popularity first")
+        evaluated[name] = store.manifest(name, latest)
+    variant = stronger_baseline(evaluated, EVAL_K)
     frame = reads.interactions_frame(warehouse)
+    if (evaluated_on := evaluated[variant]["data_version"]) != data_version(frame):
+        context.log.warning(f"the popularity baselines were evaluated on other data ({evaluated_on}); {variant} was "
+                            "the stronger there. Materialize models/popularity to re-evaluate.")
     interactions = Interactions.from_frame(frame)
-    model = PopularityRecommender(half_life_days=config.half_life_days).fit(interactions)
-    params = {"half_life_days": config.half_life_days}
-    version = artifact_version(data_version(frame), params, CODE_VERSIONS["popularity"])
-    location = model_store.store().save("popular_products", version, model.state_dict(),
-                                        {"params": params, "n_interactions": len(interactions)})
+    params = dict(evaluated[variant]["params"])
+    model = PopularityRecommender(**params).fit(interactions)  # both variants are this class
+    version = artifact_version(data_version(frame), params, CODE_VERSIONS[variant])
+    held_out = {name: float(manifest["metrics"][f"ndcg@{EVAL_K}"]) for name, manifest in evaluated.items()}
+    location = store.save("popular_products", version, model.state_dict(), {
+        "params": params, "n_interactions": len(interactions), "variant": variant,
+        "chosen_by": {"k": EVAL_K, "ndcg": held_out,
+                      "versions": {name: manifest["version"] for name, manifest in evaluated.items()}}})
     items, scores = model.ranking()
     rows = [(int(item), rank, float(score), version)
             for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1)]
@@ -191,6 +229,9 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig
         )
     yield dg.MaterializeResult(asset_key=["ml", "popular_products"], metadata={
         "model_version": version,
+        "variant": variant,
+        "params": dg.MetadataValue.json(params),
+        **{f"{name}_ndcg@{EVAL_K}": ndcg for name, ndcg in held_out.items()},
         "artifact": dg.MetadataValue.path(location),
         "n_interactions": len(interactions),
         "n_products": len(rows),
@@ -198,6 +239,7 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularityConfig
     })
     yield dg.MaterializeResult(asset_key=["ml", "popular_products_by_category"], metadata={
         "model_version": version,
+        "variant": variant,
         "rows": len(by_category),
         "categories": len({row[0] for row in by_category}),
     })

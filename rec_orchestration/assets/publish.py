@@ -1,7 +1,8 @@
 """Publish: the tables downstream applications read, as one publication (see :mod:`rec_orchestration.publishing`).
 
 One step builds every published table from the model stage's outputs and swaps them in together:
-``recs.user_recommendations`` (the champion's top k per user, popularity for cold-start users),
+``recs.user_recommendations`` (the champion's top k per user, popularity for cold-start users: the ranking
+of ``ml.popular_products``, the stronger popularity baseline on the holdout, time-decayed or plain),
 ``recs.similar_products`` (every similarity method plus their blend), ``recs.popular_products`` and
 ``recs.popular_products_by_category``, plus the product metadata the ``*_detailed`` views hydrate.
 """
@@ -43,7 +44,9 @@ class PublishConfig(dg.Config):
 
 
 def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender, str]:
-    """The published popularity ranking (``ml.popular_products``) as a model, and its version."""
+    """The published popularity ranking (``ml.popular_products``: the stronger baseline on the holdout, decayed
+    or plain, refitted on every interaction) as a model, and its version. Served under the name ``popularity``
+    either way; the version tells the variants apart."""
     ranked = reads.popularity_ranking(warehouse)
     model = PopularityRecommender()
     model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
@@ -149,8 +152,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         if reason := refusal(problems, config.k):
             raise dg.Failure(f"{reason}; the live recommendations stay as they are")
 
-    evaluation = {key: champion_row[key] for key in ("k", "ndcg_at_k", "baseline_ndcg_at_k", "model_version")
-                  if key in champion_row}
+    evaluation = {key: champion_row[key] for key in ("k", "ndcg_at_k", "baseline_name", "baseline_ndcg_at_k",
+                                                     "model_version") if key in champion_row}
     evaluation |= reads.evaluation_metrics(warehouse, champion_row["model_name"], champion_row["model_version"],
                                           champion_row["k"])
     with warehouse.connection() as conn:

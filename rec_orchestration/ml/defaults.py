@@ -12,6 +12,10 @@ its own validation split (10 % of each user's training positives, nDCG@20, early
 .342 after 205 epochs, 5e-3 .349, 1e-2 .344 with the paper's reg 1e-4; with reg 1e-3: lr 5e-3 .360 (109
 epochs), 1e-2 .357; reg 3e-3 and 1e-2 were worse. It picks its epoch count by early stopping on that
 split (``epochs`` is only the ceiling).
+
+The two popularity baselines are not tuned: ``popularity`` decays with a 90-day half-life, and
+``popularity_plain`` is the same model without decay (``half_life_days=None``), so the champion is
+always measured against plain most-popular as well (``ml/champion.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 POPULARITY: dict[str, Any] = {"half_life_days": 90.0}
+POPULARITY_PLAIN: dict[str, Any] = {"half_life_days": None}
 ITEMKNN: dict[str, Any] = {"neighbours": 20, "shrink_power": 0.25}
 EASE: dict[str, Any] = {"l2": 500.0, "max_items": 10_000}
 LIGHTFM: dict[str, Any] = {"factors": 16, "epochs": 30, "learning_rate": 0.05}
@@ -26,6 +31,7 @@ LIGHTGCN: dict[str, Any] = {"factors": 64, "layers": 3, "lr": 5e-3, "reg": 1e-3,
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "popularity": POPULARITY,
+    "popularity_plain": POPULARITY_PLAIN,
     "itemknn": ITEMKNN,
     "ease": EASE,
     "lightfm": LIGHTFM,

@@ -1,8 +1,13 @@
-"""Time-decayed, weighted popularity: the baseline every model must beat and the cold-start fallback.
+"""Weighted popularity, time-decayed or plain: the baselines every model must beat and the cold-start fallback.
 
 score(item) = sum over its interactions of ``weight * 0.5 ** (age_days / half_life_days)``, where age is
 measured back from the newest interaction in the data (not from the wall clock, so a model fitted
-on last year's data is the same model whenever it is fitted).
+on last year's data is the same model whenever it is fitted). With ``half_life_days=None`` nothing
+decays: every interaction counts its weight (plain most-popular, registry model ``popularity_plain``;
+the decayed one is ``popularity``). Which of the two is the stronger baseline depends on the data: decay
+helps where popularity shifts, and on data spanning years a short half-life throws most of the signal
+away. ``ml/champion.py`` compares the champion with the better of the two on the holdout, and the
+pipeline publishes that one as the fallback.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ SECONDS_PER_DAY = 86_400.0
 class PopularityRecommender(Recommender):
     name = "popularity"
 
-    def __init__(self, half_life_days: float = POPULARITY["half_life_days"]) -> None:
-        if half_life_days <= 0:
-            raise ValueError("half_life_days must be positive")
+    def __init__(self, half_life_days: float | None = POPULARITY["half_life_days"]) -> None:
+        if half_life_days is not None and half_life_days <= 0:
+            raise ValueError("half_life_days must be positive (or None: no decay)")
         self.half_life_days = half_life_days
         self.item_ids: np.ndarray = np.array([])
         self.item_scores: np.ndarray = np.array([])
@@ -37,9 +42,11 @@ class PopularityRecommender(Recommender):
     def fit(self, interactions: Interactions) -> PopularityRecommender:
         if len(interactions) == 0:
             raise ValueError("cannot fit popularity on zero interactions")
-        age_days = (interactions.timestamp.max() - interactions.timestamp) / SECONDS_PER_DAY
-        decayed = interactions.weight * np.power(0.5, age_days / self.half_life_days)
-        scores = np.bincount(interactions.item_index, weights=decayed, minlength=interactions.n_items)
+        weights = np.asarray(interactions.weight, dtype=np.float64)
+        if self.half_life_days is not None:
+            age_days = (interactions.timestamp.max() - interactions.timestamp) / SECONDS_PER_DAY
+            weights = weights * np.power(0.5, age_days / self.half_life_days)
+        scores = np.bincount(interactions.item_index, weights=weights, minlength=interactions.n_items)
         self.item_ids = interactions.item_ids
         self.item_scores = scores
         return self
@@ -86,14 +93,15 @@ class PopularityRecommender(Recommender):
         import torch
 
         return {
-            "half_life_days": float(self.half_life_days),
+            "half_life_days": None if self.half_life_days is None else float(self.half_life_days),
             "item_ids": torch.as_tensor(self.item_ids.astype(np.int64)),
             "item_scores": torch.as_tensor(self.item_scores.astype(np.float64)),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PopularityRecommender:
-        model = cls(half_life_days=float(state["half_life_days"]))
+        half_life = state["half_life_days"]
+        model = cls(half_life_days=None if half_life is None else float(half_life))
         model.item_ids = state["item_ids"].cpu().numpy()
         model.item_scores = state["item_scores"].cpu().numpy()
         return model

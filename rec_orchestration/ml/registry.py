@@ -2,8 +2,14 @@
 
 ``DEFAULTS[name]`` holds the tuned parameters of model ``name``; it is ``ml.defaults.DEFAULTS``, the
 values each constructor defaults to (where they come from is told there), so ``build(name)`` and the
-model constructed with no arguments are the same model. Model classes are imported only when asked
-for, so reading the names and defaults loads no torch.
+model constructed with no arguments are the same model (``popularity_plain`` is the popularity class
+built with ``DEFAULTS["popularity_plain"]``, no decay). Model classes are imported only when asked for,
+so reading the names and defaults loads no torch.
+
+:data:`MODEL_NAMES` are the models with a ``models/<name>`` asset each; :data:`EVALUATED_NAMES` are every
+model evaluated and compared in ``ml.model_evaluations``: those plus ``popularity_plain``, which the
+``models/popularity`` asset fits and evaluates beside ``popularity`` (:data:`FITTED_WITH`), so the two
+baselines always share one split and data version.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ from typing import Any
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.defaults import DEFAULTS
 
-__all__ = ["DEFAULTS", "MODEL_NAMES", "build", "model_class"]
+__all__ = ["BASELINE_NAMES", "DEFAULTS", "EVALUATED_NAMES", "FITTED_WITH", "MODEL_NAMES", "build", "model_class"]
 
 MODEL_NAMES: tuple[str, ...] = ("popularity", "itemknn", "ease", "lightfm", "lightgcn")
+# The popularity baselines: time-decayed, then plain (no decay). Neither may be published as the champion.
+BASELINE_NAMES: tuple[str, ...] = ("popularity", "popularity_plain")
+# Models fitted and evaluated by another model's asset, beside it: asset name -> those models.
+FITTED_WITH: dict[str, tuple[str, ...]] = {"popularity": ("popularity_plain",)}
+EVALUATED_NAMES: tuple[str, ...] = tuple(
+    evaluated for name in MODEL_NAMES for evaluated in (name, *FITTED_WITH.get(name, ())))
 
 
 def model_class(name: str) -> type[Recommender]:
-    if name == "popularity":
+    if name in ("popularity", "popularity_plain"):
         from rec_orchestration.ml.popularity import PopularityRecommender
         return PopularityRecommender
     if name == "itemknn":
@@ -34,7 +46,7 @@ def model_class(name: str) -> type[Recommender]:
     if name == "lightgcn":
         from rec_orchestration.ml.lightgcn import LightGCNRecommender
         return LightGCNRecommender
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(EVALUATED_NAMES)}")
 
 
 def build(name: str, **params: Any) -> Recommender:

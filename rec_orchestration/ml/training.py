@@ -3,8 +3,10 @@ rule, models refitted only when their data, parameters or code changed.
 
 Each model is fitted on the training part of one split (every user's latest interaction held out), evaluated
 on the held-out part at :data:`EVAL_K`, and saved to the model store under a version derived from data,
-parameters and code. An artifact whose version already exists is reused, not refitted. The champion is then
-refitted on every interaction (:func:`refit_on_everything`): its evaluation never saw each user's latest one.
+parameters and code. An artifact whose version already exists is reused, not refitted. Both popularity
+baselines (decayed ``popularity`` and plain ``popularity_plain``) are fitted and evaluated the same way, on
+the same split. The champion is then refitted on every interaction (:func:`refit_on_everything`): its
+evaluation never saw each user's latest one.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from rec_orchestration.ml.plots import training_curve
 from rec_orchestration.ml.splits import time_holdout
 
 # Bumped when a model's code changes what it learns; part of every artifact version.
-CODE_VERSIONS = {"popularity": "popularity-v1", "itemknn": "itemknn-v1", "ease": "ease-v1",
-                 "lightfm": "lightfm-v1", "lightgcn": "lightgcn-v1"}
+CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_plain-v1", "itemknn": "itemknn-v1",
+                 "ease": "ease-v1", "lightfm": "lightfm-v1", "lightgcn": "lightgcn-v1"}
 EVAL_K = 10                   # metrics at k, for every model
 HOLDOUT_LATEST = 1            # each user's latest interaction is the test set
 HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained on

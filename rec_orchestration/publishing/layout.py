@@ -74,7 +74,8 @@ TABLES: dict[str, PublishedTable] = {table.name: table for table in (
         "popular_products",
         _columns("product_id bigint", "rank integer", "score double precision", "model_version text"),
         ("rank",),
-        "Every product ranked by time-decayed, weighted popularity."),
+        "Every product ranked by weighted popularity, time-decayed or plain (whichever predicted held-out "
+        "interactions better): the cold-start fallback."),
     PublishedTable(
         "popular_products_by_category",
         _columns("category_id bigint", "category text", "product_id bigint", "rank integer",

@@ -20,7 +20,10 @@ CREATE TABLE IF NOT EXISTS ml.model_evaluations (
     PRIMARY KEY (model_name, model_version, k)
 );
 
--- The champion each run chose, whether it beat the baseline, and the refit that was deployed.
+-- The champion each run chose, the popularity baseline it was compared with (baseline_name: the stronger on
+-- the holdout, popularity or popularity_plain; its version and nDCG), whether it beat it, and the refit that
+-- was deployed. baseline_name defaults to popularity, the only baseline before there were two, so rows
+-- written without it (older warehouses, older tools) say what they meant.
 CREATE TABLE IF NOT EXISTS ml.model_champions (
     run_id              text PRIMARY KEY,
     chosen_at           timestamptz NOT NULL,
@@ -32,5 +35,17 @@ CREATE TABLE IF NOT EXISTS ml.model_champions (
     baseline_ndcg_at_k  double precision NOT NULL,
     required_lift       double precision NOT NULL,
     beats_baseline      boolean NOT NULL,
-    deployed_version    text
+    deployed_version    text,
+    baseline_name       text NOT NULL DEFAULT 'popularity'
 );
+
+-- Warehouses made before there were two baselines gain baseline_name (last, as above; their rows were all
+-- compared with popularity). Checked first, so a run where the column exists takes no lock on the table.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'ml.model_champions'::regclass
+                   AND attname = 'baseline_name' AND NOT attisdropped) THEN
+        ALTER TABLE ml.model_champions ADD COLUMN IF NOT EXISTS baseline_name text NOT NULL DEFAULT 'popularity';
+    END IF;
+END
+$$;

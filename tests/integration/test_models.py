@@ -1,15 +1,19 @@
-"""The modelling stage through Dagster on the generated sample: similarity, every model, evaluation, gate."""
+"""The modelling stage through Dagster on the generated sample: similarity, every model, evaluation, gate
+(against the stronger of the two popularity baselines), and the fallback that gate names."""
 
 import io
 import json
 
 import dagster as dg
 import numpy as np
+import psycopg
 import pytest
 import torch
 
 from rec_orchestration import settings
+from rec_orchestration.db.tables import packaged_sql
 from rec_orchestration.ml import registry
+from rec_orchestration.ml.champion import BASELINES
 from tests.support import QUICK_MODELS, assert_success, materialize_everything, query, scalar
 
 
@@ -26,7 +30,7 @@ def test_every_model_is_evaluated_on_the_same_time_split_and_a_champion_publishe
     rows = query(db, """SELECT model_name, ndcg_at_k, precision_at_k, recall_at_k, map, coverage, users,
                                split->>'kind', data_version
                         FROM ml.model_evaluations ORDER BY model_name""")
-    assert [row[0] for row in rows] == sorted(registry.MODEL_NAMES)
+    assert [row[0] for row in rows] == sorted(registry.EVALUATED_NAMES)   # both popularity baselines too
     assert {row[7] for row in rows} == {"time"}
     assert len({row[8] for row in rows}) == 1                  # one data version: the metrics compare
     users = scalar(db, "SELECT count(*) FROM core.users u WHERE (SELECT count(*) FROM core.interactions i "
@@ -36,20 +40,54 @@ def test_every_model_is_evaluated_on_the_same_time_split_and_a_champion_publishe
         assert 0 <= ndcg <= 1 and 0 <= precision <= 1 and 0 <= recall <= 1 and 0 <= map_ <= 1, name
         assert 0 < coverage <= 1, name
     by_name = {row[0]: row[1] for row in rows}
-    # The sample plants per-user category tastes: personalised models must find them.
+    stronger = max(BASELINES, key=lambda baseline: by_name[baseline])
+    # The sample plants per-user category tastes: personalised models must find them (beat decayed
+    # popularity; the quickly trained LightGCN need not beat the stronger baseline, the champion must).
     for name in registry.MODEL_NAMES:
-        if name != "popularity":
+        if name not in BASELINES:
             assert by_name[name] > by_name["popularity"], (name, by_name)
 
-    champion = query(db, "SELECT model_name, ndcg_at_k, baseline_ndcg_at_k, beats_baseline FROM ml.model_champions")
+    champion = query(db, """SELECT model_name, ndcg_at_k, baseline_name, baseline_ndcg_at_k, beats_baseline,
+                                   baseline_version FROM ml.model_champions""")
     assert len(champion) == 1
-    name, ndcg, baseline, beats = champion[0]
-    assert ndcg == max(by_name.values()) and name != "popularity" and beats
-    assert baseline == by_name["popularity"]
+    name, ndcg, baseline_name, baseline, beats, baseline_version = champion[0]
+    assert ndcg == max(by_name.values()) and name not in BASELINES and beats
+    # Compared with the stronger popularity baseline, time-decayed or plain.
+    assert (baseline_name, baseline) == (stronger, by_name[stronger])
+    assert baseline_version == scalar(db, "SELECT model_version FROM ml.model_evaluations WHERE model_name = %s",
+                                      (stronger,))
     published = {row[0] for row in query(db, "SELECT DISTINCT model_name FROM recs.user_recommendations")}
     assert name in published
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["champion_beats_popularity"] is True
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["champion_beats_popularity"].passed is True
+    gate = checks["champion_beats_popularity"].metadata
+    assert gate["baseline"].value == stronger and gate["baseline_version"].value == baseline_version
+    assert gate["baseline_ndcg@10"].value == baseline
+    evaluation = query(db, "SELECT evaluation FROM recs.recommendation_runs WHERE is_live")[0][0]
+    assert (evaluation["baseline_name"], evaluation["baseline_ndcg_at_k"]) == (stronger, baseline)
+
+
+def test_the_fallback_is_the_stronger_popularity_baseline_refitted_on_every_interaction(trained):
+    db, result = trained
+    baseline_name = scalar(db, "SELECT baseline_name FROM ml.model_champions")
+    version = scalar(db, "SELECT DISTINCT model_version FROM ml.popular_products")
+    manifest = json.loads((settings.model_store_dir() / "popular_products" / version / "manifest.json").read_text())
+    assert manifest["variant"] == baseline_name
+    assert manifest["n_interactions"] == scalar(db, "SELECT count(*) FROM core.interactions")
+    evaluated = dict(query(db, "SELECT model_name, params FROM ml.model_evaluations WHERE model_name = ANY(%s)",
+                           (list(BASELINES),)))
+    assert manifest["params"] == evaluated[baseline_name]
+    assert evaluated["popularity_plain"] == {"half_life_days": None}
+    # What cold-start users get is that ranking, served as popularity.
+    assert query(db, "SELECT DISTINCT model_version FROM recs.popular_products") == [(version,)]
+    assert query(db, "SELECT DISTINCT model_version FROM recs.user_recommendations WHERE model_name = 'popularity'"
+                 ) in ([(version,)], [])
+    materializations = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata
+                        for e in result.get_asset_materialization_events()}
+    assert materializations[("ml", "popular_products")]["variant"].value == baseline_name
+    popularity = materializations[("models", "popularity")]
+    assert popularity["popularity_plain_ndcg@10"].value == scalar(
+        db, "SELECT ndcg_at_k FROM ml.model_evaluations WHERE model_name = 'popularity_plain'")
 
 
 def test_the_published_model_is_the_champion_refitted_on_every_interaction(trained):
@@ -74,12 +112,12 @@ def test_the_published_model_is_the_champion_refitted_on_every_interaction(train
 def test_artifacts_load_weights_only_on_a_cpu_and_plots_reach_the_ui(trained):
     db, result = trained
     store = settings.model_store_dir()
-    for name in registry.MODEL_NAMES:
+    for name in registry.EVALUATED_NAMES:
         version = (store / name / "LATEST").read_text().strip()
         state = torch.load(io.BytesIO((store / name / version / "state_dict.pt").read_bytes()),
                            map_location="cpu", weights_only=True)
         model = registry.model_class(name).from_state_dict(state)
-        users = model.user_ids[:5] if name != "popularity" else np.array([1, 2])
+        users = model.user_ids[:5] if name not in BASELINES else np.array([1, 2])
         assert all(len(items) == 5 for items in model.recommend(users, 5).items), name
     materializations = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata
                         for e in result.get_asset_materialization_events()}
@@ -124,14 +162,15 @@ def test_retraining_is_skipped_when_nothing_changed(trained):
     reused = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata["reused_artifact"].value
               for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "models"}
     assert reused == {("models", name): True for name in (*registry.MODEL_NAMES, "champion")}
-    assert scalar(db, "SELECT count(DISTINCT model_version) FROM ml.model_evaluations") == len(registry.MODEL_NAMES)
+    assert scalar(db, "SELECT count(DISTINCT model_version) FROM ml.model_evaluations") == len(
+        registry.EVALUATED_NAMES)
 
 
 def test_the_gate_blocks_publishing_a_champion_that_does_not_beat_popularity(trained):
     db, _ = trained
     runs_before = scalar(db, "SELECT count(*) FROM recs.recommendation_runs")
     live_before = query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3")
-    # Require a 1000 % lift over popularity: no model reaches it, so the champion is refused.
+    # Require a 1000 % lift over the stronger popularity baseline: no model reaches it, so the champion is refused.
     result = materialize_everything(run_config={
         **QUICK_MODELS, "ops": {**QUICK_MODELS["ops"], "ml__model_evaluations": {"config": {"min_lift": 10.0}}}})
     assert not result.success
@@ -150,6 +189,26 @@ def test_the_gate_blocks_publishing_a_champion_that_does_not_beat_popularity(tra
     alone = dg.materialize([publish_recommendations], resources=defs.resources, raise_on_error=False)
     assert not alone.success
     failure = next(e for e in alone.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "does not beat popularity" in str(failure.event_specific_data.error)
+    baseline_name = scalar(db, "SELECT baseline_name FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")
+    assert f"does not beat the stronger popularity baseline, {baseline_name} (" in str(
+        failure.event_specific_data.error)
     assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == runs_before
     assert query(db, "SELECT user_id, product_id, rank FROM recs.user_recommendations ORDER BY 1, 3") == live_before
+
+
+def test_a_warehouse_from_before_two_baselines_gets_baseline_name(trained):
+    """ml.model_champions without baseline_name (as warehouses made before had it) gains the column when the
+    schema runs again; its rows were all compared with popularity. Running it again changes nothing."""
+    db, _ = trained
+    with psycopg.connect(db.conninfo()) as conn:
+        conn.execute("ALTER TABLE ml.model_champions DROP COLUMN baseline_name")
+        conn.execute(packaged_sql("ml_schema.sql"))
+        conn.execute(packaged_sql("ml_schema.sql"))
+    assert query(db, "SELECT DISTINCT baseline_name FROM ml.model_champions") == [("popularity",)]
+    assert scalar(db, """SELECT attnotnull AND atthasdef FROM pg_attribute
+                         WHERE attrelid = 'ml.model_champions'::regclass AND attname = 'baseline_name'""") is True
+    # A row written without it (the eleven columns there were) was compared with popularity, too.
+    with psycopg.connect(db.conninfo()) as conn:
+        conn.execute("""INSERT INTO ml.model_champions VALUES
+            ('old-run', '2020-01-01', 'ease', 'v1', 10, 0.3, 'v0', 0.1, 0, true, NULL)""")
+    assert scalar(db, "SELECT baseline_name FROM ml.model_champions WHERE run_id = 'old-run'") == "popularity"

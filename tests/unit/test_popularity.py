@@ -1,4 +1,5 @@
-"""Popularity: the documented time-decayed score, exclusion of seen items, and a safe round trip."""
+"""Popularity: the documented time-decayed score, the plain (undecayed) variant, exclusion of seen items, and a
+safe round trip of both."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rec_orchestration.ml import registry
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.popularity import PopularityRecommender
@@ -29,6 +31,20 @@ def test_scores_halve_every_half_life_from_the_newest_interaction():
     assert scores.tolist() == pytest.approx([1.5, 1.0, 0.5])
 
 
+def test_plain_popularity_counts_every_interaction_at_its_weight():
+    model = registry.build("popularity_plain").fit(interactions())
+    assert isinstance(model, PopularityRecommender) and model.params == {"half_life_days": None}
+    items, scores = model.ranking()
+    # item 10: 1 + 1 + 0.5, item 11: 1 + 1, item 12: 1; the age of an interaction does not matter
+    assert items.tolist() == [10, 11, 12]
+    assert scores.tolist() == pytest.approx([2.5, 2.0, 1.0])
+    # Decayed with a short half-life, the 90-day-old interactions count next to nothing.
+    decayed = PopularityRecommender(half_life_days=1).fit(interactions())
+    assert decayed.ranking()[1].tolist() == pytest.approx([0.5, 0.0, 0.0], abs=1e-20)
+    with pytest.raises(ValueError, match="positive"):
+        PopularityRecommender(half_life_days=0)
+
+
 def test_recommend_skips_what_each_user_has_seen():
     data = interactions()
     model = PopularityRecommender().fit(data)
@@ -49,6 +65,16 @@ def test_state_dict_round_trips_through_the_model_store(tmp_path):
     state, manifest = store.load(model.name, version)
     restored = PopularityRecommender.from_state_dict(state)
     assert manifest["version"] == version and restored.half_life_days == 30
+    np.testing.assert_array_equal(restored.ranking()[0], model.ranking()[0])
+    np.testing.assert_allclose(restored.ranking()[1], model.ranking()[1])
+
+
+def test_plain_state_dict_round_trips_without_decay(tmp_path):
+    model = PopularityRecommender(half_life_days=None).fit(interactions())
+    path = tmp_path / "plain.pt"
+    model.save(path)                      # read back with torch.load(weights_only=True)
+    restored = PopularityRecommender.load(path)
+    assert restored.half_life_days is None
     np.testing.assert_array_equal(restored.ranking()[0], model.ranking()[0])
     np.testing.assert_allclose(restored.ranking()[1], model.ranking()[1])
 
