@@ -143,9 +143,10 @@ def fresh_tables(conn: psycopg.Connection) -> None:
             conn.execute(sql.SQL("ALTER TABLE {} ADD FOREIGN KEY (file_id) REFERENCES raw.ingested_files (file_id)")
                          .format(name))
         conn.execute("""INSERT INTO raw.ingested_files (file_id, path, content_sha256, source_format,
-                                                        record_kind, size_bytes, started_at)
+                                                        record_kind, namespace, size_bytes, started_at)
                         OVERRIDING SYSTEM VALUE
-                        VALUES (%s, 'bench peers', 'bench peers', 'csv', 'reviews', 0, now())""", (PEER_FILE_ID,))
+                        VALUES (%s, 'bench peers', 'bench peers', 'csv', 'reviews', 'bench', 0, now())""",
+                     (PEER_FILE_ID,))
 
 
 def fingerprint(conn: psycopg.Connection, table: sql.Composable, up_to_line: int) -> tuple[int, str]:

@@ -1,31 +1,35 @@
 {#-
   Keys and surrogate ids of the dimension models (users, products), built batch by batch.
+  A natural key is (namespace, key): a source's user "1" and another source's user "1" are two users
+  unless their files share a namespace (raw.ingested_files.namespace, rec_orchestration/sources/namespaces.py).
   New keys are numbered after next_id_base() in the order of the file that first named them (first_seq),
-  then by key.
+  then by namespace and key.
 -#}
 
 {#-
-  The keys the batch's `relations` name (staging relations, filtered by batch.filter from load_batch),
-  with the first and last load_seq naming each.
+  The keys (namespace, key_column) the batch's `relations` name (staging relations, filtered by
+  batch.filter from load_batch), with the first and last load_seq naming each.
 -#}
 {% macro keys_in_batch(key_column, relations, batch) %}
-    select {{ key_column }}, min(load_seq) as first_seq, max(load_seq) as last_seq
+    select namespace, {{ key_column }}, min(load_seq) as first_seq, max(load_seq) as last_seq
     from (
         {%- for relation in relations %}
-        select {{ key_column }}, load_seq from {{ relation }} where {{ batch.filter }}
+        select namespace, {{ key_column }}, load_seq from {{ relation }} where {{ batch.filter }}
         {%- if not loop.last %} union all{% endif %}
         {%- endfor %}
     ) as mentions
-    group by {{ key_column }}
+    group by namespace, {{ key_column }}
 {% endmacro %}
 
 {#-
-  The rows of this table for the keys in `keys_relation` (joined on key_column = keys_key_column);
-  none on a full refresh, with the model's contract columns.
+  The rows of this table for the keys in `keys_relation` (joined on namespace and key_column =
+  keys_key_column); none on a full refresh, with the model's contract columns.
 -#}
 {% macro existing_rows(key_column, keys_relation, keys_key_column) %}
     {%- if is_incremental() %}
-    select t.* from {{ this }} as t inner join {{ keys_relation }} as k on k.{{ keys_key_column }} = t.{{ key_column }}
+    select t.* from {{ this }} as t
+    inner join {{ keys_relation }} as k
+        on k.namespace = t.namespace and k.{{ keys_key_column }} = t.{{ key_column }}
     {%- else %}
     select
         {%- for name, column in model.columns.items() %}

@@ -26,6 +26,7 @@ from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
 from rec_orchestration.sources.formats import FORMATS, UnknownFormatError
 from rec_orchestration.sources.loader import EntryResult, LoadResult, ensure_raw_schema, load_entry
+from rec_orchestration.sources.namespaces import NamespaceError
 from rec_orchestration.sources.records import RECORD_KINDS
 
 RAW_KINDS = tuple(RECORD_KINDS)  # reviews, products, users, events
@@ -46,6 +47,11 @@ class LandingConfig(dg.Config):
         default=None,
         description="Name the format of a landing file instead of detecting it: " + ", ".join(sorted(FORMATS)),
     )
+    namespace: str | None = Field(default=None, description=(
+        "The namespace of the users and products of this run's landing entries (a lowercase identifier, "
+        "[a-z][a-z0-9_]{0,39}); overrides the landing directory's _namespaces.toml and the default, the "
+        "format's family (amazon2023, amazon2014, movielens_100k, movielens_dat, movielens_csv, events). "
+        "Files loaded before keep theirs."))
 
 
 def _landing_dir(configured: str | None) -> Path:
@@ -63,7 +69,8 @@ def _landing_dir(configured: str | None) -> Path:
 
 
 def _file_row(entry: str, result: LoadResult) -> dict:
-    return {"entry": entry, "file": result.path.name, "format": result.format, "kind": result.record_kind,
+    return {"entry": entry, "file": result.path.name, "format": result.format, "namespace": result.namespace,
+            "kind": result.record_kind,
             "status": "skipped (content already loaded)" if result.already_loaded else "loaded",
             "rows_read": result.rows_read, "rows_loaded": result.rows_loaded, "rows_rejected": result.rows_rejected,
             "duplicates": result.duplicates, "seconds": round(result.seconds, 3)}
@@ -122,8 +129,8 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                     context.log.warning(f"{key}: no longer in {landing}; what was loaded from it stays")
                     continue
                 try:
-                    result = load_entry(conn, entry, config.format, now=now)
-                except (UnknownFormatError, FileNotFoundError) as exc:
+                    result = load_entry(conn, entry, config.format, now=now, namespace=config.namespace)
+                except (UnknownFormatError, NamespaceError, FileNotFoundError) as exc:
                     failures.append(str(exc))
                     continue
                 except (OSError, EOFError, zlib.error) as exc:  # detection could not even read it

@@ -2,7 +2,8 @@
 
 One function per table returns a fresh list of GX expectation objects; run them with
 :func:`rec_orchestration.quality.validation.validate_table`. The checks are row-level
-(nulls, ranges, allowed values, duplicate keys within one delivery), so an empty table passes;
+(nulls, ranges, allowed values, duplicate keys within one delivery: a delivery is one file, so one
+namespace, and keys are only unique per namespace), so an empty table passes;
 whether a table should have rows at all is for the caller to decide (``TableValidation.row_count``).
 Map expectations ignore NULLs unless they are about NULLs, so optional columns may stay empty.
 

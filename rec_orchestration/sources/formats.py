@@ -35,6 +35,9 @@ class Format:
     kind: str  # a key of RECORD_KINDS
     read: Reader
     description: str
+    # The source family, and the default namespace of its users and products (sources/namespaces.py):
+    # the files of one family share keys (daily drops of one source), different families do not.
+    family: str
 
     @property
     def record_kind(self) -> RecordKind:
@@ -44,20 +47,29 @@ class Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("amazon2023_reviews", "reviews", amazon2023.read_reviews, "Amazon Reviews 2023 reviews (*.jsonl[.gz])"),
-        Format("amazon2023_products", "products", amazon2023.read_products, "Amazon Reviews 2023 meta_*.jsonl[.gz]"),
+        Format("amazon2023_reviews", "reviews", amazon2023.read_reviews, "Amazon Reviews 2023 reviews (*.jsonl[.gz])",
+               "amazon2023"),
+        Format("amazon2023_products", "products", amazon2023.read_products, "Amazon Reviews 2023 meta_*.jsonl[.gz]",
+               "amazon2023"),
         Format("amazon2014_reviews", "reviews", amazon2014.read_reviews,
-               "Amazon reviews 2014 (reviewerID/asin/overall)"),
-        Format("movielens_100k_ratings", "reviews", movielens.read_100k_ratings, "MovieLens 100K u.data"),
-        Format("movielens_100k_movies", "products", movielens.read_100k_movies, "MovieLens 100K u.item"),
-        Format("movielens_100k_users", "users", movielens.read_100k_users, "MovieLens 100K u.user"),
-        Format("movielens_dat_ratings", "reviews", movielens.read_dat_ratings, "MovieLens 1M/10M ratings.dat"),
-        Format("movielens_dat_movies", "products", movielens.read_dat_movies, "MovieLens 1M/10M movies.dat"),
-        Format("movielens_dat_users", "users", movielens.read_dat_users, "MovieLens 1M users.dat"),
-        Format("movielens_csv_ratings", "reviews", movielens.read_csv_ratings, "MovieLens latest ratings.csv"),
-        Format("movielens_csv_movies", "products", movielens.read_csv_movies, "MovieLens latest movies.csv"),
-        Format("events_csv", "events", events.read_csv, "generic events CSV"),
-        Format("events_parquet", "events", events.read_parquet, "generic events Parquet"),
+               "Amazon reviews 2014 (reviewerID/asin/overall)", "amazon2014"),
+        Format("movielens_100k_ratings", "reviews", movielens.read_100k_ratings, "MovieLens 100K u.data",
+               "movielens_100k"),
+        Format("movielens_100k_movies", "products", movielens.read_100k_movies, "MovieLens 100K u.item",
+               "movielens_100k"),
+        Format("movielens_100k_users", "users", movielens.read_100k_users, "MovieLens 100K u.user",
+               "movielens_100k"),
+        Format("movielens_dat_ratings", "reviews", movielens.read_dat_ratings, "MovieLens 1M/10M ratings.dat",
+               "movielens_dat"),
+        Format("movielens_dat_movies", "products", movielens.read_dat_movies, "MovieLens 1M/10M movies.dat",
+               "movielens_dat"),
+        Format("movielens_dat_users", "users", movielens.read_dat_users, "MovieLens 1M users.dat", "movielens_dat"),
+        Format("movielens_csv_ratings", "reviews", movielens.read_csv_ratings, "MovieLens latest ratings.csv",
+               "movielens_csv"),
+        Format("movielens_csv_movies", "products", movielens.read_csv_movies, "MovieLens latest movies.csv",
+               "movielens_csv"),
+        Format("events_csv", "events", events.read_csv, "generic events CSV", "events"),
+        Format("events_parquet", "events", events.read_parquet, "generic events Parquet", "events"),
     )
 }
 

@@ -6,7 +6,9 @@ Otherwise, in one transaction: take an advisory lock on the hash (two concurrent
 load it), add the ledger row, stream the good records into the kind's table with binary COPY, spill
 the rejected ones to a temporary file and COPY them into ``raw.rejected_records`` with their reasons,
 move repeated lines of the file to the quarantine as duplicates, and record ``rows_read =
-rows_loaded + rows_rejected`` (a CHECK constraint holds the ledger to it). Memory is bounded by one
+rows_loaded + rows_rejected`` (a CHECK constraint holds the ledger to it). The ledger row also
+records the file's namespace (:mod:`rec_orchestration.sources.namespaces`): run config, the landing
+directory's ``_namespaces.toml``, else the format's family. Memory is bounded by one
 line (plus psycopg's COPY buffer) whatever the file size. A crash or kill at any point rolls the
 whole file back; the next run loads it whole.
 """
@@ -29,6 +31,7 @@ from psycopg import sql
 
 from rec_orchestration.db.tables import copy_rows, packaged_sql, qualified
 from rec_orchestration.sources.formats import FORMATS, Format, LandingPlan, plan
+from rec_orchestration.sources.namespaces import NamespaceMap, entry_namespace, read_namespace_map, validate_namespace
 from rec_orchestration.sources.records import InvalidFileError, RecordKind, Rejected
 
 
@@ -49,6 +52,7 @@ class LoadResult:
     rows_rejected: int = 0
     duplicates: int = 0
     seconds: float = 0.0
+    namespace: str | None = None  # as in the ledger (for a file loaded before: the namespace it got then)
 
 
 @dataclass
@@ -67,11 +71,12 @@ def ensure_raw_schema(conn: psycopg.Connection) -> None:
     conn.execute(ddl)
 
 
-def _unchanged_in_ledger(conn: psycopg.Connection, path: Path) -> tuple[int, str, str] | None:
-    """``(file_id, content_sha256, source_format)`` of this path if loaded with its current size and mtime."""
+def _unchanged_in_ledger(conn: psycopg.Connection, path: Path) -> tuple[int, str, str, str] | None:
+    """``(file_id, content_sha256, source_format, namespace)`` of this path if loaded with its current size
+    and mtime."""
     stat = path.stat()
     return conn.execute(
-        """SELECT file_id, content_sha256, source_format FROM raw.ingested_files
+        """SELECT file_id, content_sha256, source_format, namespace FROM raw.ingested_files
            WHERE path = %s AND size_bytes = %s AND mtime_ns = %s AND finished_at IS NOT NULL""",
         (str(path), stat.st_size, stat.st_mtime_ns),
     ).fetchone()
@@ -185,30 +190,35 @@ def _move_to_quarantine(conn: psycopg.Connection, kind: RecordKind, file_id: int
 
 
 def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str | None = None,
-              now: datetime | None = None) -> LoadResult:
-    """Load one landing file in one transaction on ``conn`` (which must not be in a transaction)."""
+              now: datetime | None = None, namespace: str | None = None) -> LoadResult:
+    """Load one landing file in one transaction on ``conn`` (which must not be in a transaction).
+
+    Its users and products belong to ``namespace`` (default: the format's family, ``fmt.family``).
+    Content loaded before keeps the namespace it was loaded with."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     kind = fmt.record_kind
+    namespace = validate_namespace(fmt.family if namespace is None else namespace, str(path))
     stat = path.stat()
     # The hourly refresh revisits every landing file: one already loaded from this path, unchanged
     # (same size and mtime), is skipped without reading it.
     known = _unchanged_in_ledger(conn, path)
     if known:
-        return LoadResult(path, fmt.name, kind.name, known[1], known[0], already_loaded=True)
+        return LoadResult(path, fmt.name, kind.name, known[1], known[0], already_loaded=True, namespace=known[3])
     sha = content_sha256(path)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (sha,))
         existing = conn.execute(
-            "SELECT file_id FROM raw.ingested_files WHERE content_sha256 = %s", (sha,)
+            "SELECT file_id, namespace FROM raw.ingested_files WHERE content_sha256 = %s", (sha,)
         ).fetchone()
         if existing:
-            return LoadResult(path, fmt.name, kind.name, sha, existing[0], already_loaded=True)
+            return LoadResult(path, fmt.name, kind.name, sha, existing[0], already_loaded=True, namespace=existing[1])
         file_id = conn.execute(
             """INSERT INTO raw.ingested_files (path, landing_entry, content_sha256, source_format, record_kind,
-                                               size_bytes, mtime_ns, started_at)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING file_id""",
-            (str(path), entry, sha, fmt.name, kind.name, stat.st_size, stat.st_mtime_ns, datetime.now(UTC)),
+                                               namespace, size_bytes, mtime_ns, started_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING file_id""",
+            (str(path), entry, sha, fmt.name, kind.name, namespace, stat.st_size, stat.st_mtime_ns,
+             datetime.now(UTC)),
         ).fetchone()[0]
 
         quarantine = _Quarantine()
@@ -246,18 +256,27 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
         )
     return LoadResult(path, fmt.name, kind.name, sha, file_id, already_loaded=False, rows_read=loaded + rejected,
                       rows_loaded=loaded, rows_rejected=rejected, duplicates=duplicates,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, namespace=namespace)
 
 
 def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = None,
-               now: datetime | None = None) -> EntryResult:
+               now: datetime | None = None, *, namespace: str | None = None,
+               namespaces: NamespaceMap | None = None) -> EntryResult:
     """Load every data file of a landing entry, each in its own transaction.
 
     A file that cannot be read, or a symlink resolving outside the entry, is reported in ``failures``
     and the others still load; the caller
     decides how to fail. Unknown formats raise :class:`~rec_orchestration.sources.formats.UnknownFormatError`
     before anything is loaded.
+
+    Namespace of the entry's files: ``namespace`` (run config) if given, else the entry's rule in
+    ``namespaces`` (default: the ``_namespaces.toml`` of the entry's directory), else each file's format
+    family. An invalid namespace or mapping file raises
+    :class:`~rec_orchestration.sources.namespaces.NamespaceError` before anything is loaded.
     """
+    if namespaces is None:
+        namespaces = read_namespace_map(entry.parent)
+    chosen = entry_namespace(entry.name, namespaces, namespace)
     if entry.is_file() and format_name is None:
         known = _unchanged_in_ledger(conn, entry)
         if known is not None and known[2] in FORMATS:  # loaded before, unchanged: no detection (its
@@ -266,7 +285,8 @@ def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = 
     result = EntryResult(landing_plan, failures=[reason for _, reason in landing_plan.refused])
     for source in landing_plan.files:
         try:
-            result.loaded.append(load_file(conn, source.path, source.format, entry=entry.name, now=now))
+            result.loaded.append(load_file(conn, source.path, source.format, entry=entry.name, now=now,
+                                           namespace=chosen))
         except UnreadableFileError as exc:
             result.failures.append(str(exc))
     return result

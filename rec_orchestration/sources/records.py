@@ -33,7 +33,9 @@ class RecordKind:
     name: str
     columns: tuple[str, ...]
     types: tuple[str, ...]
-    unique_key: tuple[str, ...] = ()  # at most one record per key in a file: later ones are quarantined
+    # At most one record per key in a file: later ones are quarantined. Per file is per namespace too (a
+    # file has one, raw.ingested_files.namespace); across files the warehouse keys by (namespace, key).
+    unique_key: tuple[str, ...] = ()
 
     @property
     def table(self) -> str:

@@ -16,6 +16,9 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
     landing_entry  text,       -- the partition: the file or folder name inside the landing directory
     source_format  text        NOT NULL,
     record_kind    text        NOT NULL,
+    -- Whose keys these are: users and products are (namespace, key) in core (sources/namespaces.py).
+    namespace      text        NOT NULL CONSTRAINT ingested_files_namespace_check
+                               CHECK (namespace ~ '^[a-z][a-z0-9_]{0,39}$'),
     size_bytes     bigint      NOT NULL,
     mtime_ns       bigint,     -- with path and size: lets a re-run skip a known file without hashing it
     rows_read      bigint      NOT NULL DEFAULT 0,
@@ -97,6 +100,29 @@ CREATE TABLE IF NOT EXISTS raw.rejected_records (
     reason      text   NOT NULL,
     PRIMARY KEY (file_id, line_number)
 );
+
+-- Ledgers made before namespaces existed: add the column, each file in the default namespace of its
+-- format (Format.family in sources/formats.py; tests/integration/test_namespaces.py holds the two to
+-- the same values). Guarded by a catalog lookup, so a current ledger is not even locked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'raw.ingested_files'::regclass
+                                             AND attname = 'namespace' AND NOT attisdropped) THEN
+        ALTER TABLE raw.ingested_files ADD COLUMN namespace text;
+        UPDATE raw.ingested_files SET namespace = CASE
+            WHEN source_format LIKE 'amazon2023\_%' THEN 'amazon2023'
+            WHEN source_format LIKE 'amazon2014\_%' THEN 'amazon2014'
+            WHEN source_format LIKE 'movielens\_100k\_%' THEN 'movielens_100k'
+            WHEN source_format LIKE 'movielens\_dat\_%' THEN 'movielens_dat'
+            WHEN source_format LIKE 'movielens\_csv\_%' THEN 'movielens_csv'
+            WHEN source_format LIKE 'events\_%' THEN 'events'
+            ELSE 'legacy'
+        END;
+        ALTER TABLE raw.ingested_files ALTER COLUMN namespace SET NOT NULL,
+            ADD CONSTRAINT ingested_files_namespace_check CHECK (namespace ~ '^[a-z][a-z0-9_]{0,39}$');
+    END IF;
+END
+$$;
 
 -- The ledger's lookup by path (a re-run skips a known file without hashing it). Guarded by a catalog
 -- lookup: CREATE INDEX IF NOT EXISTS would still lock the table, and this runs before every load.

@@ -8,12 +8,13 @@
 ) }}
 -- One row per (user, product, event type, time) from the generic events files; a re-delivered event
 -- collapses into one row, the most recently loaded record winning. Incremental like core.reviews.
+-- An event's user and product are those of its file's namespace.
 {% set batch = load_batch(['users', 'products']) %}
 with batch as (
-    select distinct on (user_key, item_key, event_type, event_ts) *
+    select distinct on (namespace, user_key, item_key, event_type, event_ts) *
     from {{ ref('stg_events') }}
     where {{ batch.filter }}
-    order by user_key, item_key, event_type, event_ts, load_seq desc, line_number desc
+    order by namespace, user_key, item_key, event_type, event_ts, load_seq desc, line_number desc
 )
 
 select
@@ -29,5 +30,5 @@ select
     e.load_seq,
     '{{ run_started_at }}'::timestamptz as refreshed_at
 from batch as e
-inner join {{ ref('users') }} as u on u.user_key = e.user_key
-inner join {{ ref('products') }} as p on p.product_key = e.item_key
+inner join {{ ref('users') }} as u on u.namespace = e.namespace and u.user_key = e.user_key
+inner join {{ ref('products') }} as p on p.namespace = e.namespace and p.product_key = e.item_key

@@ -1,13 +1,14 @@
 {{ config(
     materialized='incremental',
     incremental_strategy='merge',
-    unique_key='product_key',
+    unique_key=['namespace', 'product_key'],
     on_schema_change='fail',
     post_hook=["{{ record_progress([]) }}"],
     indexes=[{'columns': ['load_seq']}],
 ) }}
--- One row per product key seen in metadata, reviews or events. product_id is a stable surrogate
--- numbered like core.users.user_id. Metadata comes from the newest metadata record; a product that
+-- One row per product, (namespace, product_key), seen in metadata, reviews or events: the same key
+-- in two namespaces (two sources) is two products. product_id is a stable surrogate numbered like
+-- core.users.user_id. Metadata comes from the newest metadata record; a product that
 -- was only reviewed has none until its metadata lands.
 -- average_rating / rating_count are the source's own figures when it has them (Amazon's cover all
 -- of Amazon, not just the loaded reviews), else computed from the loaded reviews (review_average,
@@ -19,10 +20,10 @@ with keys as (
 ),
 
 meta as (
-    select distinct on (item_key) *
+    select distinct on (namespace, item_key) *
     from {{ ref('stg_products') }}
     where {{ batch.filter }}
-    order by item_key, load_seq desc, line_number desc
+    order by namespace, item_key, load_seq desc, line_number desc
 ),
 
 existing as (
@@ -34,8 +35,9 @@ merged as (
         coalesce(
             e.product_id,
             {{ next_id_base('product_id') }}
-            + row_number() over (partition by e.product_id is null order by k.first_seq, k.item_key)
+            + row_number() over (partition by e.product_id is null order by k.first_seq, k.namespace, k.item_key)
         )::bigint as product_id,
+        k.namespace,
         k.item_key as product_key,
         m.item_key is not null as has_meta,
         m.title, m.description, m.brand, m.store, m.color, m.main_category, m.categories, m.taxonomy,
@@ -48,13 +50,14 @@ merged as (
         e.review_average,
         k.last_seq
     from keys as k
-    left join existing as e on e.product_key = k.item_key
-    left join meta as m on m.item_key = k.item_key
+    left join existing as e on e.namespace = k.namespace and e.product_key = k.item_key
+    left join meta as m on m.namespace = k.namespace and m.item_key = k.item_key
 ),
 
 described as (
     select
         product_id,
+        namespace,
         product_key,
         case when has_meta then title else e_title end as title,
         case when has_meta then description else e_description end as description,
@@ -76,6 +79,7 @@ described as (
 
 select
     product_id,
+    namespace,
     product_key,
     title,
     description,

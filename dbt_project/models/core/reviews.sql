@@ -7,15 +7,16 @@
     indexes=[{'columns': ['product_id']}, {'columns': ['reviewed_at']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
 ) }}
 -- One row per (user, product, review time) with surrogate keys and the calendar parts (UTC) that
--- reports group by. Incremental: a build reads only the landing files committed since the last one.
+-- reports group by. A record's user and product are those of its file's namespace. Incremental: a
+-- build reads only the landing files committed since the last one.
 -- The same review delivered again collapses into one row; when it comes back with other values the
 -- most recently loaded record wins (newest file, then last line), within a batch and over earlier ones.
 {% set batch = load_batch(['users', 'products']) %}
 with batch as (
-    select distinct on (user_key, item_key, event_ts) *
+    select distinct on (namespace, user_key, item_key, event_ts) *
     from {{ ref('stg_reviews') }}
     where {{ batch.filter }}
-    order by user_key, item_key, event_ts, load_seq desc, line_number desc
+    order by namespace, user_key, item_key, event_ts, load_seq desc, line_number desc
 )
 
 select
@@ -37,5 +38,5 @@ select
     r.load_seq,
     '{{ run_started_at }}'::timestamptz as refreshed_at
 from batch as r
-inner join {{ ref('users') }} as u on u.user_key = r.user_key
-inner join {{ ref('products') }} as p on p.product_key = r.item_key
+inner join {{ ref('users') }} as u on u.namespace = r.namespace and u.user_key = r.user_key
+inner join {{ ref('products') }} as p on p.namespace = r.namespace and p.product_key = r.item_key

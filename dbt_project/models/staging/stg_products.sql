@@ -1,4 +1,4 @@
--- Product metadata records with their file's commit order and the attributes sources keep in
+-- Product metadata records with their file's commit order and namespace, and the attributes sources keep in
 -- `details`: brand (Amazon "Brand", else the store), color, and the date first available (Amazon
 -- "Date First Available", MovieLens release date). `taxonomy` says how to read `categories`: an
 -- Amazon category path (broadest first) or a list of MovieLens genres.
@@ -6,6 +6,7 @@ select
     f.load_seq,
     p.file_id,
     p.line_number,
+    f.namespace,
     p.item_key,
     p.title,
     p.description,

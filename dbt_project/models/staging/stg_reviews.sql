@@ -1,9 +1,10 @@
--- Raw reviews with the commit order of their landing file. Deduplication happens per batch in
+-- Raw reviews with the commit order and namespace of their landing file. Deduplication happens per batch in
 -- core.reviews (latest load wins).
 select
     f.load_seq,
     r.file_id,
     r.line_number,
+    f.namespace,
     r.user_key,
     r.item_key,
     r.rating,

@@ -1,8 +1,9 @@
--- User attribute records (MovieLens u.user / users.dat) with their file's commit order.
+-- User attribute records (MovieLens u.user / users.dat) with their file's commit order and namespace.
 select
     f.load_seq,
     u.file_id,
     u.line_number,
+    f.namespace,
     u.user_key,
     u.age,
     u.gender,
