@@ -236,7 +236,14 @@ def _sync_landing_partitions() -> list[str]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def dev(port: int, host: str) -> None:
     """Start the Dagster UI and daemon (schedules, sensors, run queue) on http://127.0.0.1:3000."""
+    import dagster as dg
+
+    from rec_orchestration.runs import reserve_refresh_pool
+
     env = _dagster_env()
+    os.environ.update(env)
+    with dg.DagsterInstance.get() as instance:
+        reserve_refresh_pool(instance)  # two refreshes queued at once wait for each other from the start
     argv = [_venv_bin("dagster"), "dev", "-w", str(settings.PROJECT_ROOT / "workspace.yaml"),
             "-h", host, "-p", str(port)]
     os.chdir(settings.PROJECT_ROOT)

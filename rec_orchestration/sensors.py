@@ -7,6 +7,7 @@ import dagster as dg
 from rec_orchestration import settings
 from rec_orchestration.jobs import ingest_landing_job
 from rec_orchestration.partitions import LANDING_PARTITIONS_NAME, entry_fingerprint, landing_partitions
+from rec_orchestration.runs import reserve_refresh_pool
 from rec_orchestration.sources.formats import landing_entries
 
 
@@ -19,6 +20,7 @@ from rec_orchestration.sources.formats import landing_entries
     "it has loaded).",
 )
 def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    reserve_refresh_pool(context.instance)  # the daemon is up: make sure the run queue knows the pool's limit
     landing = settings.landing_dir()
     if not landing.is_dir():
         return dg.SkipReason(f"landing directory {landing} does not exist")

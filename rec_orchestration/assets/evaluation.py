@@ -1,6 +1,7 @@
 """Offline evaluation: every model's metrics side by side, a champion, and the gate before publishing.
 
-``ml/model_evaluations`` reads the latest artifact of each model (their manifests carry the metrics
+``ml/model_evaluations`` reads the artifact of each model that this run's model assets materialized (their
+versions from Dagster's event log, not the store's ``LATEST`` pointers; their manifests carry the metrics
 measured on the shared time-based split), records them per model version in ``ml.model_evaluations``,
 picks the champion (``ml/champion.py``) into ``ml.model_champions``, and shows a metrics table and a
 comparison plot in the UI. The blocking check ``champion_beats_popularity`` stops publishing when the
@@ -18,6 +19,7 @@ from pydantic import Field
 from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
 from rec_orchestration.db.tables import packaged_sql
+from rec_orchestration.failpoints import failpoint
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.champion import BASELINES, DEFAULT_BASELINE, choose_champion, require_same_data
 from rec_orchestration.ml.plots import markdown_image, metric_comparison
@@ -25,7 +27,7 @@ from rec_orchestration.ml.training import EVAL_K, ModelInputs, category_features
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
-from rec_orchestration.runs import approved_champion, run_key
+from rec_orchestration.runs import REFRESH_POOL, approved_champion, materialized_model_versions, run_key
 
 
 class EvaluationConfig(dg.Config):
@@ -37,6 +39,7 @@ class EvaluationConfig(dg.Config):
 @dg.asset(
     key=["ml", "model_evaluations"],
     group_name="evaluation",
+    pool=REFRESH_POOL,
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],  # models/popularity: both baselines
 )
@@ -47,16 +50,19 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     store = model_store.store()
     manifests = {}
     asset_of = {other: name for name, others in registry.FITTED_WITH.items() for other in others}
+    versions = materialized_model_versions(context, registry.EVALUATED_NAMES)
     for name in registry.EVALUATED_NAMES:
-        version = store.latest(name)
+        version = versions.get(name)
         if version is None:
-            raise dg.Failure(f"model {name} has no artifact yet: materialize models/{asset_of.get(name, name)} first")
+            raise dg.Failure(f"no materialization of model {name} is recorded: materialize "
+                             f"models/{asset_of.get(name, name)} first")
         manifests[name] = store.manifest(name, version)
     try:
         require_same_data(manifests)
     except ValueError as error:
         raise dg.Failure(str(error)) from error
     choice = choose_champion(manifests, EVAL_K, config.min_lift)
+    failpoint("evaluation.before_record")
     now = datetime.now(UTC)
     rows = []
     for name, manifest in manifests.items():
@@ -126,6 +132,7 @@ def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
 @dg.asset(
     key=["models", "champion"],
     group_name="evaluation",
+    pool=REFRESH_POOL,
     kinds={"python", "pytorch"},
     deps=[model_evaluations],
 )

@@ -35,6 +35,7 @@ from rec_orchestration.ml.training import (
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
+from rec_orchestration.runs import REFRESH_POOL, materialized_model_versions
 
 INTERACTION_DEPS = [dg.AssetKey(["core", "interactions"])]
 
@@ -139,7 +140,7 @@ def model_asset(name: str) -> dg.AssetsDefinition:
     fitted_with = registry.FITTED_WITH.get(name, ())
     also = f" With it, {', '.join(fitted_with)} (registry defaults), on the same split." if fitted_with else ""
 
-    @dg.asset(name=name, key_prefix=["models"], group_name="models", kinds={"python", "pytorch"},
+    @dg.asset(name=name, key_prefix=["models"], group_name="models", kinds={"python", "pytorch"}, pool=REFRESH_POOL,
               deps=INTERACTION_DEPS + ([dg.AssetKey(["core", "product_categories"])] if name == "lightfm" else []),
               description=f"The {name} model fitted on core.interactions (all but each user's latest "
                           f"interaction), evaluated at k={EVAL_K} on the held-out ones; artifact in the model "
@@ -180,20 +181,22 @@ model_assets = [model_asset(name) for name in registry.MODEL_NAMES]
                                               dg.AssetKey(["models", "popularity"])],
                      description="The same ranking within each category."),
     ],
+    pool=REFRESH_POOL,
 )
 @retry_transient_db_errors()
 def popular_products(context: dg.AssetExecutionContext, config: PopularProductsConfig, warehouse: PostgresResource,
                      model_store: ModelStoreResource):
-    """The stronger popularity baseline on the holdout (the latest ``models/popularity`` artifacts of both
-    variants, the rule of ``ml/champion.py``, as the gate uses it) refitted with its parameters on every
-    interaction, overall and per category; the model saved to the model store."""
+    """The stronger popularity baseline on the holdout refitted with its parameters on every interaction,
+    overall and per category; the model saved to the model store. Both variants are the artifacts this
+    run's ``models/popularity`` materialized (else its latest materialization), compared by the rule of
+    ``ml/champion.py`` as the gate compares them."""
     store = model_store.store()
     evaluated = {}
+    versions = materialized_model_versions(context, BASELINES)
     for name in BASELINES:
-        latest = store.latest(name)
-        if latest is None:
-            raise dg.Failure(f"model {name} has no artifact yet: materialize models/popularity first")
-        evaluated[name] = store.manifest(name, latest)
+        if name not in versions:
+            raise dg.Failure(f"no materialization of model {name} is recorded: materialize models/popularity first")
+        evaluated[name] = store.manifest(name, versions[name])
     variant = stronger_baseline(evaluated, EVAL_K)
     frame = reads.interactions_frame(warehouse)
     if (evaluated_on := evaluated[variant]["data_version"]) != data_version(frame):

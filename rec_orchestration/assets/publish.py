@@ -29,7 +29,7 @@ from rec_orchestration.publishing.checks import recommendation_problems, refusal
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
-from rec_orchestration.runs import approved_champion
+from rec_orchestration.runs import REFRESH_POOL, approved_champion
 
 RECOMMENDATIONS = dg.AssetKey(["recs", "user_recommendations"])
 PUBLISHED_KEYS = {name: dg.AssetKey(["recs", name]) for name in publishing.TABLES if name != "products"}
@@ -84,6 +84,7 @@ def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResourc
                      deps=[dg.AssetKey(["ml", "popular_products_by_category"]), dg.AssetKey(["core", "categories"])],
                      description="Popularity ranking per leaf category (recs.popular_products_by_category)."),
     ],
+    pool=REFRESH_POOL,
 )
 @retry_transient_db_errors()
 def publish_recommendations(context: dg.AssetExecutionContext, config: PublishConfig, warehouse: PostgresResource,

@@ -21,6 +21,7 @@ from rec_orchestration.ml.similarity import ItemNeighbours, content_top_n, cosin
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
+from rec_orchestration.runs import REFRESH_POOL, materialized_model_versions
 
 
 class SimilarityConfig(dg.Config):
@@ -44,6 +45,7 @@ def embedding_neighbours(model: Recommender, n: int) -> pd.DataFrame:
 
 @dg.asset(
     key=["ml", "item_similarity"],
+    pool=REFRESH_POOL,
     group_name="similarity",
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["core", "interactions"]), dg.AssetKey(["core", "products"]),
@@ -63,9 +65,9 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
                          "content"))
 
     store = model_store.store()
-    version = store.latest("lightgcn")
+    version = materialized_model_versions(context, ["lightgcn"]).get("lightgcn")
     if version is None:
-        raise dg.Failure("models/lightgcn has no artifact yet: materialize it first")
+        raise dg.Failure("no materialization of models/lightgcn is recorded: materialize it first")
     state, _ = store.load("lightgcn", version)
     frames.append(embedding_neighbours(registry.model_class("lightgcn").from_state_dict(state), config.neighbours))
 

@@ -14,6 +14,7 @@ from pydantic import Field
 from rec_orchestration.dbt_child import PARENT_PID_VARIABLE
 from rec_orchestration.resources.dbt import WarehouseDbtTranslator, dbt_project
 from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.runs import REFRESH_POOL
 
 BUILD_LOCK = "rec_orchestration.dbt_build"
 # How often the server checks, during a long statement, that dbt is still there (PostgreSQL 14+): a
@@ -88,6 +89,7 @@ class WarehouseConfig(dg.Config):
     manifest=dbt_project().manifest_path,
     project=dbt_project(),
     dagster_dbt_translator=WarehouseDbtTranslator(),
+    pool=REFRESH_POOL,
 )
 def warehouse_dbt_models(context: dg.AssetExecutionContext, config: WarehouseConfig, dbt: DbtCliResource,
                          warehouse: PostgresResource):

@@ -19,6 +19,7 @@ from typing import Any
 import fsspec
 
 from rec_orchestration.confinement import no_parent_steps, plain_name, within
+from rec_orchestration.failpoints import failpoint
 
 STATE_FILE = "state_dict.pt"
 MANIFEST_FILE = "manifest.json"
@@ -83,6 +84,7 @@ class ModelStore:
         self._write(self._path(model_name, version, STATE_FILE), buffer.getvalue())
         for filename, payload in (files or {}).items():
             self._write(self._path(model_name, version, filename), payload)
+        failpoint("model_store.before_manifest")
         body = json.dumps({"model_name": model_name, "version": version, **manifest}, indent=2, default=str)
         self._write(self._path(model_name, version, MANIFEST_FILE), body.encode())
         return self.location(model_name, version)

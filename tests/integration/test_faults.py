@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.faults import alive, children_of
 from rec_orchestration.assets.ingestion import RAW_ASSET_KEYS
 from tests.integration.test_warehouse import rebuild_warehouse_from_scratch, snapshot
 from tests.support import assert_success, materialize_everything, scalar
@@ -26,31 +27,6 @@ from rec_orchestration.assets.warehouse import warehouse_dbt_models
 from rec_orchestration.definitions import defs
 dg.materialize([warehouse_dbt_models], resources=defs.resources)
 """
-
-
-def children_of(pid: int) -> list[tuple[int, str]]:
-    """``(pid, command line)`` of the live processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append((int(entry.name), cmdline))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
 
 
 def test_a_step_killed_during_the_dbt_build_takes_dbt_with_it_and_the_next_build_converges(warehouse_env):

@@ -212,3 +212,33 @@ def test_a_warehouse_from_before_two_baselines_gets_baseline_name(trained):
         conn.execute("""INSERT INTO ml.model_champions VALUES
             ('old-run', '2020-01-01', 'ease', 'v1', 10, 0.3, 'v0', 0.1, 0, true, NULL)""")
     assert scalar(db, "SELECT baseline_name FROM ml.model_champions WHERE run_id = 'old-run'") == "popularity"
+
+
+def test_evaluation_reads_the_versions_materialized_by_dagster_not_the_stores_latest_pointer(trained):
+    """Another run moving a model's LATEST pointer between this run's model steps and its evaluation (two
+    refreshes at once) does not make this run evaluate that other fit."""
+    from rec_orchestration.assets.evaluation import model_evaluations
+    from rec_orchestration.assets.models import model_assets
+    from rec_orchestration.definitions import defs
+    from rec_orchestration.ml.artifacts import ModelStore
+
+    db, _ = trained
+    store = ModelStore(str(settings.model_store_dir()))
+    with dg.DagsterInstance.ephemeral() as instance:
+        models = dg.materialize(model_assets, instance=instance, resources=defs.resources,
+                                run_config=QUICK_MODELS)
+        assert_success(models)
+        real = store.latest("itemknn")
+        state, manifest = store.load("itemknn", real)
+        forged = {key: value for key, value in manifest.items() if key not in ("model_name", "version")}
+        forged["metrics"] = {**forged["metrics"], "ndcg@10": 0.999}
+        store.save("itemknn", "anotherrunsfit", state, forged)
+        store.set_latest("itemknn", "anotherrunsfit")  # what a concurrent run's models/itemknn would do
+        try:
+            assert_success(dg.materialize([model_evaluations], instance=instance, resources=defs.resources))
+        finally:
+            store.set_latest("itemknn", real)
+    assert scalar(db, "SELECT count(*) FROM ml.model_evaluations WHERE model_version = 'anotherrunsfit'") == 0
+    assert query(db, "SELECT model_version FROM ml.model_evaluations WHERE model_name = 'itemknn'") == [(real,)]
+    assert scalar(db, "SELECT model_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1") != \
+        "anotherrunsfit"

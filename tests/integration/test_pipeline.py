@@ -29,8 +29,9 @@ def table_counts(db) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def materialized_module(module_warehouse_env):
     db, workdir = module_warehouse_env
-    assert_success(materialize_everything())
-    return db, workdir
+    result = materialize_everything()
+    assert_success(result)
+    return db, workdir, result
 
 
 @pytest.fixture()
@@ -39,7 +40,7 @@ def materialized(materialized_module):
 
 
 def test_full_materialization_builds_every_table_from_the_landing_files(materialized_module):
-    materialized, workdir = materialized_module
+    materialized, workdir, _ = materialized_module
     n_reviews, n_products, n_users = sample_counts(workdir / "landing")
     counts = table_counts(materialized)
     assert counts["raw.ingested_files"] == 2
@@ -53,6 +54,17 @@ def test_full_materialization_builds_every_table_from_the_landing_files(material
     assert counts["recs.user_recommendations"] == n_users * 20  # k defaults to 20
     ledger = query(materialized, "SELECT rows_read, rows_loaded, rows_rejected FROM raw.ingested_files")
     assert all(read == loaded + rejected for read, loaded, rejected in ledger)
+
+
+def test_no_password_reaches_the_run_s_event_log(materialized_module, test_databases):
+    """Every event of a whole refresh (messages, metadata, errors) is free of the credentials in use: the
+    warehouse's role and the server's administrator (with the embedded server, its generated superuser)."""
+    db, _, result = materialized_module
+    passwords = {password for password in (db.password, test_databases.admin.password) if password}
+    assert passwords
+    event_log = "\n".join(dg.serialize_value(event) for event in result.all_events)
+    assert len(result.all_events) > 100 and "recs/user_recommendations" in event_log
+    assert [password for password in passwords if password in event_log] == []
 
 
 def test_every_user_gets_twenty_recommendations_none_already_reviewed(materialized):

@@ -8,6 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from rec_orchestration.failpoints import failpoint
+
 
 class EpochHistory(pl.Callback):
     """One row per training epoch in ``rows``: ``epoch``, ``train_loss`` (the mean of the epoch's batch
@@ -51,3 +53,4 @@ class EpochHistory(pl.Callback):
         logged = trainer.callback_metrics.get(self.metric)
         self.rows.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss,
                           self.metric: float(logged) if logged is not None else float("nan"), "seconds": seconds})
+        failpoint("lightgcn.epoch_end")
