@@ -11,7 +11,8 @@ sample) and model store. Scenarios:
     kill_lightgcn        SIGKILL inside LightGCN training (failpoint ``lightgcn.epoch_end``)
     kill_model_store     SIGKILL between an artifact's weights and its manifest (``model_store.before_manifest``)
     kill_evaluation      SIGKILL after scoring, before anything is recorded (``evaluation.before_record``)
-    postgres_restart     restart the server (fast shutdown) while the models train (embedded server only)
+    postgres_restart_dbt     restart the server (fast shutdown) during the dbt build (embedded server only)
+    postgres_restart_models  ... while the models train
     two_runs_at_once     two refreshes of the same warehouse and store started together
     wrong_password       a run whose password is wrong fails at once, not after retries
     secrets              no password of the credentials in use appears in the Dagster event log
@@ -297,33 +298,40 @@ def at_failpoint(point: str) -> Callable[[Site, State], Outcome]:
     return scenario
 
 
-def postgres_restart(site: Site, reference: State) -> Outcome:
-    from rec_orchestration.db.embedded import EmbeddedPostgres
+def restart_postgres_during(step: str, wait_s: float) -> Callable[[Site, State], Outcome]:
+    """Restart the server (fast shutdown: every session cut) ``wait_s`` after ``step`` starts."""
 
-    if not site.warehouse.embedded and os.environ.get("REC_DATABASE_URL"):
-        return Outcome("postgres_restart", True, "skipped: an external server is not restarted by a benchmark")
-    server = EmbeddedPostgres.default()
-    restarted: list[float] = []
+    def scenario(site: Site, reference: State) -> Outcome:
+        from rec_orchestration.db.embedded import EmbeddedPostgres
 
-    def on_line(line: str) -> None:
-        if not restarted and "STEP_START" in line and "models__" in line:
-            time.sleep(1)
-            started = time.perf_counter()
-            server.stop()
-            server.ensure_running()
-            restarted.append(time.perf_counter() - started)
+        name = scenario.__name__
+        if os.environ.get("REC_DATABASE_URL"):
+            return Outcome(name, True, "skipped: an external server is not restarted by a benchmark")
+        server = EmbeddedPostgres.default()
+        restarted: list[float] = []
 
-    started = time.perf_counter()
-    disturbed = finish(start_refresh(site), started, on_line)
-    detail = (f"server restarted in {restarted[0]:.1f} s while the models trained" if restarted
-              else "the run never reached the models")
-    detail += f"; the run {'succeeded' if disturbed.succeeded else 'failed'} with {disturbed.retries()} step retries"
-    recovery = disturbed if disturbed.succeeded else refresh(site)
-    if recovery is not disturbed:
-        detail += f"; next run {'succeeded' if recovery.succeeded else 'FAILED'}"
-    outcome = compare("postgres_restart", reference, site, detail, time.perf_counter() - started)
-    outcome.survived = outcome.survived and bool(restarted) and recovery.succeeded
-    return outcome
+        def on_line(line: str) -> None:
+            if not restarted and "STEP_START" in line and f'"{step}' in line:
+                time.sleep(wait_s)
+                started = time.perf_counter()
+                server.stop()
+                server.ensure_running()
+                restarted.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        disturbed = finish(start_refresh(site), started, on_line)
+        detail = (f"server restarted in {restarted[0]:.1f} s, {wait_s:.0f} s into {step}" if restarted
+                  else f"the run never reached {step}")
+        outcome_word = "succeeded" if disturbed.succeeded else "failed"
+        detail += f"; the run {outcome_word} with {disturbed.retries()} step retries"
+        recovery = disturbed if disturbed.succeeded else refresh(site)
+        if recovery is not disturbed:
+            detail += f"; next run {'succeeded' if recovery.succeeded else 'FAILED'}"
+        outcome = compare(name, reference, site, detail, time.perf_counter() - started)
+        outcome.survived = outcome.survived and bool(restarted) and recovery.succeeded
+        return outcome
+
+    return scenario
 
 
 def two_runs_at_once(site: Site, reference: State) -> Outcome:
@@ -403,7 +411,8 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "kill_lightgcn": at_failpoint("lightgcn.epoch_end"),
     "kill_model_store": at_failpoint("model_store.before_manifest"),
     "kill_evaluation": at_failpoint("evaluation.before_record"),
-    "postgres_restart": postgres_restart,
+    "postgres_restart_dbt": restart_postgres_during("warehouse_dbt_models", 8),
+    "postgres_restart_models": restart_postgres_during("models__", 1),
     "two_runs_at_once": two_runs_at_once,
     "wrong_password": wrong_password,
     "secrets": secrets,

@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser("bench.model_quality", __doc__)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
-    parser.add_argument("--models", default=",".join(registry.MODEL_NAMES),
-                        help=f"comma-separated, of: {', '.join(registry.MODEL_NAMES)}")
+    parser.add_argument("--models", default=",".join(registry.EVALUATED_NAMES),
+                        help=f"comma-separated, of: {', '.join(registry.EVALUATED_NAMES)}")
     parser.add_argument("--tune", action="store_true", help="choose hyper-parameters on a validation split of train")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--ratio", type=float, default=0.75)
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="figures as JSON on stdout, report on stderr")
     args = parser.parse_args(argv)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = [name for name in models if name not in registry.MODEL_NAMES]
+    unknown = [name for name in models if name not in registry.EVALUATED_NAMES]
     if unknown:
-        parser.error(f"unknown models {unknown}; known: {', '.join(registry.MODEL_NAMES)}")
+        parser.error(f"unknown models {unknown}; known: {', '.join(registry.EVALUATED_NAMES)}")
 
     frame = load_dataset(args.dataset, args.data_dir)
     train, test = stratified_split(frame, ratio=args.ratio, filter_by="item", seed=args.seed)

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed
 
-from rec_orchestration.db.warehouse import refused_login
+from rec_orchestration.db.failures import DatabaseUnavailable, LoginRefused, connection_lost_in, refused_login_in
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,15 +57,58 @@ NOT_TRANSIENT_SQLSTATES = frozenset({
 })
 
 
-def is_transient_db_error(error: BaseException) -> bool:
-    """Whether running the same step again later may succeed: a psycopg ``OperationalError`` (which
-    includes the pool's ``PoolTimeout``) other than the deterministic ones above or a closed pool."""
-    if not isinstance(error, psycopg.OperationalError) or isinstance(error, PoolClosed):
-        return False
-    sqlstate = error.sqlstate
-    if sqlstate is None:  # raised by the client: connection failed or lost, pool or connect timeout
-        return refused_login(error) is None
+def _sqlstate_is_transient(sqlstate: str) -> bool:
     return sqlstate[:2] not in NOT_TRANSIENT_SQLSTATE_CLASSES and sqlstate not in NOT_TRANSIENT_SQLSTATES
+
+
+def _wrapped(error: BaseException) -> list[BaseException]:
+    """``error`` and what it explicitly wraps: SQLAlchemy's ``.orig`` (the driver's error) and ``raise ...
+    from`` causes. (Not ``__context__``: an error raised while handling another is not that error.)"""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return chain
+
+
+def is_transient_db_error(error: BaseException) -> bool:
+    """Whether running the same step again later may succeed.
+
+    - psycopg (3): an ``OperationalError`` (which includes the pool's ``PoolTimeout``) other than the
+      deterministic SQLSTATEs above, a refused login or a closed pool;
+    - psycopg2 (Great Expectations' SQLAlchemy engine), also when SQLAlchemy wraps it: the same rule on
+      its ``pgcode``, or on its text when it has none;
+    - :class:`~rec_orchestration.db.failures.DatabaseUnavailable` (a tool lost its connection);
+    - dbt's CLI failing (dagster-dbt's ``DagsterDbtCliRuntimeError``, which carries dbt's messages) on a
+      lost or refused connection.
+    Anything else (a Dagster ``Failure``, bad data, a missing table, a refused login) is not.
+    """
+    for wrapped in _wrapped(error):
+        if isinstance(wrapped, (PoolClosed, LoginRefused)):
+            return False
+        if isinstance(wrapped, DatabaseUnavailable):
+            return True
+        if isinstance(wrapped, psycopg.OperationalError):
+            if wrapped.sqlstate is None:  # raised by the client: connection failed or lost, pool or connect timeout
+                return refused_login_in(str(wrapped)) is None
+            return _sqlstate_is_transient(wrapped.sqlstate)
+        if _is_psycopg2_error(wrapped, "OperationalError", "InterfaceError"):
+            pgcode = getattr(wrapped, "pgcode", None)
+            if pgcode is None:
+                return connection_lost_in(str(wrapped))
+            return _sqlstate_is_transient(pgcode)
+        if type(wrapped).__name__ == "DagsterDbtCliRuntimeError":
+            return connection_lost_in(str(wrapped))
+    return False
+
+
+def _is_psycopg2_error(error: BaseException, *names: str) -> bool:
+    """Whether ``error`` is one of psycopg2's ``names`` (without importing psycopg2 where it is absent)."""
+    module = type(error).__module__ or ""
+    return module.startswith("psycopg2") and any(
+        klass.__name__ in names and klass.__module__.startswith("psycopg2") for klass in type(error).__mro__)
 
 
 def backoff_seconds(retry_number: int, base_delay_s: float, jitter: Callable[[], float] = random.random) -> float:
@@ -97,7 +140,7 @@ def retry_transient_db_errors(max_retries: int = 3, base_delay_s: float = 5.0) -
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(f"{fn.__name__}: retry_transient_db_errors does not support async functions")
 
-        def retry_request(error: psycopg.OperationalError, args: tuple) -> dg.RetryRequested:
+        def retry_request(error: Exception, args: tuple) -> dg.RetryRequested:
             context = _execution_context(args)
             retry_number = context.retry_number if context is not None else 0
             delay = backoff_seconds(retry_number, base_delay_s)
@@ -114,7 +157,7 @@ def retry_transient_db_errors(max_retries: int = 3, base_delay_s: float = 5.0) -
             def generator_wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     return (yield from fn(*args, **kwargs))
-                except psycopg.OperationalError as error:
+                except Exception as error:
                     if not is_transient_db_error(error):
                         raise
                     raise retry_request(error, args) from error
@@ -125,7 +168,7 @@ def retry_transient_db_errors(max_retries: int = 3, base_delay_s: float = 5.0) -
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except psycopg.OperationalError as error:
+            except Exception as error:
                 if not is_transient_db_error(error):
                     raise
                 raise retry_request(error, args) from error

@@ -14,6 +14,7 @@ from pydantic import Field
 from rec_orchestration.dbt_child import PARENT_PID_VARIABLE
 from rec_orchestration.resources.dbt import WarehouseDbtTranslator, dbt_project
 from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.retry import retry_transient_db_errors
 from rec_orchestration.runs import REFRESH_POOL
 
 BUILD_LOCK = "rec_orchestration.dbt_build"
@@ -91,12 +92,15 @@ class WarehouseConfig(dg.Config):
     dagster_dbt_translator=WarehouseDbtTranslator(),
     pool=REFRESH_POOL,
 )
+@retry_transient_db_errors()
 def warehouse_dbt_models(context: dg.AssetExecutionContext, config: WarehouseConfig, dbt: DbtCliResource,
                          warehouse: PostgresResource):
     """Builds and tests the dbt models (``dbt build``) against the warehouse database.
 
     The large core models are incremental: a build reads only the landing files committed since the
-    last one. ``full_refresh: true`` rebuilds them from all of raw.
+    last one. ``full_refresh: true`` rebuilds them from all of raw. A build that fails on a lost or
+    refused connection (dbt's messages say so) is retried like the Python assets; the load_seq protocol
+    makes the retry pick up where the failed build's committed models left off.
     """
     if config.full_refresh and context.is_subset:
         # Rebuilding one incremental model drops the foreign keys pointing at it (dbt swaps the table,

@@ -6,7 +6,6 @@ warehouse reads (``db/reads.py``) take anything with these helpers.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -16,35 +15,13 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.db.failures import LoginRefused, refused_login
 from rec_orchestration.db.tables import qualified
 
 if TYPE_CHECKING:
     import pandas as pd
 
 Params = Sequence[Any] | dict | None
-
-# libpq reports a refused login as text only (no SQLSTATE on a failed connect). These are the server's
-# and libpq's messages for a login that waiting will not fix: a wrong password or an unknown role or
-# database, no pg_hba.conf entry, a role without LOGIN.
-_REFUSED_LOGIN = re.compile(
-    r'authentication failed|no pg_hba\.conf entry|pg_hba\.conf rejects|role "[^"]*" does not exist'
-    r'|database "[^"]*" does not exist|not permitted to log in|no password supplied'
-    r'|permission denied for database')
-
-
-class LoginRefused(RuntimeError):
-    """PostgreSQL refused the login: a configuration error, not worth retrying."""
-
-
-def refused_login(error: BaseException) -> str | None:
-    """The server's reason when ``error`` is a refused login (see ``_REFUSED_LOGIN``), else None."""
-    if not isinstance(error, psycopg.OperationalError) or error.sqlstate is not None:
-        return None
-    message = str(error).strip()
-    if not _REFUSED_LOGIN.search(message):
-        return None
-    return message.rsplit("FATAL:", 1)[-1].strip()
-
 
 class Queries:
     """Query helpers over ``connection()``, a context manager giving one transaction on a pooled connection

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rec_orchestration.db.failures import DatabaseUnavailable, connection_lost_in
+
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
     from great_expectations.data_context import EphemeralDataContext
@@ -201,6 +203,11 @@ def validate_table(
         suite_result = batch_definition.get_batch().validate(suite, result_format=result_format)
 
     outcomes = [_outcome(result, index_columns, sample_size) for result in suite_result.results]
+    # GX turns an expectation's exception into a failed result; a lost connection is not a data problem.
+    lost = [outcome.error for outcome in outcomes if outcome.error and connection_lost_in(outcome.error)]
+    if lost:
+        raise DatabaseUnavailable(f"Great Expectations lost its database connection validating {asset_name}: "
+                                  f"{lost[0].strip().splitlines()[0]}")
     return TableValidation(
         success=bool(suite_result.success) and all(outcome.success for outcome in outcomes),
         suite_name=suite_name,

@@ -10,10 +10,14 @@ import socket
 
 import dagster as dg
 import psycopg
+import psycopg2
 import pytest
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout
+from sqlalchemy import exc as sa_exc
 
+from rec_orchestration.db.failures import DatabaseUnavailable, LoginRefused
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import backoff_seconds, is_transient_db_error, retry_transient_db_errors
 from tests.support import assert_success, query
@@ -166,6 +170,24 @@ def test_a_step_still_failing_after_max_retries_fails_with_the_original_error():
     (pg_errors.DatabaseDropped(), False),
     (PoolClosed("the pool 'rec_warehouse' is already closed"), False),
     (ValueError("not a database error"), False),
+    # Great Expectations' engine: psycopg2, bare or wrapped by SQLAlchemy.
+    (psycopg2.OperationalError("could not connect to server: Connection refused"), True),
+    (sa_exc.OperationalError("SELECT 1", {}, psycopg2.OperationalError(
+        "server closed the connection unexpectedly")), True),
+    (sa_exc.OperationalError("SELECT 1", {}, psycopg2.OperationalError(
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed for '
+        'user "rec"')), False),
+    (DatabaseUnavailable("Great Expectations lost its database connection validating raw.reviews"), True),
+    (LoginRefused("PostgreSQL refused the login of role 'rec'"), False),
+    # dbt's CLI: only its messages tell.
+    (DagsterDbtCliRuntimeError(description="dbt build failed: Database Error\n  connection to server at "
+                               '"127.0.0.1", port 55432 failed: Connection refused'), True),
+    (DagsterDbtCliRuntimeError(description="dbt build failed: Database Error\n  terminating connection due "
+                               "to administrator command"), True),
+    (DagsterDbtCliRuntimeError(description="dbt build failed: Compilation Error in model users"), False),
+    (DagsterDbtCliRuntimeError(description='dbt build failed: FATAL:  password authentication failed for user '
+                               '"rec"'), False),
+    (RuntimeError("wrapper"), False),
 ])
 def test_which_errors_count_as_transient(error, transient):
     assert is_transient_db_error(error) is transient
