@@ -23,8 +23,22 @@ def reserve_refresh_pool(instance: dg.DagsterInstance) -> None:
     """Give the refresh pool its limit (``dagster.yaml``'s ``default_limit``) now. Dagster's queue otherwise
     sets it the first time it meets a run of the pool, after the pass that decides which queued runs start:
     two refreshes queued in that very first pass would both start. A no-op once the pool has a limit.
-    ``rec dev`` calls it before starting Dagster, and the landing sensor on each evaluation."""
-    instance.event_log_storage.initialize_concurrency_limit_to_default(REFRESH_POOL)
+    ``rec dev`` calls it before starting Dagster, and the landing sensor on each evaluation.
+
+    Only when the pool has no limit yet: on PostgreSQL storage, Dagster's initializer fails when the row
+    exists (its insert's unique violation aborts the transaction its fallback update then needs)."""
+    storage = instance.event_log_storage
+
+    def has_limit() -> bool:
+        return any(pool.name == REFRESH_POOL for pool in storage.get_pool_limits())
+
+    if has_limit():
+        return
+    try:
+        storage.initialize_concurrency_limit_to_default(REFRESH_POOL)
+    except Exception:
+        if not has_limit():  # not another process setting it at the same moment: a real failure
+            raise
 
 
 def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
