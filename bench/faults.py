@@ -459,7 +459,7 @@ def main() -> None:
     lost, duplicates = sum(o.rows_lost for o in outcomes), sum(o.duplicates for o in outcomes)
     report = [f"faults, refresh_recommendations on the generated sample ({SPEC.n_users} users, {SPEC.n_products} "
               f"products); undisturbed run {reference_run.seconds:.0f} s; {machine()}", ""]
-    report += [f"{o.name:<18} {'survived' if o.survived else 'FAILED  '} rows_lost={o.rows_lost} "
+    report += [f"{o.name:<24} {'survived' if o.survived else 'FAILED  '} rows_lost={o.rows_lost} "
                f"duplicates={o.duplicates} {o.seconds:6.0f} s  {o.detail}" for o in outcomes]
     report.append(f"faults_survived={survived}/{len(outcomes)} rows_lost={lost} duplicates={duplicates}")
     emit(report, {"scenarios": [o.__dict__ for o in outcomes], "survived": survived, "total": len(outcomes),
