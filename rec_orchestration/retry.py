@@ -40,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # PoolTimeout and TooManyRequests derive from it too. Some of those are not transient: waiting does not
 # change a wrong password, a plpgsql bug, a program limit or a dropped database. They fail at once.
 # A refused login at connect time carries no SQLSTATE in psycopg: it is recognised by its message
-# (``db.warehouse.refused_login``) and fails at once too.
+# (``db.failures.refused_login_in``) and fails at once too.
 NOT_TRANSIENT_SQLSTATE_CLASSES = frozenset({
     "28",  # invalid authorization specification
     "2F", "38", "39",  # SQL / external routine exceptions (bugs in functions)
@@ -106,9 +106,7 @@ def is_transient_db_error(error: BaseException) -> bool:
 
 def _is_psycopg2_error(error: BaseException, *names: str) -> bool:
     """Whether ``error`` is one of psycopg2's ``names`` (without importing psycopg2 where it is absent)."""
-    module = type(error).__module__ or ""
-    return module.startswith("psycopg2") and any(
-        klass.__name__ in names and klass.__module__.startswith("psycopg2") for klass in type(error).__mro__)
+    return any(klass.__name__ in names and klass.__module__.startswith("psycopg2") for klass in type(error).__mro__)
 
 
 def backoff_seconds(retry_number: int, base_delay_s: float, jitter: Callable[[], float] = random.random) -> float:

@@ -72,8 +72,9 @@ def materialized_model_versions(context: dg.AssetExecutionContext, names: Iterab
 
     Not the model store's ``LATEST`` pointers: with two runs at once (or one re-executing an old run) a
     pointer may already name another run's fit, and evaluating or serving that would mix two runs' models.
-    A name no materialization ever recorded is left out (the caller says what to materialize)."""
-    wanted = {name: key for name, key in _model_version_keys().items() if name in set(names)}
+    Fails the step, naming the asset to materialize, for a model no materialization ever recorded."""
+    keys = _model_version_keys()
+    wanted = {name: keys[name] for name in names}
     found: dict[str, str] = {}
     run = context.run
     for run_id in dict.fromkeys(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r):
@@ -94,4 +95,9 @@ def materialized_model_versions(context: dg.AssetExecutionContext, names: Iterab
             materialization = event.asset_materialization if event is not None else None
             if materialization is not None and metadata_key in materialization.metadata:
                 found[name] = str(materialization.metadata[metadata_key].value)
-    return found
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        assets = sorted({wanted[name][0].to_user_string() for name in missing})
+        raise dg.Failure(f"no materialization of model {', '.join(missing)} is recorded: materialize "
+                         f"{', '.join(assets)} first")
+    return {name: found[name] for name in wanted}  # in the order asked for

@@ -48,15 +48,8 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
                       model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Each model's metrics at k on the held-out latest interactions, per version; the champion chosen."""
     store = model_store.store()
-    manifests = {}
-    asset_of = {other: name for name, others in registry.FITTED_WITH.items() for other in others}
     versions = materialized_model_versions(context, registry.EVALUATED_NAMES)
-    for name in registry.EVALUATED_NAMES:
-        version = versions.get(name)
-        if version is None:
-            raise dg.Failure(f"no materialization of model {name} is recorded: materialize "
-                             f"models/{asset_of.get(name, name)} first")
-        manifests[name] = store.manifest(name, version)
+    manifests = {name: store.manifest(name, version) for name, version in versions.items()}
     try:
         require_same_data(manifests)
     except ValueError as error:

@@ -191,12 +191,8 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularProductsC
     run's ``models/popularity`` materialized (else its latest materialization), compared by the rule of
     ``ml/champion.py`` as the gate compares them."""
     store = model_store.store()
-    evaluated = {}
-    versions = materialized_model_versions(context, BASELINES)
-    for name in BASELINES:
-        if name not in versions:
-            raise dg.Failure(f"no materialization of model {name} is recorded: materialize models/popularity first")
-        evaluated[name] = store.manifest(name, versions[name])
+    evaluated = {name: store.manifest(name, version)
+                 for name, version in materialized_model_versions(context, BASELINES).items()}
     variant = stronger_baseline(evaluated, EVAL_K)
     frame = reads.interactions_frame(warehouse)
     if (evaluated_on := evaluated[variant]["data_version"]) != data_version(frame):

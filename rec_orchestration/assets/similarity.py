@@ -65,9 +65,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
                          "content"))
 
     store = model_store.store()
-    version = materialized_model_versions(context, ["lightgcn"]).get("lightgcn")
-    if version is None:
-        raise dg.Failure("no materialization of models/lightgcn is recorded: materialize it first")
+    version = materialized_model_versions(context, ["lightgcn"])["lightgcn"]
     state, _ = store.load("lightgcn", version)
     frames.append(embedding_neighbours(registry.model_class("lightgcn").from_state_dict(state), config.neighbours))
 

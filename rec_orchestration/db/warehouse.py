@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 Params = Sequence[Any] | dict | None
 
+
 class Queries:
     """Query helpers over ``connection()``, a context manager giving one transaction on a pooled connection
     (committed on success, rolled back on error)."""
