@@ -56,7 +56,8 @@ QUICK_MODELS = {"ops": {
 def materialize_everything(run_config: dict | None = None,
                            asset_selection: list | None = None) -> dg.ExecuteInProcessResult:
     """What the hourly schedule runs: the refresh job over every landing partition, after the landing
-    directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call."""
+    directory's entries are added as partitions (the sensor's job). A fresh Dagster instance each call.
+    The result's ``log_messages`` are the run log's messages, in order."""
     import dagster as dg
 
     from rec_orchestration.definitions import defs
@@ -68,9 +69,12 @@ def materialize_everything(run_config: dict | None = None,
         sync_landing_partitions(instance, settings.landing_dir())
         request = all_partitions_run_request(instance)
         assert request is not None, "no landing partitions"
-        return job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
-                                       run_config=run_config if run_config is not None else QUICK_MODELS,
-                                       asset_selection=asset_selection)
+        result = job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False,
+                                        run_config=run_config if run_config is not None else QUICK_MODELS,
+                                        asset_selection=asset_selection)
+        # What the UI's run log shows, kept before the instance goes: its steps' log lines included.
+        result.log_messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+        return result
 
 
 @contextmanager

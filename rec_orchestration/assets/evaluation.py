@@ -21,8 +21,8 @@ from rec_orchestration.db.roles import ensure_roles
 from rec_orchestration.db.tables import packaged_sql
 from rec_orchestration.failpoints import failpoint
 from rec_orchestration.ml import registry
-from rec_orchestration.ml.champion import BASELINES, DEFAULT_BASELINE, choose_champion, require_same_data
-from rec_orchestration.ml.plots import markdown_image, metric_comparison
+from rec_orchestration.ml.champion import DEFAULT_BASELINE, choose_champion, require_same_data
+from rec_orchestration.ml.plots import inline_bars, markdown_image, metric_comparison
 from rec_orchestration.ml.training import EVAL_K, ModelInputs, category_features, refit_on_everything
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
@@ -92,12 +92,18 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
     keys = [f"precision@{EVAL_K}", f"recall@{EVAL_K}", f"ndcg@{EVAL_K}", "map", "coverage"]
     plot = metric_comparison({name: m["metrics"] for name, m in manifests.items()}, keys,
                              f"held-out latest interaction per user, k={EVAL_K}")
+    ndcg = {name: float(m["metrics"][f"ndcg@{EVAL_K}"]) for name, m in manifests.items()}
     return dg.MaterializeResult(metadata={
+        # Shown in place in the UI (red: the champion); every model's nDCG and coverage as numbers, so the
+        # UI's plots over materializations work; the full comparison behind its link.
+        f"ndcg@{EVAL_K}_chart": dg.MetadataValue.md(
+            inline_bars(ndcg, f"nDCG@{EVAL_K}, held-out latest interaction", highlight=choice.model_name)),
+        **{f"{name}_ndcg@{EVAL_K}": value for name, value in ndcg.items()},
+        **{f"{name}_coverage": float(m["metrics"]["coverage"]) for name, m in manifests.items()},
         "champion": f"{choice.model_name} {choice.model_version}",
         f"champion_ndcg@{EVAL_K}": choice.ndcg,
         "baseline": f"{choice.baseline_name} {choice.baseline_version}",
         f"baseline_ndcg@{EVAL_K}": choice.baseline_ndcg,
-        **{f"{name}_ndcg@{EVAL_K}": float(manifests[name]["metrics"][f"ndcg@{EVAL_K}"]) for name in BASELINES},
         "beats_baseline": choice.beats_baseline,
         "metrics": dg.MetadataValue.md(table.to_markdown(index=False)),
         "comparison": dg.MetadataValue.md(markdown_image(plot, "metric comparison")),
@@ -139,7 +145,8 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
     evaluated = store.manifest(row["model_name"], row["model_version"])
     # The refit gets the inputs the evaluated fit had: category features where it used them.
     inputs = category_features(reads.item_categories(warehouse)) if evaluated.get("item_features") else ModelInputs()
-    manifest, reused = refit_on_everything(evaluated, reads.interactions_frame(warehouse), store, inputs)
+    manifest, reused = refit_on_everything(evaluated, reads.interactions_frame(warehouse), store, inputs,
+                                           progress=context.log.info)
     with warehouse.connection() as conn:
         conn.execute("UPDATE ml.model_champions SET deployed_version = %s WHERE run_id = %s",
                      (manifest["version"], row["run_id"]))

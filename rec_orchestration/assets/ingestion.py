@@ -129,7 +129,8 @@ def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                     context.log.warning(f"{key}: no longer in {landing}; what was loaded from it stays")
                     continue
                 try:
-                    result = load_entry(conn, entry, config.format, now=now, namespace=config.namespace)
+                    result = load_entry(conn, entry, config.format, now=now, namespace=config.namespace,
+                                        progress=context.log.info)
                 except (UnknownFormatError, NamespaceError, FileNotFoundError) as exc:
                     failures.append(str(exc))
                     continue

@@ -20,7 +20,7 @@ from rec_orchestration.ml import registry
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
 from rec_orchestration.ml.champion import BASELINES, stronger_baseline
 from rec_orchestration.ml.interactions import Interactions
-from rec_orchestration.ml.plots import markdown_image
+from rec_orchestration.ml.plots import inline_curve, markdown_image
 from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.training import (
     CODE_VERSIONS,
@@ -114,7 +114,11 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
     name, version = manifest["model_name"], manifest["version"]
     metrics = manifest["metrics"]
     table = pd.DataFrame([{"metric": key, "value": round(float(value), 4)} for key, value in metrics.items()])
-    metadata: dict[str, Any] = {
+    metadata: dict[str, Any] = {}
+    if manifest.get("history"):  # shown in place in the UI; the full-size plot behind the link below
+        metadata["training_curve_chart"] = dg.MetadataValue.md(inline_curve(manifest["history"], f"{name} training"))
+        metadata["epochs"] = len(manifest["history"])
+    metadata |= {
         "model_version": version,
         "reused_artifact": reused,
         "artifact": dg.MetadataValue.path(store.location(name, version)),
@@ -123,6 +127,7 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
         "split": dg.MetadataValue.json(manifest["split"]),
         "metrics": dg.MetadataValue.md(table.to_markdown(index=False)),
         f"ndcg@{EVAL_K}": float(metrics[f"ndcg@{EVAL_K}"]),
+        "coverage": float(metrics["coverage"]),
     }
     if "device_used" in manifest:
         metadata["device"] = manifest["device_used"]
@@ -151,7 +156,8 @@ def model_asset(name: str) -> dg.AssetsDefinition:
         store = model_store.store()
         split = training_split(reads.interactions_frame(warehouse))
         inputs = model_inputs(warehouse, getattr(config, "use_categories", False))
-        manifest, reused = fit_and_evaluate(name, model_params(name, config), split, store, inputs)
+        manifest, reused = fit_and_evaluate(name, model_params(name, config), split, store, inputs,
+                                            progress=context.log.info)
         if reused:
             context.log.info(f"{name} {manifest['version']}: data, parameters and code unchanged; reusing the artifact")
         metadata = model_metadata(manifest, store, reused=reused)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.progress import Report
 
 USER_BATCH = 1024  # users scored per dense block in recommend(): 80 MB of float32 scores at 20,000 items
 
@@ -68,6 +69,12 @@ class Recommender(ABC):
     name: str
     user_ids: np.ndarray   # external id of each user index seen in fit
     item_ids: np.ndarray   # external id of each item index seen in fit
+    # Set before ``fit`` by whoever wants to watch it (the model assets pass the run log): models trained
+    # in epochs report each one there. ``monitor`` is ``(train, held_out)``: the training interactions and
+    # a frame of held-out (user_id, product_id) rows the model never trains on; a model without a
+    # validation split of its own reports its nDCG on them per epoch. Only reported, never used to choose.
+    progress: Report | None = None
+    monitor: tuple[Interactions, Any] | None = None
 
     @abstractmethod
     def fit(self, interactions: Interactions) -> Recommender: ...

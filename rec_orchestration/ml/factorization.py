@@ -42,6 +42,12 @@ def item_feature_matrix(item_ids: np.ndarray, features: Mapping[Any, Sequence[st
     return matrix.tocsr(), list(names)
 
 
+# Per-epoch reporting (only when a progress report is set): triples for the sampled loss, users whose
+# held-out nDCG is computed.
+LOSS_SAMPLE = 20_000
+MONITOR_USERS = 2_000
+
+
 class LightFMRecommender(Recommender):
     """Hybrid matrix factorisation (Kula 2015), WARP loss; every interaction with weight > 0 is a positive."""
 
@@ -62,6 +68,7 @@ class LightFMRecommender(Recommender):
         self.user_vectors = np.empty((0, factors), dtype=np.float32)
         self.item_factors = np.empty((0, factors), dtype=np.float32)
         self.item_biases = np.empty(0, dtype=np.float32)
+        self.history: list[dict[str, float]] = []  # per epoch, only when fitted with a progress report
 
     def fit(self, interactions: Interactions) -> LightFMRecommender:
         from lightfm import LightFM
@@ -74,11 +81,54 @@ class LightFMRecommender(Recommender):
         model = LightFM(no_components=p["factors"], loss="warp", learning_rate=p["learning_rate"],
                         item_alpha=p["item_alpha"], user_alpha=p["user_alpha"], max_sampled=p["max_sampled"],
                         random_state=np.random.RandomState(p["seed"]))
-        model.fit(positives, item_features=features, epochs=p["epochs"], num_threads=self.num_threads)
+        self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
+        if self.progress is None:
+            model.fit(positives, item_features=features, epochs=p["epochs"], num_threads=self.num_threads)
+            self._take_representations(model, features)
+        else:
+            self._fit_reporting(model, positives, features)
+        return self
+
+    def _take_representations(self, model: Any, features: sp.csr_matrix) -> None:
         self.item_biases, self.item_factors = model.get_item_representations(features)
         _, self.user_vectors = model.get_user_representations()
-        self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
-        return self
+
+    def _fit_reporting(self, model: Any, positives: sp.coo_matrix, features: sp.csr_matrix) -> None:
+        """The same fit, one epoch at a time, reporting each: LightFM's ``fit`` is ``_reset_state`` then
+        ``fit_partial(epochs)``, so one reset and ``epochs`` calls of ``fit_partial(epochs=1)`` train the same
+        model. LightFM reports no loss; the line gives the BPR loss, ``mean(softplus(s_neg - s_pos))``, of
+        fixed sampled (user, positive, random item) triples of the training data, and the nDCG@10 on
+        ``monitor`` (the evaluation's held-out rows) where it is set."""
+        from rec_orchestration.ml.metrics import evaluate
+        from rec_orchestration.progress import EpochProgress
+
+        p = self.params
+        rng = np.random.default_rng(p["seed"])
+        pick = rng.integers(0, positives.nnz, size=min(positives.nnz, LOSS_SAMPLE))
+        users = positives.row[pick].astype(np.int32)
+        pos, neg = positives.col[pick].astype(np.int32), rng.integers(0, positives.shape[1], len(pick), dtype=np.int32)
+        monitor = self.monitor
+        if monitor is not None:
+            held_out = monitor[1]
+            sampled = np.unique(held_out["user_id"].to_numpy())
+            if len(sampled) > MONITOR_USERS:
+                sampled = rng.choice(sampled, MONITOR_USERS, replace=False)
+            monitor = (monitor[0], held_out[held_out["user_id"].isin(sampled)])
+        reporter = EpochProgress(self.name, p["epochs"], self.progress)
+        self.history = []
+        model._reset_state()
+        for epoch in range(p["epochs"]):
+            model.fit_partial(positives, item_features=features, epochs=1, num_threads=self.num_threads)
+            margin = (model.predict(users, neg, item_features=features, num_threads=self.num_threads)
+                      - model.predict(users, pos, item_features=features, num_threads=self.num_threads))
+            row = {"epoch": epoch, "train_loss": float(np.logaddexp(0.0, margin).mean()),
+                   "held_out_ndcg": float("nan")}
+            if monitor is not None:
+                self._take_representations(model, features)
+                row["held_out_ndcg"] = evaluate(self, monitor[0], monitor[1], k=10)["ndcg@10"]
+            self.history.append(row)
+            reporter.epoch(epoch, {"loss": row["train_loss"], "held_out_ndcg@10": row["held_out_ndcg"]})
+        self._take_representations(model, features)
 
     def score_users(self, user_index: np.ndarray) -> np.ndarray:
         # The user bias shifts every item of a user equally, so it does not change a ranking.

@@ -27,6 +27,7 @@ from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.metrics import evaluate
 from rec_orchestration.ml.plots import training_curve
 from rec_orchestration.ml.splits import time_holdout
+from rec_orchestration.progress import Report
 
 # Bumped when a model's code changes what it learns; part of every artifact version.
 CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_plain-v1", "itemknn": "itemknn-v1",
@@ -94,7 +95,8 @@ def training_plot(model: Recommender) -> bytes | None:
 
 
 def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, store: ModelStore,
-                     inputs: ModelInputs = ModelInputs()) -> tuple[dict[str, Any], bool]:
+                     inputs: ModelInputs = ModelInputs(), progress: Report | None = None
+                     ) -> tuple[dict[str, Any], bool]:
     """Fit ``name`` on the split's training part, evaluate it at :data:`EVAL_K` on its test part and save the
     artifact (made the model's ``LATEST``). Returns its manifest and whether an existing artifact of the same
     data, parameters and code was reused instead of fitting."""
@@ -104,6 +106,7 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
         store.set_latest(name, version)
         return store.manifest(name, version), True
     model = registry.build(name, **params, **inputs.constructor)
+    model.progress, model.monitor = progress, (split.train, split.test)  # reported per epoch, never chosen on
     started = time.perf_counter()
     model.fit(split.train)
     fit_seconds = time.perf_counter() - started
@@ -123,7 +126,8 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
 
 
 def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store: ModelStore,
-                        inputs: ModelInputs = ModelInputs()) -> tuple[dict[str, Any], bool]:
+                        inputs: ModelInputs = ModelInputs(), progress: Report | None = None
+                        ) -> tuple[dict[str, Any], bool]:
     """The evaluated model (its manifest) refitted with the same parameters on every interaction of ``frame``.
     Returns the refit's manifest and whether an existing artifact was reused."""
     name = evaluated["model_name"]
@@ -134,6 +138,7 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
         return store.manifest(name, version), True
     started = time.perf_counter()
     model = registry.build(name, **evaluated["params"], **inputs.constructor)
+    model.progress = progress
     model.fit(Interactions.from_frame(frame))
     store.save(name, version, model.state_dict(), {
         "params": evaluated["params"], "refit_of": evaluated["version"], "metrics": evaluated["metrics"],

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from rec_orchestration.db.tables import copy_rows, packaged_sql, qualified
+from rec_orchestration.progress import Report, counted
 from rec_orchestration.sources.formats import FORMATS, Format, LandingPlan, plan
 from rec_orchestration.sources.namespaces import NamespaceMap, entry_namespace, read_namespace_map, validate_namespace
 from rec_orchestration.sources.records import InvalidFileError, RecordKind, Rejected
@@ -190,11 +191,13 @@ def _move_to_quarantine(conn: psycopg.Connection, kind: RecordKind, file_id: int
 
 
 def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str | None = None,
-              now: datetime | None = None, namespace: str | None = None) -> LoadResult:
+              now: datetime | None = None, namespace: str | None = None, progress: Report | None = None
+              ) -> LoadResult:
     """Load one landing file in one transaction on ``conn`` (which must not be in a transaction).
 
     Its users and products belong to ``namespace`` (default: the format's family, ``fmt.family``).
-    Content loaded before keeps the namespace it was loaded with."""
+    Content loaded before keeps the namespace it was loaded with. ``progress`` gets a line every
+    :data:`~rec_orchestration.progress.ROWS_PER_REPORT` rows read."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     kind = fmt.record_kind
@@ -227,7 +230,7 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
                 copied = copy_rows(
                     conn, kind.table, ("file_id", "line_number", "line_crc", *kind.columns),
                     ("int8", "int8", "int4", *kind.types),
-                    ((file_id, *row) for row in quarantine.split(fmt.read(path, now))),
+                    ((file_id, *row) for row in quarantine.split(counted(fmt.read(path, now), progress, path.name))),
                 )
             except InvalidFileError as exc:
                 raise UnreadableFileError(f"{exc} ({path}); nothing of it was loaded") from exc
@@ -261,7 +264,7 @@ def load_file(conn: psycopg.Connection, path: Path, fmt: Format, *, entry: str |
 
 def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = None,
                now: datetime | None = None, *, namespace: str | None = None,
-               namespaces: NamespaceMap | None = None) -> EntryResult:
+               namespaces: NamespaceMap | None = None, progress: Report | None = None) -> EntryResult:
     """Load every data file of a landing entry, each in its own transaction.
 
     A file that cannot be read, or a symlink resolving outside the entry, is reported in ``failures``
@@ -286,7 +289,7 @@ def load_entry(conn: psycopg.Connection, entry: Path, format_name: str | None = 
     for source in landing_plan.files:
         try:
             result.loaded.append(load_file(conn, source.path, source.format, entry=entry.name, now=now,
-                                           namespace=chosen))
+                                           namespace=chosen, progress=progress))
         except UnreadableFileError as exc:
             result.failures.append(str(exc))
     return result

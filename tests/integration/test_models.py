@@ -1,6 +1,7 @@
 """The modelling stage through Dagster on the generated sample: similarity, every model, evaluation, gate
 (against the stronger of the two popularity baselines), and the fallback that gate names."""
 
+import base64
 import io
 import json
 
@@ -128,6 +129,36 @@ def test_artifacts_load_weights_only_on_a_cpu_and_plots_reach_the_ui(trained):
     evaluation = materializations[("ml", "model_evaluations")]
     assert "| lightgcn" in evaluation["metrics"].value
     assert evaluation["comparison"].value.startswith("![metric comparison](data:image/png;base64,")
+    # The UI shows Markdown in place only under 1,000 characters: these charts are SVG that fit.
+    inline = [gnn["training_curve_chart"], materializations[("models", "lightfm")]["training_curve_chart"],
+              evaluation["ndcg@10_chart"]]
+    for chart in inline:
+        assert chart.value.startswith("![chart](data:image/svg+xml;base64,") and len(chart.value) < 1000
+    svg = base64.b64decode(evaluation["ndcg@10_chart"].value.split("base64,")[1].rstrip(")")).decode()
+    champion_name = evaluation["champion"].value.split()[0]
+    for name in registry.EVALUATED_NAMES:  # every model as a bar labelled with its nDCG; numbers to plot
+        ndcg = evaluation[f"{name}_ndcg@10"].value
+        assert f">{name} {ndcg:.3f}</text>" in svg
+        assert 0 <= evaluation[f"{name}_coverage"].value <= 1
+    assert svg.count("fill='tomato'") == 1 and evaluation[f"{champion_name}_ndcg@10"].value == max(
+        evaluation[f"{name}_ndcg@10"].value for name in registry.EVALUATED_NAMES)
+    assert gnn["epochs"].value == len(torch.load(io.BytesIO(
+        (store / "lightgcn" / gnn["model_version"].value / "state_dict.pt").read_bytes()),
+        weights_only=True)["history"]["epoch"])
+
+
+def test_training_reports_every_epoch_in_the_run_log(trained):
+    _, result = trained
+    store = settings.model_store_dir()
+    for model in ("lightgcn", "lightfm"):
+        epochs = [m for m in result.log_messages if m.startswith(f"{model} epoch ")]
+        assert epochs, f"no epoch lines for {model}"
+        assert all("elapsed" in line and "loss " in line and "ndcg" in line for line in epochs), epochs
+        # one line per epoch the evaluated fit trained (the champion's refit on everything logs its own)
+        version = (store / model / "LATEST").read_text().strip()
+        trained_epochs = len(json.loads((store / model / version / "manifest.json").read_text())["history"])
+        assert len(epochs) >= trained_epochs and epochs[trained_epochs - 1].startswith(
+            f"{model} epoch {trained_epochs}/")
 
 
 def test_similarity_has_three_methods_with_sensible_neighbours(trained):

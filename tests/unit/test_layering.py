@@ -15,7 +15,8 @@ PACKAGE_DIR = Path(rec_orchestration.__file__).parent
 # Everything here must import, and work, where Dagster is not installed (the CLI, benchmarks, other tools).
 DAGSTER_FREE = ("ml", "sources", "db", "publishing", "quality")
 DAGSTER_FREE_MODULES = ("rec_orchestration.settings", "rec_orchestration.backup", "rec_orchestration.sample_data",
-                        "rec_orchestration.dbt_child", "rec_orchestration.confinement")
+                        "rec_orchestration.dbt_child", "rec_orchestration.confinement",
+                        "rec_orchestration.progress")
 
 BLOCK_DAGSTER = """
 import importlib.abc, sys

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from rec_orchestration.failpoints import failpoint
+from rec_orchestration.progress import EpochProgress
 
 
 class EpochHistory(pl.Callback):
@@ -54,3 +55,20 @@ class EpochHistory(pl.Callback):
         self.rows.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss,
                           self.metric: float(logged) if logged is not None else float("nan"), "seconds": seconds})
         failpoint("lightgcn.epoch_end")
+
+
+class ReportEpochs(pl.Callback):
+    """Reports every epoch :class:`EpochHistory` recorded (loss, validation nDCG, elapsed, time left) through
+    an :class:`~rec_orchestration.progress.EpochProgress`; listed after the history in the callbacks."""
+
+    def __init__(self, history: EpochHistory, progress: EpochProgress) -> None:
+        self.history = history
+        self.progress = progress
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.progress.restart_clock()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = self.history.rows[-1]
+        self.progress.epoch(int(row["epoch"]), {"loss": row["train_loss"],
+                                                self.history.metric: row[self.history.metric]})

@@ -32,8 +32,9 @@ from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.defaults import LIGHTGCN
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.lightgcn.data import BprEpochs, holdout_mask, positive_pairs, validation_batches
-from rec_orchestration.ml.lightgcn.history import EpochHistory
+from rec_orchestration.ml.lightgcn.history import EpochHistory, ReportEpochs
 from rec_orchestration.ml.lightgcn.module import LightGCN
+from rec_orchestration.progress import EpochProgress
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_ndcg")   # what the recommender keeps of each epoch's row
 
@@ -145,6 +146,10 @@ class LightGCNRecommender(Recommender):
             directory = self.checkpoint_dir or scratch
             history = EpochHistory(metric="val_ndcg")
             callbacks: list[pl.Callback] = [history]
+            if self.progress is not None:
+                callbacks.append(ReportEpochs(history, EpochProgress(
+                    self.name, p["epochs"], self.progress, early_stopping=val_loader is not None,
+                    budget_seconds=self.max_minutes * 60 if self.max_minutes else None)))
             early_stopping = checkpoint = None
             if val_loader is not None:
                 early_stopping = EarlyStopping(monitor="val_ndcg", mode="max", patience=p["patience"])
