@@ -24,7 +24,16 @@ from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.popularity import PopularityRecommender
-from rec_orchestration.ml.serving import ServingInputs, Source, assemble, blend_similarities, neighbour_lists
+from rec_orchestration.ml.serving import (
+    REASON_SIMILARITY,
+    ServingInputs,
+    Source,
+    assemble,
+    blend_similarities,
+    neighbour_evidence,
+    reason_thresholds,
+    strong_neighbours,
+)
 from rec_orchestration.publishing.checks import recommendation_problems, refusal
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
@@ -92,7 +101,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     """Build every published table and swap them in as one publication.
 
     Users with at least ``min_interactions`` get the champion's ranking, with "because you liked
-    <product>" from the blended similarity where one of their products is a neighbour; others get
+    <product>" where one of their products is a strong blended neighbour (enough shared users, lift
+    above the median: thresholds from the data, see ``ml.serving.reason_thresholds``); others get
     popular products of their categories, then overall. Nothing already interacted with is
     recommended. The new set is checked before it goes live; readers see the old publication or the
     new one, never a mix, and never wait for the swap.
@@ -108,6 +118,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
 
     similarity = reads.item_similarity(warehouse)
     blended = blend_similarities(similarity, config.similar_products)
+    evidence = neighbour_evidence(blended, interactions)
+    thresholds = reason_thresholds(evidence)
     products = reads.product_metadata(warehouse)
     by_category = reads.popularity_by_category(warehouse)
     category_groups = by_category.groupby("category_id", sort=False)
@@ -120,7 +132,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         category_ranking={int(c): group["product_id"].tolist() for c, group in category_groups},
         category_scores={int(c): group["score"].tolist() for c, group in category_groups},
         item_categories=reads.product_category_ids(warehouse),
-        neighbours=neighbour_lists(blended),
+        strong_neighbours=strong_neighbours(evidence, thresholds),
         titles=dict(zip(products["product_id"].tolist(), products["title"].tolist(), strict=True)),
     )
     run_id = context.run.run_id if context.run else str(uuid.uuid4())
@@ -129,6 +141,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
                         row.source.name, row.source.version, run_id, generated_at) for row in assemble(users, inputs)]
     personalized_users = {row[0] for row in recommendations if row[6] == champion.name}
     explained = sum(1 for row in recommendations if row[5] is not None)
+    champion_rows = sum(1 for row in recommendations if row[6] == champion.name)
     user_counts = {"users": len(users), "personalized": len(personalized_users),
                    "popular": len(users) - len(personalized_users)}
 
@@ -181,6 +194,11 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         "users_personalized": user_counts["personalized"],
         "users_popular_only": user_counts["popular"],
         "explained_recommendations": explained,
+        "because_share": explained / len(recommendations) if recommendations else 0.0,
+        "because_share_personalized": explained / champion_rows if champion_rows else 0.0,
+        "reason_similarity": REASON_SIMILARITY,
+        "reason_min_similarity": float(thresholds.min_similarity),
+        "reason_min_support": thresholds.min_support,
         "k": config.k,
         "model": f"{champion.name} {champion_version}",
     })

@@ -1,16 +1,27 @@
 """What a publication serves: blended similar products and each user's list with its reason."""
 
+import math
+
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from rec_orchestration.ml.base import Recommendations
+from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.serving import (
+    PERSONALIZED,
     POPULAR,
+    REASON_MIN_SUPPORT,
+    ReasonThresholds,
     ServingInputs,
     Source,
     assemble,
     blend_similarities,
+    co_occurrence,
+    neighbour_evidence,
     neighbour_lists,
+    reason_thresholds,
+    strong_neighbours,
 )
 
 
@@ -50,7 +61,7 @@ def inputs(**overrides) -> ServingInputs:
         category_ranking={7: [103, 104, 105], 8: [106, 107]},
         category_scores={7: [3.0, 2.0, 1.0], 8: [2.5, 1.5]},
         item_categories={103: [7], 104: [7], 105: [7], 106: [8], 107: [8]},
-        neighbours={110: np.array([105, 101, 100]), 111: np.array([108])},
+        strong_neighbours={110: np.array([105, 101, 100]), 111: np.array([108])},
         titles={101: "Dune", 100: "Emma"},
     )
     return ServingInputs(**{**defaults, **overrides})
@@ -63,8 +74,8 @@ def rows_of(user: int, data: ServingInputs) -> list[tuple]:
 
 def test_personalized_rows_say_which_liked_product_they_come_from_and_are_topped_up_from_popularity():
     assert rows_of(1, inputs()) == [
-        (110, 1, "because you liked Dune", 101, "ease"),  # 105 is nearer but not liked; 101 is
-        (111, 2, "personalized", None, "ease"),           # no liked product among its neighbours
+        (110, 1, "because you liked Dune", 101, "ease"),  # 105 is stronger but not liked; 101 is
+        (111, 2, "personalized", None, "ease"),           # no liked product among its strong neighbours
         (103, 3, POPULAR, None, "popularity"),
         (104, 4, POPULAR, None, "popularity"),
     ]
@@ -93,3 +104,90 @@ def test_every_user_gets_k_distinct_unseen_products_when_the_catalogue_allows():
         products = [row[0] for row in rows_of(user, data)]
         assert len(products) == len(set(products)) == 6
         assert not set(products) & set(data.seen.get(user, np.array([])).tolist())
+
+
+def evidence_rows(rows: list[tuple[int, int, int, float]]) -> pd.DataFrame:
+    """``(product, neighbour, support, lift)`` rows as :func:`neighbour_evidence` returns them."""
+    return pd.DataFrame(rows, columns=["product_id", "similar_product_id", "support", "similarity"])
+
+
+def reasons_of_user_1(evidence: pd.DataFrame, thresholds: ReasonThresholds) -> list[tuple]:
+    """User 1 liked 100, 101 and 102; the champion recommends 110 then 111."""
+    data = inputs(strong_neighbours=strong_neighbours(evidence, thresholds))
+    return [(row[0], row[2], row[3]) for row in rows_of(1, data) if row[4] == "ease"]
+
+
+def test_a_reason_names_a_liked_product_only_when_it_is_a_strong_and_supported_neighbour():
+    thresholds = ReasonThresholds(min_similarity=3.0, min_support=4)
+    # Strong (lift 5 >= 3) and supported (6 users >= 4): named.
+    strong = evidence_rows([(110, 101, 6, 5.0)])
+    assert reasons_of_user_1(strong, thresholds) == [(110, "because you liked Dune", 101), (111, PERSONALIZED, None)]
+    # A weak neighbour (lift 2 < 3), however many users share it: personalized.
+    weak = evidence_rows([(110, 101, 50, 2.0)])
+    assert reasons_of_user_1(weak, thresholds) == [(110, PERSONALIZED, None), (111, PERSONALIZED, None)]
+    # A strong lift resting on too few users (3 < 4): personalized.
+    unsupported = evidence_rows([(110, 101, 3, 40.0)])
+    assert reasons_of_user_1(unsupported, thresholds) == [(110, PERSONALIZED, None), (111, PERSONALIZED, None)]
+    # Exactly at both thresholds: named.
+    assert reasons_of_user_1(evidence_rows([(110, 101, 4, 3.0)]), thresholds)[0] == (
+        110, "because you liked Dune", 101)
+
+
+def test_the_strongest_qualifying_liked_product_is_named_ties_to_more_support_then_the_smaller_id():
+    thresholds = ReasonThresholds(min_similarity=2.0, min_support=2)
+    evidence = evidence_rows([
+        (110, 105, 9, 9.0),    # the strongest, but user 1 never liked it
+        (110, 100, 3, 4.0),
+        (110, 101, 8, 6.0),    # the strongest the user liked
+        (110, 102, 50, 1.5),   # most support, too weak
+        (111, 101, 5, 3.0), (111, 100, 5, 3.0),  # a tie on lift and support: the smaller id
+        (112, 100, 7, 3.0), (112, 101, 5, 3.0),  # a tie on lift: the better supported
+    ])
+    lists = strong_neighbours(evidence, thresholds)
+    assert {item: ids.tolist() for item, ids in lists.items()} == {
+        110: [105, 101, 100], 111: [100, 101], 112: [100, 101]}
+    assert reasons_of_user_1(evidence, thresholds) == [(110, "because you liked Dune", 101),
+                                                       (111, "because you liked Emma", 100)]
+    # Shuffled input gives the same lists.
+    shuffled = strong_neighbours(evidence.sample(frac=1.0, random_state=3), thresholds)
+    assert {item: ids.tolist() for item, ids in shuffled.items()} == {
+        item: ids.tolist() for item, ids in lists.items()}
+
+
+def test_thresholds_come_from_the_neighbour_pairs_support_and_lift():
+    # Support of the pairs that share any user: 1, 2, 4, 6, ..., 16 (the pair with 0 is left out): its
+    # lower quartile is 4. Lifts of the pairs with support >= 4: 1.5, 2, 3, 4, 5, 6, 7: the median is 4
+    # (the rare pairs' lifts of 90 and 50 rest on one and two users and do not count).
+    evidence = evidence_rows([(1, 2, 0, 0.0), (1, 3, 1, 90.0), (1, 4, 2, 50.0), (1, 5, 4, 1.5), (2, 3, 6, 2.0),
+                              (2, 4, 8, 3.0), (2, 5, 10, 4.0), (3, 4, 12, 5.0), (3, 5, 14, 7.0), (4, 5, 16, 6.0)])
+    assert reason_thresholds(evidence) == ReasonThresholds(min_similarity=4.0, min_support=4)
+    # Sparse data: the quartile is 1 user, but a reason never rests on fewer than two.
+    sparse_pairs = evidence_rows([(1, 2, 1, 9.0), (1, 3, 1, 8.0), (1, 4, 1, 7.0), (1, 5, 2, 0.5), (2, 3, 3, 0.8)])
+    assert reason_thresholds(sparse_pairs) == ReasonThresholds(min_similarity=1.0, min_support=REASON_MIN_SUPPORT)
+    # No pair with enough support: nothing qualifies, so every reason is "personalized".
+    none = reason_thresholds(evidence_rows([(1, 2, 1, 9.0), (1, 3, 0, 0.0)]))
+    assert none.min_similarity == math.inf and not strong_neighbours(evidence_rows([(1, 2, 1, 9.0)]), none)
+
+
+def test_evidence_counts_the_users_who_share_each_pair_and_its_lift_over_chance():
+    # Four users. Products 10 and 11 are liked together by users 1 and 2 only; 12 by everyone.
+    frame = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 2, 3, 3, 4],
+                          "product_id": [10, 11, 12, 10, 11, 12, 12, 13, 12],
+                          "weight": 1.0, "ts": 0.0})
+    blended = pd.DataFrame({"product_id": [10, 10, 12, 13, 99], "similar_product_id": [11, 12, 13, 10, 10]})
+    evidence = neighbour_evidence(blended, Interactions.from_frame(frame))
+    assert evidence["support"].tolist() == [2, 2, 1, 0, 0]  # 99 has no interaction at all
+    # lift = support * users / (n_a * n_b): 10 and 11 (2 users each) always together: 2 * 4 / 4 = 2;
+    # 12 is liked by everyone, so sharing it says nothing: 2 * 4 / (2 * 4) = 1.
+    assert np.allclose(evidence["similarity"], [2.0, 1.0, 1.0, 0.0, 0.0])
+
+
+def test_co_occurrence_matches_the_dense_count_whatever_the_chunk():
+    rng = np.random.default_rng(5)
+    matrix = sp.random(60, 25, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    dense = (matrix.toarray() > 0).astype(int)
+    together = dense.T @ dense
+    left, right = rng.integers(0, 25, 200), rng.integers(0, 25, 200)
+    for chunk in (1, 7, 10_000_000):
+        assert co_occurrence(matrix, left, right, chunk_work=chunk).tolist() == together[left, right].tolist()
+    assert co_occurrence(matrix, np.array([], dtype=int), np.array([], dtype=int)).tolist() == []
