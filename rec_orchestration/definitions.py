@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from rec_orchestration import settings
 from rec_orchestration.assets.evaluation import champion, champion_beats_popularity, model_evaluations
 from rec_orchestration.assets.ingestion import raw_landing
 from rec_orchestration.assets.models import model_assets, popular_products
@@ -30,6 +31,8 @@ defs = dg.Definitions(
     jobs=[refresh_recommendations_job, ingest_landing_job, backup_warehouse],
     schedules=[hourly_refresh_schedule, daily_backup_schedule],
     sensors=[landing_sensor, recommendations_freshness_sensor],
+    # The runs' executor, REC_EXECUTOR: multiprocess (default) or in_process (see settings.executor_name).
+    executor=dg.in_process_executor if settings.executor_name() == "in_process" else dg.multiprocess_executor,
     resources={
         "warehouse": PostgresResource(),
         "great_expectations": GreatExpectationsResource(),

@@ -59,3 +59,16 @@ def dagster_home() -> Path:
 
 def embedded_port() -> int:
     return int(os.environ.get("REC_EMBEDDED_PORT", EMBEDDED_DEFAULT_PORT))
+
+
+EXECUTORS = ("multiprocess", "in_process")
+
+
+def executor_name() -> str:
+    """How a run executes its steps (``REC_EXECUTOR``): ``multiprocess`` (the default: a process per
+    step, steps side by side where the graph allows) or ``in_process`` (every step in the run's own
+    process: one start-up instead of one per step, which is faster on a small machine)."""
+    name = os.environ.get("REC_EXECUTOR", "multiprocess").strip().lower().replace("-", "_")
+    if name not in EXECUTORS:
+        raise ValueError(f"REC_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)}")
+    return name

@@ -122,3 +122,19 @@ def test_loading_the_code_location_imports_no_model_training_library():
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_runs_use_the_executor_named_by_rec_executor():
+    """REC_EXECUTOR picks how every run of the code location executes its steps; a wrong name is an error
+    that names the choices, not a silent default."""
+    script = ("from rec_orchestration.definitions import defs\n"
+              "print(defs.resolve_job_def('refresh_recommendations').executor_def.name,"
+              " defs.resolve_implicit_global_asset_job_def().executor_def.name)")
+    seen = {}
+    for value in ("in_process", "multiprocess", None, "threads"):
+        env = {k: v for k, v in os.environ.items() if k != "REC_EXECUTOR"} | ({"REC_EXECUTOR": value} if value else {})
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        seen[value] = (done.returncode, done.stdout.split() if done.returncode == 0 else done.stderr)
+    assert seen["in_process"] == (0, ["in_process", "in_process"])
+    assert seen["multiprocess"] == seen[None] == (0, ["multiprocess", "multiprocess"])
+    assert seen["threads"][0] != 0 and "expected one of multiprocess, in_process" in seen["threads"][1]
