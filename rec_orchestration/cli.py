@@ -20,6 +20,7 @@ from rec_orchestration import settings
 from rec_orchestration.backup import DEFAULT_KEEP_DUMPS
 from rec_orchestration.db import servers
 from rec_orchestration.db.address import DatabaseSettings
+from rec_orchestration.supervise import DEFAULT_GRACE_S, run_supervised
 
 SUMMARY_TABLES = (
     ("raw.ingested_files", "landing files loaded (ledger)"),
@@ -232,10 +233,18 @@ def _sync_landing_partitions() -> list[str]:
 
 
 @main.command("dev")
-@click.option("--port", default=3000, show_default=True)
+@click.option("--port", default=3000, show_default=True, envvar="REC_DEV_PORT",
+              help="Port of the UI (environment: REC_DEV_PORT).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-def dev(port: int, host: str) -> None:
-    """Start the Dagster UI and daemon (schedules, sensors, run queue) on http://127.0.0.1:3000."""
+@click.option("--shutdown-timeout", default=DEFAULT_GRACE_S, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds Dagster gets to stop after SIGTERM or Ctrl-C before what is left is killed.")
+def dev(port: int, host: str, shutdown_timeout: float) -> None:
+    """Start the Dagster UI and daemon (schedules, sensors, run queue) on http://127.0.0.1:3000.
+
+    Stays the parent of `dagster dev`: SIGTERM, SIGINT (Ctrl-C) or SIGHUP stop the webserver, the daemon,
+    the code servers and any run they started, and nothing of them is left running afterwards. The
+    embedded PostgreSQL is a shared server and stays up (`rec db stop`).
+    """
     import dagster as dg
 
     from rec_orchestration.runs import reserve_refresh_pool
@@ -246,8 +255,9 @@ def dev(port: int, host: str) -> None:
         reserve_refresh_pool(instance)  # two refreshes queued at once wait for each other from the start
     argv = [_venv_bin("dagster"), "dev", "-w", str(settings.PROJECT_ROOT / "workspace.yaml"),
             "-h", host, "-p", str(port)]
-    os.chdir(settings.PROJECT_ROOT)
-    os.execvpe(argv[0], argv, env)  # replace this process: SIGTERM reaches dagster dev directly
+    code = run_supervised(argv, env=env, cwd=settings.PROJECT_ROOT, grace_s=shutdown_timeout,
+                          say=lambda message: click.echo(f"rec dev: {message}", err=True))
+    sys.exit(code)
 
 
 @main.command("run")
@@ -255,11 +265,17 @@ def dev(port: int, host: str) -> None:
 def run_all(ctx: click.Context) -> None:
     """Everything `make run` does: start the database, write sample data, materialize all, summarise."""
     started = time.perf_counter()
-    ctx.invoke(db_start)
-    ctx.invoke(sample)
-    ctx.invoke(dbt_parse)
-    ctx.invoke(materialize, select=None, in_process=True)
-    ctx.invoke(summary)
+    stages = [("start the database", lambda: ctx.invoke(db_start)),
+              ("write the sample data into the landing directory", lambda: ctx.invoke(sample)),
+              ("parse the dbt project", lambda: ctx.invoke(dbt_parse)),
+              ("materialize the refresh: ingestion and checks, dbt build, similarity, models, evaluation, "
+               "publish (each step's start, its progress and its end are logged below)",
+               lambda: ctx.invoke(materialize, select=None, in_process=True)),
+              ("summarise the results", lambda: ctx.invoke(summary))]
+    for number, (what, step) in enumerate(stages, start=1):
+        click.secho(f"\n==> [{number}/{len(stages)}] {what} ({time.perf_counter() - started:.0f} s so far)",
+                    bold=True, err=True)
+        step()
     click.echo(f"\ntotal {time.perf_counter() - started:.1f} s")
 
 

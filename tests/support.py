@@ -3,7 +3,10 @@ warehouse environment, the refresh run as the schedule launches it, throw-away l
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,3 +118,59 @@ def query(db: DatabaseSettings, statement: str, params: tuple = ()) -> list[tupl
 
 def scalar(db: DatabaseSettings, statement: str, params: tuple = ()):
     return query(db, statement, params)[0][0]
+
+
+# -- processes (Linux: read from /proc) ------------------------------------------------------------------
+
+def _stat(pid: int) -> tuple[int, int, str, str] | None:
+    """(ppid, session, state, start time) of a process, None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), int(fields[3]), fields[0], fields[19]
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every live descendant of ``root``: pid -> start time (so that a reused pid is not mistaken for it)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None and stat[2] != "Z":
+            children.setdefault(stat[0], []).append(int(entry.name))
+            starts[int(entry.name)] = stat[3]
+    found: dict[int, str] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found[child] = starts[child]
+            stack.append(child)
+    return found
+
+
+def still_alive(processes: dict[int, str]) -> dict[int, str]:
+    """Those of ``processes`` still running (not zombies), with their command lines."""
+    alive = {}
+    for pid, start in processes.items():
+        stat = _stat(pid)
+        if stat is not None and stat[3] == start and stat[2] != "Z":
+            try:
+                alive[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+            except OSError:
+                continue
+    return alive
+
+
+def kill_leftovers(processes: dict[int, str]) -> None:
+    for pid in still_alive(processes):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from rec_orchestration import settings
 from rec_orchestration.db import servers
 from rec_orchestration.partitions import sync_landing_partitions
 from rec_orchestration.runs import reserve_refresh_pool
+from tests.support import descendants, free_port, kill_leftovers, still_alive
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -53,27 +53,6 @@ def _sync_playwright():
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _session_processes(session: int) -> list[int]:
-    """Live processes of a session (``start_new_session``: its id is the leader's pid)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
-            alive.append(int(entry.name))
-    return alive
-
-
 @pytest.fixture()
 def dagster_ui(warehouse_env, tmp_path, monkeypatch) -> Iterator[tuple[str, dg.DagsterInstance]]:
     """`rec dev` on a free port against this test's databases and landing directory, its landing files
@@ -83,7 +62,7 @@ def dagster_ui(warehouse_env, tmp_path, monkeypatch) -> Iterator[tuple[str, dg.D
     env = {**os.environ, **servers.dagster_environment(start_embedded=False), "REC_EXECUTOR": "in_process"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "rec-dev.log").open("wb")
     with dg.DagsterInstance.get() as instance:
         sync_landing_partitions(instance, settings.landing_dir())
@@ -103,14 +82,15 @@ def dagster_ui(warehouse_env, tmp_path, monkeypatch) -> Iterator[tuple[str, dg.D
                     time.sleep(1)
             yield url, instance
         finally:
+            started = descendants(server.pid)  # webserver, daemon, code server, run workers
             os.kill(server.pid, signal.SIGTERM)  # what a service manager or `kill` sends
             try:
-                server.wait(timeout=90)
+                server.wait(timeout=150)
             finally:
-                left = _session_processes(server.pid)
-                if left:
-                    os.killpg(server.pid, signal.SIGKILL)
+                left = still_alive(started)
+                kill_leftovers(started)
                 log.close()
+            assert len(started) >= 3, f"rec dev should have started Dagster's processes: {started}"
             assert not left, f"processes left after SIGTERM: {left}"
 
 
