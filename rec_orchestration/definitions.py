@@ -15,7 +15,7 @@ from rec_orchestration.assets.publish import (
 )
 from rec_orchestration.assets.similarity import item_similarity
 from rec_orchestration.assets.warehouse import warehouse_dbt_models
-from rec_orchestration.jobs import backup_warehouse, ingest_landing_job, refresh_recommendations_job
+from rec_orchestration.jobs import backup_warehouse, ingest_landing_job, refresh_recommendations_job, run_executor
 from rec_orchestration.resources.dbt import dbt_resource
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource
 from rec_orchestration.resources.model_store import ModelStoreResource
@@ -31,8 +31,7 @@ defs = dg.Definitions(
     jobs=[refresh_recommendations_job, ingest_landing_job, backup_warehouse],
     schedules=[hourly_refresh_schedule, daily_backup_schedule],
     sensors=[landing_sensor, recommendations_freshness_sensor],
-    # The runs' executor, REC_EXECUTOR: multiprocess (default) or in_process (see settings.executor_name).
-    executor=dg.in_process_executor if settings.executor_name() == "in_process" else dg.multiprocess_executor,
+    executor=run_executor(settings.executor_name()),
     resources={
         "warehouse": PostgresResource(),
         "great_expectations": GreatExpectationsResource(),

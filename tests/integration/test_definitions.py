@@ -125,11 +125,13 @@ def test_loading_the_code_location_imports_no_model_training_library():
 
 
 def test_runs_use_the_executor_named_by_rec_executor():
-    """REC_EXECUTOR picks how every run of the code location executes its steps; a wrong name is an error
-    that names the choices, not a silent default."""
+    """REC_EXECUTOR picks how a run of the code location executes its steps when its config names no
+    executor (a run launched from the UI or a schedule); run config can still choose either (`rec
+    materialize` does); a wrong name is an error that names the choices, not a silent default."""
     script = ("from rec_orchestration.definitions import defs\n"
-              "print(defs.resolve_job_def('refresh_recommendations').executor_def.name,"
-              " defs.resolve_implicit_global_asset_job_def().executor_def.name)")
+              "jobs = defs.resolve_job_def('refresh_recommendations'), defs.resolve_implicit_global_asset_job_def()\n"
+              "for job in jobs:\n"
+              "    print(*job.executor_def.config_schema.default_value)\n")
     seen = {}
     for value in ("in_process", "multiprocess", None, "threads"):
         env = {k: v for k, v in os.environ.items() if k != "REC_EXECUTOR"} | ({"REC_EXECUTOR": value} if value else {})
@@ -138,3 +140,8 @@ def test_runs_use_the_executor_named_by_rec_executor():
     assert seen["in_process"] == (0, ["in_process", "in_process"])
     assert seen["multiprocess"] == seen[None] == (0, ["multiprocess", "multiprocess"])
     assert seen["threads"][0] != 0 and "expected one of multiprocess, in_process" in seen["threads"][1]
+    executor = defs.resolve_job_def("refresh_recommendations").executor_def
+    for choice in ("multiprocess", "in_process"):  # either, whatever the default
+        assert dg.validate_run_config(defs.resolve_job_def("refresh_recommendations"),
+                                      {"execution": {"config": {choice: {}}}})
+    assert executor.name == "multi_or_in_process_executor"
