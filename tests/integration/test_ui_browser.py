@@ -188,8 +188,9 @@ def test_a_person_launches_the_refresh_from_the_ui_and_sees_it_succeed(dagster_u
                 for check in checks:
                     pages.text(check)
                 pages.text("Passed")  # the selected check's latest execution
-                # and every check of the asset listed as succeeded, none failed
-                assert page.get_by_text("Succeeded", exact=True).count() == len(checks)
+                # and in the list of the asset's checks (freshness too, once evaluated) as many succeeded
+                # as there are blocking checks, none failed
+                assert page.get_by_text("Succeeded", exact=True).count() >= len(checks)
                 assert page.get_by_text("Failed", exact=True).count() == 0
                 pages.shot(f"{asset.replace('/', '-')}-checks")
 
