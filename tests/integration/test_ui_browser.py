@@ -185,8 +185,8 @@ def test_a_person_launches_the_refresh_from_the_ui_and_sees_it_succeed(dagster_u
             for asset, checks in (("raw/reviews", ("great_expectations", "ledger_reconciles")),
                                   ("recs/user_recommendations", ("every_user_gets_unseen_recommendations",))):
                 pages.open(f"/assets/{asset}?view=checks")
-                for check in checks:
-                    pages.text(check)
+                for check in checks:  # listed (a long name is shown cut in the middle, in full when selected)
+                    page.get_by_text(check, exact=True).first.wait_for(state="attached")
                 pages.text("Passed")  # the selected check's latest execution
                 # and in the list of the asset's checks (freshness too, once evaluated) as many succeeded
                 # as there are blocking checks, none failed
