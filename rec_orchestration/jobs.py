@@ -48,18 +48,13 @@ def run_executor(default: str) -> dg.ExecutorDefinition:
     """Dagster's default executor (run config picks ``multiprocess`` or ``in_process``), with ``default``
     as the choice of a run whose config names none: a run launched from the UI or by a schedule.
     ``default`` comes from REC_EXECUTOR (``settings.executor_name``)."""
-    from dagster._core.definitions.executor_definition import (
-        IN_PROC_CONFIG,
-        MULTI_PROC_CONFIG,
-        _get_default_executor_requirements,
-    )
-
     base = dg.multi_or_in_process_executor
     return dg.ExecutorDefinition(
         name=base.name, description=base.description,
-        config_schema=dg.Field(dg.Selector({"multiprocess": MULTI_PROC_CONFIG, "in_process": IN_PROC_CONFIG}),
-                               default_value={default: {}}),
-        executor_creation_fn=base.executor_creation_fn, requirements=_get_default_executor_requirements)
+        # its selector (multiprocess | in_process, each with its own options), with another default
+        config_schema=dg.Field(base.config_schema.config_type, default_value={default: {}}),
+        executor_creation_fn=base.executor_creation_fn,
+        requirements=lambda config: dg.multiple_process_executor_requirements() if "multiprocess" in config else [])
 
 
 # Everything from the landing files to the published tables, over every landing partition in one run
