@@ -46,7 +46,6 @@ class EpochProgress:
         self.budget_seconds = budget_seconds
         self.early_stopping = early_stopping
         self.started = time.perf_counter()
-        self.lines: list[str] = []
 
     def restart_clock(self) -> None:
         self.started = time.perf_counter()
@@ -71,7 +70,6 @@ class EpochProgress:
                 left += " at most (early stopping may end it sooner)"
         line = (f"{self.model_name} epoch {done}/{self.max_epochs}: {shown + ', ' if shown else ''}"
                 f"{duration(elapsed)} elapsed, {left}")
-        self.lines.append(line)
         self.report(line)
         return line
 
