@@ -15,6 +15,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
+# The k8s extra (dagster-k8s) and s3fs, locked beside it by deploy/lock-k8s.sh: the image installs both, and
+# so does the venv, so the test of the Kubernetes step tags runs here too.
+K8S_LOCK := deploy/requirements-k8s.lock
 UV_VERSION := 0.13.9
 WHEELS := /opt/wheels
 CHROMIUM := /usr/bin/chromium
@@ -38,19 +41,19 @@ UV_INSTALL = [ "$$($(BIN)/uv --version 2>/dev/null | cut -d' ' -f2)" = $(UV_VERS
 # which would build lightfm-next's sdist for its metadata before anything else, and pip in hash-checking
 # mode would reject dagster-dbt's `sqlglot[rs]` as unpinned), the project itself editable without
 # dependencies. `uv pip check` (pip's where uv fails) then catches a lock that no longer meets pyproject.toml.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(K8S_LOCK)
 	@$(VENV_MAKE)
 	@if [ ! -d $(WHEELS) ]; then \
 	  echo "env: no $(WHEELS) (the torch CPU wheel the lock names): pip resolves pyproject.toml, unlocked"; \
 	  $(PIP_ENSURE) && $(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel \
-	    && $(BIN)/python -m pip install --quiet -e '.[dev]'; \
+	    && $(BIN)/python -m pip install --quiet -e '.[dev,k8s]'; \
 	elif { $(UV_INSTALL); } && $(BIN)/uv pip install --quiet --python $(BIN)/python --find-links $(WHEELS) \
-	    --require-hashes --no-deps -r $(LOCK) \
+	    --require-hashes --no-deps -r $(LOCK) -r $(K8S_LOCK) \
 	  && $(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .; then \
 	  echo "env: installed $(LOCK) with uv $(UV_VERSION)"; \
 	else \
 	  echo "env: uv could not install $(LOCK) (see above): installing it with pip instead"; \
-	  $(PIP_ENSURE) && $(BIN)/python -m pip install --quiet --find-links $(WHEELS) --require-hashes --no-deps -r $(LOCK) \
+	  $(PIP_ENSURE) && $(BIN)/python -m pip install --quiet --find-links $(WHEELS) --require-hashes --no-deps -r $(LOCK) -r $(K8S_LOCK) \
 	    && $(BIN)/python -m pip install --quiet --no-deps -e .; \
 	fi
 	@{ $(BIN)/uv pip check --quiet --python $(BIN)/python 2>/dev/null || $(BIN)/python -m pip check; } >/dev/null \
@@ -65,6 +68,7 @@ lock:
 	@$(UV_INSTALL)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 	  --find-links $(WHEELS) --custom-compile-command 'make lock' --quiet -o $(LOCK)
+	UV=$(BIN)/uv deploy/lock-k8s.sh
 
 # The browser test drives Debian's chromium through Playwright. Installed here where this is root with
 # apt-get, once: the binary, or the record of a failed try, stops a second try. Never fails the target.

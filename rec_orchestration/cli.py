@@ -187,29 +187,43 @@ def env_cmd() -> None:
 @click.option("--select", default=None,
               help="Dagster asset selection of unpartitioned assets (e.g. 'recs/*'). Default: the whole "
                    "refresh_recommendations job over every landing partition.")
-@click.option("--in-process/--multiprocess", default=True, show_default=True,
-              help="Run all steps in one process (fastest on a small machine) or one process per step.")
-def materialize(select: str | None, in_process: bool) -> None:
+@click.option("--executor", "executor_name", type=click.Choice(settings.EXECUTORS), default="in_process",
+              show_default=True, help="in_process: every step in one process (fastest on a small machine); "
+              "multiprocess: a process per step; dask: steps on the dask cluster of REC_DASK_SCHEDULER (else a "
+              "local one of REC_DASK_WORKERS workers); k8s: a Kubernetes Job per step.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A run config YAML (e.g. ops: {models__lightgcn: {config: {epochs: 40}}}) for the run.")
+def materialize(select: str | None, executor_name: str, config_file: str | None) -> None:
     """Materialize assets through the Dagster instance (the run is recorded in PostgreSQL).
 
     Without --select: adds a landing partition for every new file or folder in the landing directory
     (what the landing sensor does under `make dev`), then runs the refresh_recommendations job over
     all landing partitions in one run: ingestion, its blocking checks, dbt, models, publish.
     """
-    executor = {"in_process": {}} if in_process else {"multiprocess": {}}
+    # The code location's executor is REC_EXECUTOR's (jobs.run_executor); its default config is the one wanted.
+    env = _dagster_env() | {"REC_EXECUTOR": executor_name}
+    local = executor_name in ("in_process", "multiprocess")
+    run_config = {"execution": {"config": {executor_name: {}}}} if local else {}
+    if config_file is not None:
+        import yaml  # a dagster dependency
+
+        given = yaml.safe_load(Path(config_file).read_text()) or {}
+        if "execution" in given:
+            raise click.UsageError("--config: choose the executor with --executor, not an execution block")
+        run_config |= given
     if select is not None:
         _run([_venv_bin("dagster"), "asset", "materialize", "-m", "rec_orchestration.definitions",
-              "--select", select, "--config-json", json.dumps({"execution": {"config": executor}})], _dagster_env())
+              "--select", select, "--config-json", json.dumps(run_config)], env)
         return
     from rec_orchestration.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
     keys = _sync_landing_partitions()
     tags = {PARTITION_RANGE_START_TAG: keys[0], PARTITION_RANGE_END_TAG: keys[-1]}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="rec_run_config_") as run_config:
-        json.dump({"execution": {"config": executor}}, run_config)  # JSON is YAML
-        run_config.flush()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="rec_run_config_") as config_file:
+        json.dump(run_config, config_file)  # JSON is YAML
+        config_file.flush()
         _run([_venv_bin("dagster"), "job", "execute", "-m", "rec_orchestration.definitions",
-              "-j", "refresh_recommendations", "--tags", json.dumps(tags), "-c", run_config.name], _dagster_env())
+              "-j", "refresh_recommendations", "--tags", json.dumps(tags), "-c", config_file.name], env)
 
 
 def _sync_landing_partitions() -> list[str]:

@@ -13,6 +13,7 @@ from rec_orchestration.assets.publish import (
     recommendations_freshness_checks,
     recommendations_freshness_sensor,
 )
+from rec_orchestration.assets.scoring import scoring_shard_assets
 from rec_orchestration.assets.similarity import item_similarity
 from rec_orchestration.assets.warehouse import warehouse_dbt_models
 from rec_orchestration.jobs import backup_warehouse, ingest_landing_job, refresh_recommendations_job, run_executor
@@ -20,12 +21,13 @@ from rec_orchestration.resources.dbt import dbt_resource
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.resources.serving import ServingResource
 from rec_orchestration.schedules import daily_backup_schedule, hourly_refresh_schedule
 from rec_orchestration.sensors import landing_sensor
 
 defs = dg.Definitions(
     assets=[raw_landing, warehouse_dbt_models, popular_products, *model_assets, model_evaluations, champion,
-            item_similarity, publish_recommendations],
+            item_similarity, *scoring_shard_assets, publish_recommendations],
     asset_checks=[champion_beats_popularity, every_user_gets_unseen_recommendations,
                   *recommendations_freshness_checks],
     jobs=[refresh_recommendations_job, ingest_landing_job, backup_warehouse],
@@ -37,5 +39,6 @@ defs = dg.Definitions(
         "great_expectations": GreatExpectationsResource(),
         "dbt": dbt_resource(),
         "model_store": ModelStoreResource(),
+        "serving": ServingResource(),
     },
 )

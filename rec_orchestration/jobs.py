@@ -44,17 +44,39 @@ def backup_warehouse() -> None:
     dump_warehouse()
 
 
-def run_executor(default: str) -> dg.ExecutorDefinition:
-    """Dagster's default executor (run config picks ``multiprocess`` or ``in_process``), with ``default``
-    as the choice of a run whose config names none: a run launched from the UI or by a schedule.
-    ``default`` comes from REC_EXECUTOR (``settings.executor_name``)."""
+def run_executor(name: str) -> dg.ExecutorDefinition:
+    """The executor of every job, named by REC_EXECUTOR (``settings.executor_name``).
+
+    ``multiprocess`` and ``in_process`` are Dagster's default executor (run config can still pick either,
+    as ``rec materialize`` does) with ``name`` as the choice of a run whose config names none: a run
+    launched from the UI or by a schedule. ``dask`` is dagster-dask's executor (``dask_executor.py``) on the
+    cluster of ``settings.dask_cluster`` (run config can name another); ``k8s`` is dagster-k8s's ``k8s_job_executor``
+    (installed with the ``k8s`` extra, configured by the Helm chart). Steps pass nothing through memory or
+    local disk (tables in PostgreSQL, artifacts in the model store), so any of them can run a step anywhere.
+    """
+    if name == "dask":
+        from rec_orchestration.dask_executor import sealed_dask_executor  # imports dask.distributed: only here
+
+        return sealed_dask_executor(settings.dask_cluster())
+    if name == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as error:
+            raise ImportError("REC_EXECUTOR=k8s needs dagster-k8s: pip install 'rec-orchestration[k8s]' "
+                              "(the Dockerfile does)") from error
+        return k8s_job_executor
     base = dg.multi_or_in_process_executor
+    # its selector (multiprocess | in_process, each with its own options), with another default
+    return _with_default(base, {name: {}}, requirements=lambda config: (
+        dg.multiple_process_executor_requirements() if "multiprocess" in config else []))
+
+
+def _with_default(base: dg.ExecutorDefinition, default: dict, requirements) -> dg.ExecutorDefinition:
+    """``base`` with ``default`` as the config of a run whose config names none."""
     return dg.ExecutorDefinition(
         name=base.name, description=base.description,
-        # its selector (multiprocess | in_process, each with its own options), with another default
-        config_schema=dg.Field(base.config_schema.config_type, default_value={default: {}}),
-        executor_creation_fn=base.executor_creation_fn,
-        requirements=lambda config: dg.multiple_process_executor_requirements() if "multiprocess" in config else [])
+        config_schema=dg.Field(base.config_schema.config_type, default_value=default),
+        executor_creation_fn=base.executor_creation_fn, requirements=requirements)
 
 
 # Everything from the landing files to the published tables, over every landing partition in one run

@@ -17,13 +17,18 @@ the repository):
 ``REC_LANDING_DIR``
     The directory the ingestion assets read raw files from; default ``<project>/data/landing``.
 ``REC_MODEL_STORE_DIR``
-    Local model store directory; default ``<REC_HOME>/model_store``.
+    The model store: a local directory (default ``<REC_HOME>/model_store``) or an fsspec URL such as
+    ``s3://bucket/models``, which steps on other machines (``REC_EXECUTOR=dask`` or ``k8s``) can reach.
 ``REC_BACKUP_DIR``
     Where the ``backup_warehouse`` job and ``rec backup`` write dumps; default ``<REC_HOME>/backups``.
 ``REC_PG_BIN_DIR``
     Bin directory of the ``pg_dump`` / ``pg_restore`` to use; default the embedded server's, else PATH.
 ``REC_EMBEDDED_PORT``
     TCP port of the embedded server on 127.0.0.1; default 55432.
+``REC_EXECUTOR``, ``REC_DASK_SCHEDULER``, ``REC_DASK_WORKERS``
+    How a run executes its steps: see :func:`executor_name` and :func:`dask_cluster`.
+``REC_SCORING_SHARDS``
+    Steps the scoring of every user is split into (:func:`scoring_shards`); default 1.
 """
 
 from __future__ import annotations
@@ -46,7 +51,15 @@ def landing_dir() -> Path:
 
 
 def model_store_dir() -> Path:
+    """The local model store directory (REC_MODEL_STORE_DIR when it is a path)."""
     return Path(os.environ.get("REC_MODEL_STORE_DIR", state_dir() / "model_store")).resolve()
+
+
+def model_store_url() -> str:
+    """The model store's root: REC_MODEL_STORE_DIR as given when it is a URL (``s3://...``, ``gs://...``),
+    else the local directory."""
+    configured = os.environ.get("REC_MODEL_STORE_DIR", "")
+    return configured if "://" in configured else str(model_store_dir())
 
 
 def backup_dir() -> Path:
@@ -61,14 +74,42 @@ def embedded_port() -> int:
     return int(os.environ.get("REC_EMBEDDED_PORT", EMBEDDED_DEFAULT_PORT))
 
 
-EXECUTORS = ("multiprocess", "in_process")
+EXECUTORS = ("multiprocess", "in_process", "dask", "k8s")
+DEFAULT_DASK_WORKERS = 2
 
 
 def executor_name() -> str:
     """How a run executes its steps (``REC_EXECUTOR``): ``multiprocess`` (the default: a process per
-    step, steps side by side where the graph allows) or ``in_process`` (every step in the run's own
-    process: one start-up instead of one per step, which is faster on a small machine)."""
+    step, steps side by side where the graph allows), ``in_process`` (every step in the run's own
+    process: one start-up instead of one per step, which is faster on a small machine), ``dask`` (each
+    step a task on a dask.distributed cluster, whose workers may be other machines: :func:`dask_cluster`)
+    or ``k8s`` (each step a Kubernetes Job, with the ``dagster-k8s`` extra and the Helm chart's run
+    launcher)."""
     name = os.environ.get("REC_EXECUTOR", "multiprocess").strip().lower().replace("-", "_")
     if name not in EXECUTORS:
         raise ValueError(f"REC_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)}")
     return name
+
+
+def dask_cluster() -> dict[str, dict]:
+    """The dask executor's cluster: the scheduler at ``REC_DASK_SCHEDULER`` (``tcp://host:8786``) when it is
+    set, else a local cluster of ``REC_DASK_WORKERS`` worker processes (default 2) started for the run."""
+    address = os.environ.get("REC_DASK_SCHEDULER", "").strip()
+    if address:
+        return {"existing": {"address": address}}
+    workers = int(os.environ.get("REC_DASK_WORKERS", DEFAULT_DASK_WORKERS))
+    if workers < 1:
+        raise ValueError(f"REC_DASK_WORKERS={workers}: expected at least 1")
+    # One thread per worker: Dagster runs one step at a time in a worker; the local scheduler listens on
+    # 127.0.0.1 only, its dashboard is off.
+    return {"local": {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                      "host": "127.0.0.1", "dashboard_address": None}}
+
+
+def scoring_shards() -> int:
+    """How many steps score the users (``REC_SCORING_SHARDS``, default 1): each takes the users whose
+    stable hash falls in its shard, so a distributed executor spreads them over its workers."""
+    shards = int(os.environ.get("REC_SCORING_SHARDS", 1))
+    if not 1 <= shards <= 256:
+        raise ValueError(f"REC_SCORING_SHARDS={shards}: expected 1 to 256")
+    return shards

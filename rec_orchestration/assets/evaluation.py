@@ -19,6 +19,7 @@ from pydantic import Field
 from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
 from rec_orchestration.db.tables import packaged_sql
+from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.failpoints import failpoint
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.champion import DEFAULT_BASELINE, choose_champion, require_same_data
@@ -40,6 +41,7 @@ class EvaluationConfig(dg.Config):
     key=["ml", "model_evaluations"],
     group_name="evaluation",
     pool=REFRESH_POOL,
+    op_tags=k8s_step_tags("light"),
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["models", name]) for name in registry.MODEL_NAMES],  # models/popularity: both baselines
 )
@@ -132,6 +134,7 @@ def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
     key=["models", "champion"],
     group_name="evaluation",
     pool=REFRESH_POOL,
+    op_tags=k8s_step_tags("training"),
     kinds={"python", "pytorch"},
     deps=[model_evaluations],
 )

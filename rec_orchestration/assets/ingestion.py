@@ -19,6 +19,7 @@ from rec_orchestration import settings
 from rec_orchestration.confinement import OutsideError, no_parent_steps, plain_name, within
 from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
+from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.partitions import landing_partitions
 from rec_orchestration.quality.suites import RAW_SUITES
 from rec_orchestration.resources.great_expectations import GreatExpectationsResource, to_check_metadata
@@ -97,6 +98,7 @@ def _file_row(entry: str, result: LoadResult) -> dict:
     backfill_policy=dg.BackfillPolicy.single_run(),
     can_subset=True,
     name="raw_landing",
+    op_tags=k8s_step_tags("ingestion"),
 )
 @retry_transient_db_errors()
 def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from rec_orchestration.db import reads
 from rec_orchestration.db.tables import replace_table
+from rec_orchestration.deployment import k8s_step_tags, model_profile
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
 from rec_orchestration.ml.champion import BASELINES, stronger_baseline
@@ -87,6 +88,12 @@ class LightGCNConfig(dg.Config):
     max_minutes: float = Field(default=20.0, gt=0, description=(
         "Training time budget: training stops there, keeping the best epoch so far, so the hourly "
         "refresh ends within the hour on a CPU."))
+    devices: int = Field(default=1, ge=1, description="Devices (GPUs, or CPU processes) per node; more than one "
+                                                      "in all needs strategy 'ddp'.")
+    num_nodes: int = Field(default=1, ge=1, description="Machines taking part in a 'ddp' fit.")
+    strategy: str = Field(default="auto", pattern="^(auto|ddp)$", description=(
+        "'auto': one process; 'ddp': data-parallel on spawned processes, one per device, each training on "
+        "its share of every epoch's batches."))
 
 
 MODEL_CONFIGS: dict[str, type[dg.Config]] = {"popularity": PopularityConfig, "itemknn": ItemKNNConfig,
@@ -146,6 +153,7 @@ def model_asset(name: str) -> dg.AssetsDefinition:
     also = f" With it, {', '.join(fitted_with)} (registry defaults), on the same split." if fitted_with else ""
 
     @dg.asset(name=name, key_prefix=["models"], group_name="models", kinds={"python", "pytorch"}, pool=REFRESH_POOL,
+              op_tags=k8s_step_tags(model_profile(name)),
               deps=INTERACTION_DEPS + ([dg.AssetKey(["core", "product_categories"])] if name == "lightfm" else []),
               description=f"The {name} model fitted on core.interactions (all but each user's latest "
                           f"interaction), evaluated at k={EVAL_K} on the held-out ones; artifact in the model "
@@ -188,6 +196,7 @@ model_assets = [model_asset(name) for name in registry.MODEL_NAMES]
                      description="The same ranking within each category."),
     ],
     pool=REFRESH_POOL,
+    op_tags=k8s_step_tags("light"),
 )
 @retry_transient_db_errors()
 def popular_products(context: dg.AssetExecutionContext, config: PopularProductsConfig, warehouse: PostgresResource,

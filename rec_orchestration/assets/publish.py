@@ -11,78 +11,68 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from rec_orchestration import publishing
+from rec_orchestration import publishing, shards
 from rec_orchestration.db import reads
 from rec_orchestration.db.roles import ensure_roles
-from rec_orchestration.ml import registry
-from rec_orchestration.ml.base import Recommender
-from rec_orchestration.ml.interactions import Interactions
-from rec_orchestration.ml.popularity import PopularityRecommender
+from rec_orchestration.db.tables import qualified
 from rec_orchestration.ml.serving import (
     REASON_SIMILARITY,
-    ServingInputs,
-    Source,
-    assemble,
     blend_similarities,
-    neighbour_evidence,
-    reason_thresholds,
-    strong_neighbours,
 )
 from rec_orchestration.publishing.checks import recommendation_problems, refusal
-from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.resources.serving import ServingResource
 from rec_orchestration.retry import retry_transient_db_errors
-from rec_orchestration.runs import REFRESH_POOL, approved_champion
+from rec_orchestration.runs import REFRESH_POOL
 
 RECOMMENDATIONS = dg.AssetKey(["recs", "user_recommendations"])
 PUBLISHED_KEYS = {name: dg.AssetKey(["recs", name]) for name in publishing.TABLES if name != "products"}
 
 class PublishConfig(dg.Config):
-    k: int = Field(default=20, ge=1, le=1000, description="Recommendations per user.")
-    min_interactions: int = Field(default=3, ge=0, description=(
-        "Users with fewer interactions get popular products (of their categories first) instead of the champion's."))
-    similar_products: int = Field(default=20, ge=1, le=500, description="Blended similar products kept per product.")
     keep_publications: int = Field(default=publishing.DEFAULT_KEEP, ge=publishing.MIN_KEEP, description=(
         "Publications whose data is kept for `rec recs rollback`, the live one included."))
 
 
-def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender, str]:
-    """The published popularity ranking (``ml.popular_products``: the stronger baseline on the holdout, decayed
-    or plain, refitted on every interaction) as a model, and its version. Served under the name ``popularity``
-    either way; the version tells the variants apart."""
-    ranked = reads.popularity_ranking(warehouse)
-    model = PopularityRecommender()
-    model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
-    model.item_scores = ranked["score"].to_numpy(dtype=float)
-    return model, str(ranked["model_version"].iloc[0])
+def shard_rows(warehouse: PostgresResource, basis: str, shard_count: int) -> tuple[list[tuple], dict[str, float]]:
+    """Every scoring shard's rows (``shards.SHARD_COLUMNS``), when all ``shard_count`` shards were scored on
+    ``basis``, and the reason thresholds they used. Fails, naming the shards to materialize, when any is missing or
+    was scored on other inputs (another champion, other users, similarity or serving settings)."""
+    records = {}
+    if _table_exists(warehouse, shards.SHARD_RECORDS):
+        records = {shard: (shard_basis, min_support, min_similarity) for shard, shard_basis, min_support, min_similarity
+                   in warehouse.fetch_all(sql.SQL("SELECT shard, basis, min_support, min_similarity FROM {} "
+                                                  "WHERE shard_count = %s").format(qualified(shards.SHARD_RECORDS)),
+                                          (shard_count,))}
+    stale = [shards.shard_key(shard, shard_count).to_user_string() for shard in range(shard_count)
+             if records.get(shard, ("",))[0] != basis]
+    if stale:
+        raise dg.Failure(f"scoring shards {', '.join(stale)} are missing or were scored on other inputs than this "
+                         "publish sees: materialize them (with this run's serving config) first; the live "
+                         "recommendations stay as they are")
+    rows: list[tuple] = []
+    for shard in range(shard_count):
+        rows.extend(warehouse.fetch_all(sql.SQL("SELECT {} FROM {} ORDER BY user_id, rank").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name, _ in shards.SHARD_COLUMNS),
+            qualified(shards.shard_table(shard, shard_count)))))
+    _, min_support, min_similarity = records[0]
+    return rows, {"min_support": int(min_support), "min_similarity": float(min_similarity)}
 
 
-def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResource,
-                   model_store: ModelStoreResource) -> tuple[Recommender, str, dict]:
-    """The approved champion as ``models/champion`` refitted it on every interaction, and its evaluation."""
-    row = approved_champion(context, warehouse)
-    version = row.get("deployed_version")
-    if not version:
-        raise dg.Failure(f"champion {row['model_name']} {row['model_version']} is not refitted for publishing yet: "
-                         "materialize models/champion first")
-    state, _ = model_store.store().load(row["model_name"], version)
-    return registry.model_class(row["model_name"]).from_state_dict(state), version, row
+def _table_exists(warehouse: PostgresResource, table: str) -> bool:
+    return warehouse.fetch_all("SELECT to_regclass(%s) IS NOT NULL", (table,))[0][0]
 
 
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(RECOMMENDATIONS, group_name="publish", kinds={"python", "postgres"},
-                     deps=[dg.AssetKey(["models", "champion"]), dg.AssetKey(["ml", "popular_products"]),
-                           dg.AssetKey(["ml", "popular_products_by_category"]), dg.AssetKey(["ml", "item_similarity"]),
-                           dg.AssetKey(["core", "users"]), dg.AssetKey(["core", "interactions"]),
-                           dg.AssetKey(["core", "products"])],
-                     description="Top-k products per user (recs.user_recommendations and its _detailed view)."),
+                     deps=shards.SERVING_DEPS + shards.SHARD_KEYS,
+                     description="Top-k products per user (recs.user_recommendations and its _detailed view), "
+                                 "from every scoring shard."),
         dg.AssetSpec(PUBLISHED_KEYS["similar_products"], group_name="publish", kinds={"python", "postgres"},
                      deps=[dg.AssetKey(["ml", "item_similarity"])],
                      description="Similar products per method and blended (recs.similar_products)."),
@@ -94,54 +84,36 @@ def champion_model(context: dg.AssetExecutionContext, warehouse: PostgresResourc
                      description="Popularity ranking per leaf category (recs.popular_products_by_category)."),
     ],
     pool=REFRESH_POOL,
+    op_tags=shards.scoring_tags(),
 )
 @retry_transient_db_errors()
 def publish_recommendations(context: dg.AssetExecutionContext, config: PublishConfig, warehouse: PostgresResource,
-                            model_store: ModelStoreResource):
-    """Build every published table and swap them in as one publication.
+                            serving: ServingResource):
+    """Assemble every scoring shard and the other published tables into one publication and swap it in.
 
-    Users with at least ``min_interactions`` get the champion's ranking, with "because you liked
-    <product>" where one of their products is a strong blended neighbour (enough shared users, lift
-    above the median: thresholds from the data, see ``ml.serving.reason_thresholds``); others get
-    popular products of their categories, then overall. Nothing already interacted with is
-    recommended. The new set is checked before it goes live; readers see the old publication or the
-    new one, never a mix, and never wait for the swap.
+    The scoring shards (``assets/scoring.py``) hold each user's top k: users with at least ``min_interactions``
+    get the champion's ranking, with "because you liked <product>" where one of their products is a
+    strong blended neighbour (enough shared users, lift above the median: thresholds from the data, see
+    ``ml.serving.reason_thresholds``); others get popular products of their categories, then overall.
+    Nothing already interacted with is recommended. The new set is checked before it goes live; readers
+    see the old publication or the new one, never a mix, and never wait for the swap.
     """
     started = datetime.now(UTC)
-    popular, popular_version = popularity_model(warehouse)
-    champion, champion_version, champion_row = champion_model(context, warehouse, model_store)
-    interactions = Interactions.from_frame(reads.interactions_frame(warehouse))
-    seen = interactions.items_by_user()
-    users = reads.user_ids(warehouse)
-    active = np.array([user for user in users.tolist() if len(seen.get(user, ())) >= config.min_interactions],
-                      dtype=np.int64)
-
-    similarity = reads.item_similarity(warehouse)
-    blended = blend_similarities(similarity, config.similar_products)
-    evidence = neighbour_evidence(blended, interactions)
-    thresholds = reason_thresholds(evidence)
-    products = reads.product_metadata(warehouse)
-    by_category = reads.popularity_by_category(warehouse)
-    category_groups = by_category.groupby("category_id", sort=False)
-    inputs = ServingInputs(
-        k=config.k, min_interactions=config.min_interactions, seen=seen,
-        personal=champion.recommend(active, config.k, exclude=seen) if len(active) else None,
-        champion=Source(champion.name, champion_version),
-        popular=popular.recommend(users, 2 * config.k, exclude=seen),  # 2k: enough after the category picks
-        popularity=Source(popular.name, popular_version),
-        category_ranking={int(c): group["product_id"].tolist() for c, group in category_groups},
-        category_scores={int(c): group["score"].tolist() for c, group in category_groups},
-        item_categories=reads.product_category_ids(warehouse),
-        strong_neighbours=strong_neighbours(evidence, thresholds),
-        titles=dict(zip(products["product_id"].tolist(), products["title"].tolist(), strict=True)),
-    )
+    shard_count = shards.SHARD_COUNT
+    state = shards.serving_state(context, warehouse, serving, shard_count)
+    champion_row = shards.champion_row(context, warehouse)
+    popular, popular_version = shards.popularity_model(warehouse)
+    scored, thresholds = shard_rows(warehouse, state.basis, shard_count)
+    champion_name, champion_version = state.champion.name, state.champion.version
+    similarity, products, by_category = state.similarity, state.products, state.by_category
+    blended = blend_similarities(similarity, serving.similar_products)
+    users = state.users
     run_id = context.run.run_id if context.run else str(uuid.uuid4())
     generated_at = datetime.now(UTC)
-    recommendations = [(row.user_id, row.product_id, row.rank, row.score, row.reason, row.because_product_id,
-                        row.source.name, row.source.version, run_id, generated_at) for row in assemble(users, inputs)]
-    personalized_users = {row[0] for row in recommendations if row[6] == champion.name}
+    recommendations = [(*row[:6], row[6], row[7], run_id, generated_at) for row in scored]
+    personalized_users = {row[0] for row in recommendations if row[6] == champion_name}
     explained = sum(1 for row in recommendations if row[5] is not None)
-    champion_rows = sum(1 for row in recommendations if row[6] == champion.name)
+    champion_rows = sum(1 for row in recommendations if row[6] == champion_name)
     user_counts = {"users": len(users), "personalized": len(personalized_users),
                    "popular": len(users) - len(personalized_users)}
 
@@ -163,7 +135,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     def validate(conn: psycopg.Connection, partitions: dict[str, sql.Composable]) -> None:
         problems = recommendation_problems(conn, partitions["user_recommendations"], partitions["popular_products"])
         context.log.info(f"new publication checked: {problems}")
-        if reason := refusal(problems, config.k):
+        if reason := refusal(problems, serving.k):
             raise dg.Failure(f"{reason}; the live recommendations stay as they are")
 
     evaluation = {key: champion_row[key] for key in ("k", "ndcg_at_k", "baseline_name", "baseline_ndcg_at_k",
@@ -176,8 +148,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         conn.autocommit = True
         try:
             publication = publishing.publish(
-                conn, rows, run_id=run_id, model_name=champion.name, model_version=champion_version,
-                evaluation=evaluation, k=config.k, user_counts=user_counts, started_at=started,
+                conn, rows, run_id=run_id, model_name=champion_name, model_version=champion_version,
+                evaluation=evaluation, k=serving.k, user_counts=user_counts, started_at=started,
                 validate=validate, keep=config.keep_publications)
         finally:
             if not conn.closed:  # a lost connection's error is the one to raise (and retry)
@@ -197,10 +169,12 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         "because_share": explained / len(recommendations) if recommendations else 0.0,
         "because_share_personalized": explained / champion_rows if champion_rows else 0.0,
         "reason_similarity": REASON_SIMILARITY,
-        "reason_min_similarity": float(thresholds.min_similarity),
-        "reason_min_support": thresholds.min_support,
-        "k": config.k,
-        "model": f"{champion.name} {champion_version}",
+        "reason_min_similarity": thresholds["min_similarity"],
+        "reason_min_support": thresholds["min_support"],
+        "k": serving.k,
+        "scoring_shards": shard_count,
+        "scoring_basis": state.basis,
+        "model": f"{champion_name} {champion_version}",
     })
     per_method = similar.groupby("method").size().to_dict()
     yield dg.MaterializeResult(asset_key=PUBLISHED_KEYS["similar_products"], metadata={

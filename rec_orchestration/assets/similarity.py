@@ -14,6 +14,7 @@ from pydantic import Field
 
 from rec_orchestration.db import reads
 from rec_orchestration.db.tables import replace_table
+from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
@@ -46,6 +47,7 @@ def embedding_neighbours(model: Recommender, n: int) -> pd.DataFrame:
 @dg.asset(
     key=["ml", "item_similarity"],
     pool=REFRESH_POOL,
+    op_tags=k8s_step_tags("similarity"),
     group_name="similarity",
     kinds={"python", "postgres"},
     deps=[dg.AssetKey(["core", "interactions"]), dg.AssetKey(["core", "products"]),

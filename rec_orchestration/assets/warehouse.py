@@ -12,6 +12,7 @@ from dagster_dbt import DbtCliResource, dbt_assets
 from pydantic import Field
 
 from rec_orchestration.dbt_child import PARENT_PID_VARIABLE
+from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.resources.dbt import WarehouseDbtTranslator, dbt_project
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
@@ -91,6 +92,7 @@ class WarehouseConfig(dg.Config):
     project=dbt_project(),
     dagster_dbt_translator=WarehouseDbtTranslator(),
     pool=REFRESH_POOL,
+    op_tags=k8s_step_tags("light"),
 )
 @retry_transient_db_errors()
 def warehouse_dbt_models(context: dg.AssetExecutionContext, config: WarehouseConfig, dbt: DbtCliResource,

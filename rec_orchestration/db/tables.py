@@ -62,11 +62,12 @@ def replace_table(
     primary_key: Sequence[str],
     indexes: Sequence[Sequence[str]] = (),
     lock_timeout_ms: int = 5000,
+    nullable: Sequence[str] = (),
 ) -> int:
     """Replace ``table`` with a freshly built one holding ``rows``, atomically, inside ``conn``'s transaction.
 
-    ``columns`` are ``(name, sql_type)`` and all NOT NULL. The new table is built beside the live one
-    (``<table>__next``), loaded by binary COPY and indexed while readers keep using the live table;
+    ``columns`` are ``(name, sql_type)``, NOT NULL unless named in ``nullable``. The new table is built
+    beside the live one (``<table>__next``), loaded by binary COPY and indexed while readers keep using the live table;
     only the final renames take an exclusive lock, for the moment between them and COMMIT. If
     anything fails or the process dies, the transaction rolls back and the live table is untouched.
     """
@@ -78,7 +79,8 @@ def replace_table(
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, staging)))
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(
         sql.Identifier(schema, staging),
-        sql.SQL(", ").join(sql.SQL("{} {} NOT NULL").format(sql.Identifier(col), sql.SQL(kind))
+        sql.SQL(", ").join(sql.SQL("{} {}{}").format(sql.Identifier(col), sql.SQL(kind),
+                                                     sql.SQL("" if col in nullable else " NOT NULL"))
                            for col, kind in columns),
     ))
     written = copy_rows(conn, f"{schema}.{staging}", [c for c, _ in columns], [k for _, k in columns], rows)

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.defaults import LIGHTFM
 from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.threads import step_threads
 
 
 def item_feature_matrix(item_ids: np.ndarray, features: Mapping[Any, Sequence[str]] | None,
@@ -57,11 +58,13 @@ class LightFMRecommender(Recommender):
                  learning_rate: float = LIGHTFM["learning_rate"],
                  item_alpha: float = 1e-6, user_alpha: float = 1e-6, max_sampled: int = 10,
                  item_features: Mapping[Any, Sequence[str]] | None = None, feature_weight: float = 1.0,
-                 num_threads: int = 2, seed: int = 42) -> None:
+                 num_threads: int | None = None, seed: int = 42) -> None:
         self.params = {"factors": factors, "epochs": epochs, "learning_rate": learning_rate,
                        "item_alpha": item_alpha, "user_alpha": user_alpha, "max_sampled": max_sampled,
                        "feature_weight": feature_weight, "seed": seed}
         self.item_features = item_features
+        # None: the step's thread budget (rec_orchestration.threads). More than one thread trains Hogwild
+        # style, so two fits of the same data differ slightly; one thread is reproducible.
         self.num_threads = num_threads
         self.user_ids = np.array([], dtype=np.int64)
         self.item_ids = np.array([], dtype=np.int64)
@@ -82,8 +85,9 @@ class LightFMRecommender(Recommender):
                         item_alpha=p["item_alpha"], user_alpha=p["user_alpha"], max_sampled=p["max_sampled"],
                         random_state=np.random.RandomState(p["seed"]))
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
+        self._threads = self.num_threads or step_threads()
         if self.progress is None:
-            model.fit(positives, item_features=features, epochs=p["epochs"], num_threads=self.num_threads)
+            model.fit(positives, item_features=features, epochs=p["epochs"], num_threads=self._threads)
             self._take_representations(model, features)
         else:
             self._fit_reporting(model, positives, features)
@@ -118,9 +122,9 @@ class LightFMRecommender(Recommender):
         self.history = []
         model._reset_state()
         for epoch in range(p["epochs"]):
-            model.fit_partial(positives, item_features=features, epochs=1, num_threads=self.num_threads)
-            margin = (model.predict(users, neg, item_features=features, num_threads=self.num_threads)
-                      - model.predict(users, pos, item_features=features, num_threads=self.num_threads))
+            model.fit_partial(positives, item_features=features, epochs=1, num_threads=self._threads)
+            margin = (model.predict(users, neg, item_features=features, num_threads=self._threads)
+                      - model.predict(users, pos, item_features=features, num_threads=self._threads))
             row = {"epoch": epoch, "train_loss": float(np.logaddexp(0.0, margin).mean()),
                    "held_out_ndcg": float("nan")}
             if monitor is not None:

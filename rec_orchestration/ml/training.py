@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from rec_orchestration import threads
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
 from rec_orchestration.ml.base import Recommender
@@ -107,14 +108,16 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
         return store.manifest(name, version), True
     model = registry.build(name, **params, **inputs.constructor)
     model.progress, model.monitor = progress, (split.train, split.test)  # reported per epoch, never chosen on
-    started = time.perf_counter()
-    model.fit(split.train)
-    fit_seconds = time.perf_counter() - started
-    metrics = evaluate(model, split.train, split.test, k=EVAL_K)
+    with threads.limited() as budget:  # the step's share of the cores (rec_orchestration.threads)
+        started = time.perf_counter()
+        model.fit(split.train)
+        fit_seconds = time.perf_counter() - started
+        metrics = evaluate(model, split.train, split.test, k=EVAL_K)
     manifest: dict[str, Any] = {
         "params": params, "item_features": bool(inputs.version), "metrics": metrics, "split": split.describe(),
         "data_version": split.data_version, "code_version": CODE_VERSIONS[name],
-        "fit_seconds": round(fit_seconds, 3), "n_users": split.train.n_users, "n_items": split.train.n_items}
+        "fit_seconds": round(fit_seconds, 3), "threads": budget,
+        "n_users": split.train.n_users, "n_items": split.train.n_items}
     manifest |= {key: getattr(model, key) for key in REPORTED_ATTRIBUTES if getattr(model, key, None) is not None}
     files = {}
     if (plot := training_plot(model)) is not None:
@@ -139,9 +142,10 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
     started = time.perf_counter()
     model = registry.build(name, **evaluated["params"], **inputs.constructor)
     model.progress = progress
-    model.fit(Interactions.from_frame(frame))
+    with threads.limited() as budget:
+        model.fit(Interactions.from_frame(frame))
     store.save(name, version, model.state_dict(), {
         "params": evaluated["params"], "refit_of": evaluated["version"], "metrics": evaluated["metrics"],
         "data_version": frame_version, "n_interactions": len(frame),
-        "fit_seconds": round(time.perf_counter() - started, 3)})
+        "fit_seconds": round(time.perf_counter() - started, 3), "threads": budget})
     return store.manifest(name, version), False

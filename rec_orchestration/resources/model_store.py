@@ -11,7 +11,8 @@ class ModelStoreResource(dg.ConfigurableResource):
     """Versioned model artifacts under ``root_url`` (a path or an fsspec URL such as ``s3://bucket/models``);
     see :class:`rec_orchestration.ml.artifacts.ModelStore`."""
 
-    root_url: str | None = Field(default=None, description="Defaults to REC_MODEL_STORE_DIR or <REC_HOME>/model_store.")
+    root_url: str | None = Field(default=None, description=(
+        "Defaults to REC_MODEL_STORE_DIR (a path or URL) or <REC_HOME>/model_store."))
 
     def store(self) -> ModelStore:
-        return ModelStore(self.root_url or str(settings.model_store_dir()))
+        return ModelStore(self.root_url or settings.model_store_url())

@@ -49,3 +49,19 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The scoring shards (assets/scoring.py): one row per shard of a shard count, saying what its table
+-- ml.scored_users_<shard>_of_<shard_count> was scored on (basis) and with which reason thresholds. A shard
+-- replaces its table and its row in one transaction; publishing takes only shards of one basis.
+CREATE TABLE IF NOT EXISTS ml.scoring_shards (
+    shard_count     integer NOT NULL,
+    shard           integer NOT NULL,
+    basis           text NOT NULL,
+    run_id          text NOT NULL,
+    user_count      bigint NOT NULL,
+    row_count       bigint NOT NULL,
+    min_support     integer NOT NULL,
+    min_similarity  double precision NOT NULL,
+    scored_at       timestamptz NOT NULL,
+    PRIMARY KEY (shard_count, shard)
+);

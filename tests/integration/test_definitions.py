@@ -127,19 +127,27 @@ def test_loading_the_code_location_imports_no_model_training_library():
 def test_runs_use_the_executor_named_by_rec_executor():
     """REC_EXECUTOR picks how a run of the code location executes its steps when its config names no
     executor (a run launched from the UI or a schedule); run config can still choose either (`rec
-    materialize` does); a wrong name is an error that names the choices, not a silent default."""
-    script = ("from rec_orchestration.definitions import defs\n"
+    materialize` does); a wrong name is an error that names the choices, not a silent default. ``dask``
+    runs on the scheduler of REC_DASK_SCHEDULER, ``k8s`` is dagster-k8s's executor."""
+    script = ("import json\n"
+              "from rec_orchestration.definitions import defs\n"
               "jobs = defs.resolve_job_def('refresh_recommendations'), defs.resolve_implicit_global_asset_job_def()\n"
               "for job in jobs:\n"
-              "    print(*job.executor_def.config_schema.default_value)\n")
+              "    default = job.executor_def.config_schema.default_value if "
+              "job.executor_def.config_schema.default_provided else {}\n"
+              "    print(job.executor_def.name, json.dumps(default, sort_keys=True).replace(' ', ''))\n")
     seen = {}
-    for value in ("in_process", "multiprocess", None, "threads"):
+    for value in ("in_process", "multiprocess", None, "threads", "dask", "k8s"):
         env = {k: v for k, v in os.environ.items() if k != "REC_EXECUTOR"} | ({"REC_EXECUTOR": value} if value else {})
+        env["REC_DASK_SCHEDULER"] = "tcp://127.0.0.1:8786"
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
         seen[value] = (done.returncode, done.stdout.split() if done.returncode == 0 else done.stderr)
-    assert seen["in_process"] == (0, ["in_process", "in_process"])
-    assert seen["multiprocess"] == seen[None] == (0, ["multiprocess", "multiprocess"])
-    assert seen["threads"][0] != 0 and "expected one of multiprocess, in_process" in seen["threads"][1]
+    local = "multi_or_in_process_executor"
+    assert seen["in_process"] == (0, [local, '{"in_process":{}}'] * 2)
+    assert seen["multiprocess"] == seen[None] == (0, [local, '{"multiprocess":{}}'] * 2)
+    assert seen["threads"][0] != 0 and "expected one of multiprocess, in_process, dask, k8s" in seen["threads"][1]
+    assert seen["dask"] == (0, ["dask", '{"cluster":{"existing":{"address":"tcp://127.0.0.1:8786"}}}'] * 2)
+    assert seen["k8s"][0] == 0 and seen["k8s"][1][0::2] == ["k8s", "k8s"]
     executor = defs.resolve_job_def("refresh_recommendations").executor_def
     for choice in ("multiprocess", "in_process"):  # either, whatever the default
         assert dg.validate_run_config(defs.resolve_job_def("refresh_recommendations"),

@@ -125,10 +125,11 @@ def test_recommendations_follow_the_stronger_popularity_ranking(materialized):
     # Users with too little history get the popular products of the categories they interacted with,
     # then overall: publish again with a threshold no sample user reaches.
     from rec_orchestration.assets.publish import publish_recommendations
+    from rec_orchestration.assets.scoring import scoring_shard_assets
     from rec_orchestration.definitions import defs
 
-    assert_success(dg.materialize([publish_recommendations], resources=defs.resources, run_config={
-        "ops": {"publish_recommendations": {"config": {"min_interactions": 1000}}}}))
+    assert_success(dg.materialize([*scoring_shard_assets, publish_recommendations], resources=defs.resources,
+                                  run_config={"resources": {"serving": {"config": {"min_interactions": 1000}}}}))
     assert set(query(materialized, "SELECT DISTINCT reason, model_name FROM recs.user_recommendations")) == {
         ("popular", "popularity_by_category"), ("popular", "popularity")}
     # Each user's first product: the most popular one they have not interacted with in the first of

@@ -9,7 +9,8 @@
 - :mod:`.history`: :class:`EpochHistory`, the callback that records each epoch's loss, validation
   nDCG and training seconds.
 - :mod:`.recommender`: :class:`LightGCNRecommender`, the project's model: early-stopped on its own
-  validation split, keeping the best epoch's final embeddings as CPU arrays.
+  validation split, keeping the best epoch's final embeddings as CPU arrays; trains on one device or,
+  with ``strategy="ddp"``, on several spawned processes (each on its share of the BPR batches).
 """
 
 from rec_orchestration.ml.lightgcn.data import (

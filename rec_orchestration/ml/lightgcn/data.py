@@ -6,11 +6,15 @@ and the BPR training pairs (:class:`BprEpochs`: every pair once per epoch, in a 
 one negative item drawn uniformly and redrawn, a few rounds, where it is one of the user's training
 positives).
 :func:`validation_batches` lays out the held-out pairs for ranking.
+
+Under data-parallel training every rank iterates its own copy of :class:`BprEpochs`; Lightning does not
+shard an iterable dataset, so the dataset shards itself: all ranks draw the same epoch (same seed) and
+each keeps every ``world_size``-th batch, the same number on every rank, since a rank with one batch more
+would wait forever on the others in the gradient all-reduce.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -77,19 +81,50 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, positive_keys:
 
 class BprEpochs(torch.utils.data.IterableDataset):
     """Batches ``(users, positives, negatives)``: each iteration is one epoch over every positive pair,
-    shuffled, with fresh negatives. Everything is drawn from one seeded generator, so runs repeat."""
+    shuffled, with fresh negatives. Everything is drawn from one seeded generator, so runs repeat.
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int, seed: int) -> None:
+    ``rank`` of ``world_size`` (None: those of the initialised ``torch.distributed`` group, else 0 of 1,
+    read when iterated, i.e. in the rank's own process) keeps batches ``rank, rank + world_size, ...`` of
+    the epoch. Batches are ``batch_size`` pairs; what is left after the last full round of ``world_size``
+    batches is split evenly among the ranks (with one rank, that is the usual short last batch), and a
+    remainder smaller than ``world_size`` pairs is skipped that epoch.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int, seed: int, *,
+                 rank: int | None = None, world_size: int | None = None) -> None:
         super().__init__()
+        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):
+            raise ValueError("give both rank and world_size, with 0 <= rank < world_size, or neither")
         self.users = users.astype(np.int64)
         self.items = items.astype(np.int64)
         self.n_items = n_items
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.positive_keys = np.sort(self.users * n_items + self.items)
         self.rng = np.random.default_rng(seed)
 
+    def shard(self) -> tuple[int, int]:
+        """``(rank, world_size)`` this iteration serves."""
+        if self.world_size is not None:
+            return self.rank, self.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def bounds(self, world_size: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of every batch of an epoch in order; batch ``j`` goes to rank ``j % world_size``."""
+        n, size = len(self.users), self.batch_size
+        round_size = size * world_size
+        full = n // round_size * round_size
+        bounds = [(start, start + size) for start in range(0, full, size)]
+        if n - full >= world_size:
+            edges = np.linspace(full, n, world_size + 1).round().astype(int)
+            bounds += list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+        return bounds
+
     def __len__(self) -> int:
-        return math.ceil(len(self.users) / self.batch_size)
+        _, world_size = self.shard()
+        return len(self.bounds(world_size)) // world_size
 
     def epoch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         order = self.rng.permutation(len(self.users))
@@ -97,9 +132,9 @@ class BprEpochs(torch.utils.data.IterableDataset):
         return users, positives, sample_negatives(self.rng, users, self.positive_keys, self.n_items)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        rank, world_size = self.shard()
         users, positives, negatives = (torch.from_numpy(a) for a in self.epoch())
-        for start in range(0, len(users), self.batch_size):
-            stop = start + self.batch_size
+        for start, stop in self.bounds(world_size)[rank::world_size]:
             yield users[start:stop], positives[start:stop], negatives[start:stop]
 
 

@@ -29,14 +29,18 @@ def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_i
     np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
     normalized = (sp.diags(inv_sqrt) @ adjacency @ sp.diags(inv_sqrt)).tocsr().astype(np.float32)
     normalized.sort_indices()
+    return csr_tensor(torch.from_numpy(normalized.indptr.astype(np.int64)),
+                      torch.from_numpy(normalized.indices.astype(np.int64)),
+                      torch.from_numpy(normalized.data), (n, n), check_invariants=True)
+
+
+def csr_tensor(crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor, size: tuple[int, int],
+               check_invariants: bool = False) -> torch.Tensor:
+    """A sparse CSR tensor from its parts, without torch's notice that CSR support is in beta."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(normalized.indptr.astype(np.int64)),
-            torch.from_numpy(normalized.indices.astype(np.int64)),
-            torch.from_numpy(normalized.data),
-            size=(n, n), check_invariants=True,
-        )
+        return torch.sparse_csr_tensor(crow_indices, col_indices, values, size=size,
+                                       check_invariants=check_invariants)
 
 
 class _SymmetricSparseProduct(torch.autograd.Function):

@@ -1,4 +1,8 @@
-"""What each training epoch did, kept by a Lightning callback beside the module rather than inside it."""
+"""What each training epoch did, kept by a Lightning callback beside the module rather than inside it.
+
+Under data-parallel training every rank runs these callbacks; the history's loss is the mean over all
+ranks' batches and only rank 0 reports, so a spawned fit reports and records each epoch once.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ class EpochHistory(pl.Callback):
     time, validation excluded).
 
     The training step's returned loss is what is averaged, so the module keeps no bookkeeping of its own.
+    Its ``state_dict`` is the rows, so a spawned rank's history can be handed back to the main process.
     """
 
     def __init__(self, metric: str = "val_ndcg") -> None:
@@ -28,6 +33,12 @@ class EpochHistory(pl.Callback):
         self._batches = 0
         self._started = self._validation_started = time.perf_counter()
         self._validation_seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(row) for row in state_dict["rows"]]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loss_sum = torch.zeros((), device=pl_module.device)
@@ -50,6 +61,9 @@ class EpochHistory(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         train_loss = float(self._loss_sum) / max(self._batches, 1)   # float() waits for the device
+        if trainer.world_size > 1:      # every rank has as many batches, so the mean of means is the mean
+            mean = torch.tensor(train_loss, dtype=torch.float64, device=pl_module.device)
+            train_loss = float(trainer.strategy.reduce(mean, reduce_op="mean"))
         seconds = time.perf_counter() - self._started - self._validation_seconds
         logged = trainer.callback_metrics.get(self.metric)
         self.rows.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss,
@@ -69,6 +83,8 @@ class ReportEpochs(pl.Callback):
         self.progress.restart_clock()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         row = self.history.rows[-1]
         self.progress.epoch(int(row["epoch"]), {"loss": row["train_loss"],
                                                 self.history.metric: row[self.history.metric]})

@@ -9,15 +9,23 @@ negatives, divided by the batch size; one full-graph propagation per step (a spa
 layer); Adam. Validation ranks every item for the users of :func:`.data.validation_batches`, training
 positives excluded, and logs ``val_ndcg`` and ``val_recall`` at :data:`TOP_K` as ``ml.metrics``
 defines them.
+
+Under data-parallel training each rank validates every ``world_size``-th block of users and the sums are
+added up across ranks, so every rank logs the same figure as a single process would: early stopping and
+checkpointing then take the same decision on every rank (ranks that disagree would diverge and hang).
+The ``adjacency`` buffer is a sparse CSR tensor, which DDP cannot broadcast: the strategy must not
+broadcast buffers (every rank receives the same one with the module anyway).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from rec_orchestration.ml.lightgcn.graph import normalized_adjacency, symmetric_sparse_product
+from rec_orchestration.ml.lightgcn.graph import csr_tensor, normalized_adjacency, symmetric_sparse_product
 from rec_orchestration.ml.metrics import ndcg_per_user, recall_per_user
 
 TOP_K = 20                      # cut-off of the validation metrics (recall@20, nDCG@20, as in the paper)
@@ -44,6 +52,20 @@ class LightGCN(pl.LightningModule):
         self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validation_sums = np.zeros(2)     # recall and nDCG summed over the users validated so far
         self._validation_users = 0
+
+    # Spawned DDP ranks receive the module pickled: the adjacency travels as its CSR parts (plain tensors)
+    # rather than through torch's sparse path, which warns in every rank as it unpickles.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        adjacency = self.adjacency
+        state["_buffers"] = {**self._buffers, "adjacency": (adjacency.crow_indices(), adjacency.col_indices(),
+                                                           adjacency.values(), tuple(adjacency.shape))}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        crow_indices, col_indices, values, size = state["_buffers"]["adjacency"]
+        state["_buffers"] = {**state["_buffers"], "adjacency": csr_tensor(crow_indices, col_indices, values, size)}
+        super().__setstate__(state)
 
     # model ---------------------------------------------------------------------------------------
 
@@ -84,6 +106,9 @@ class LightGCN(pl.LightningModule):
         self._cached = self.propagate()       # once per validation, not once per block of users
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if batch_idx % world_size != self.global_rank:
+            return                            # another rank's block
         user_final, item_final = self._cached
         scores = (user_final[batch["users"]] @ item_final.T).float()
         scores[batch["seen_rows"], batch["seen_items"]] = -torch.inf
@@ -97,7 +122,12 @@ class LightGCN(pl.LightningModule):
         self._validation_users += len(hits)
 
     def on_validation_epoch_end(self) -> None:
-        recall, ndcg = self._validation_sums / max(self._validation_users, 1)
+        sums, users = self._validation_sums, self._validation_users
+        if self._trainer is not None and self.trainer.world_size > 1:
+            local = torch.tensor([*sums, users], dtype=torch.float64, device=self.device)
+            *total, users = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+            sums = np.array(total)
+        recall, ndcg = sums / max(users, 1)
         self._cached = None
         self.log("val_recall", float(recall))
         self.log("val_ndcg", float(ndcg))

@@ -9,16 +9,28 @@ Model selection
 The fitted recommender keeps only the final (propagated) user and item embeddings, as CPU arrays; its
 state dict is tensors and plain values, so it loads with ``torch.load(weights_only=True)`` on a machine
 without a GPU whatever it was trained on.
+
+Data-parallel training (``strategy="ddp"``)
+    Lightning's DDP with spawned processes: the caller's process only waits, so a Dagster run or a test
+    never has its command line re-run as Lightning's default DDP launcher would do. Spawned ranks hold
+    copies of the callbacks, so a rank writes their states to a file the main process loads; it then
+    restores the best checkpoint exactly as a single-process fit does. Progress lines come back through
+    a queue. Buffers are not broadcast: the sparse adjacency cannot be, and every rank receives the same.
+    Over several nodes only global rank 0 writes the best checkpoint, so ``checkpoint_dir`` must be a
+    directory every node sees.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import statistics
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +39,7 @@ import pytorch_lightning as pl
 import scipy.sparse as sp
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy
 
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.defaults import LIGHTGCN
@@ -34,26 +47,39 @@ from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.lightgcn.data import BprEpochs, holdout_mask, positive_pairs, validation_batches
 from rec_orchestration.ml.lightgcn.history import EpochHistory, ReportEpochs
 from rec_orchestration.ml.lightgcn.module import LightGCN
-from rec_orchestration.progress import EpochProgress
+from rec_orchestration.progress import EpochProgress, Report
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_ndcg")   # what the recommender keeps of each epoch's row
+STRATEGIES = ("auto", "ddp")
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
+NOISE = (                   # warnings that are noise for a model this size
+    ".*does not have many workers.*",
+    ".*`validation_step` but have no `val_dataloader`.*",
+    ".*Sparse CSR tensor support is in beta.*",
+    ".*IterableDataset.*__len__.*",
+    ".*Checkpoint directory .* exists and is not empty.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*sync_dist=True.*",   # the module sums its validation across ranks itself
+    # torch deprecates it, but its successor still syncs buffers at start-up, which a sparse buffer breaks
+    ".*`broadcast_buffers` is deprecated.*",
+)
+
+
+def _silence_lightning() -> None:
+    for logger in map(logging.getLogger, LIGHTNING_LOGGERS):
+        logger.setLevel(logging.WARNING)
+    for message in NOISE:
+        warnings.filterwarnings("ignore", message=message)
 
 
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Lightning's start-up banners and its hints for big datasets are noise for a model this size."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric")]
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
-            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-            warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            _silence_lightning()
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
@@ -73,10 +99,82 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def _restored_environ(name: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _uses_cuda(accelerator: str) -> bool:
     if accelerator in ("cuda", "gpu"):
         return True
     return accelerator == "auto" and torch.cuda.is_available()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _QueuedReport:
+    """A progress report a spawned rank can carry: each line goes into a queue the main process drains."""
+
+    def __init__(self, lines: Any) -> None:
+        self.lines = lines
+
+    def __call__(self, line: str) -> None:
+        self.lines.put(line)
+
+
+@contextmanager
+def _relayed(report: Report) -> Iterator[Report]:
+    """A report for spawned ranks whose lines reach ``report`` in this process, from a thread, as they come."""
+    lines = multiprocessing.get_context("spawn").SimpleQueue()
+
+    def drain() -> None:
+        while (line := lines.get()) is not None:
+            report(line)
+
+    thread = threading.Thread(target=drain, name="lightgcn-progress", daemon=True)
+    thread.start()
+    try:
+        yield _QueuedReport(lines)
+    finally:
+        lines.put(None)
+        thread.join()
+
+
+class _SpawnedRank(pl.Callback):
+    """What a spawned DDP rank needs besides the trainer's copy: Lightning kept quiet (from the moment the
+    rank unpickles it, before Lightning's own start-up), ``threads`` torch threads so that the ranks share
+    the cores instead of fighting over them, and, on each node's first rank, the states of ``kept``
+    written to ``handoff`` at the end of the fit, since the main process's callbacks never ran (the
+    ranks take the same decisions, so any rank's states will do)."""
+
+    def __init__(self, threads: int, handoff: str, kept: dict[str, pl.Callback]) -> None:
+        self.threads, self.handoff, self.kept = threads, handoff, kept
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        _silence_lightning()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        torch.set_num_threads(self.threads)     # after Lightning's own default for spawned ranks
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.local_rank == 0:
+            torch.save({name: callback.state_dict() for name, callback in self.kept.items()}, self.handoff)
+
+    def restore(self) -> None:
+        """In the main process, after the fit: the ranks' callback states into ``kept``."""
+        state = torch.load(self.handoff, map_location="cpu", weights_only=True)
+        for name, callback in self.kept.items():
+            callback.load_state_dict(state[name])
 
 
 class LightGCNRecommender(Recommender):
@@ -86,8 +184,13 @@ class LightGCNRecommender(Recommender):
     ``history`` (per epoch: ``epoch``, ``train_loss``, ``val_ndcg``), ``best_epoch``, ``best_val_ndcg``,
     ``stopped_early``, ``device_used`` (``"cuda"`` or ``"cpu"``), ``seconds_per_epoch`` (median
     training time of an epoch, validation excluded). ``num_threads``: torch's CPU threads while fitting
-    (None: torch's setting). The tuned defaults (factors, layers, lr, reg, epochs, patience) are
-    ``ml.defaults.LIGHTGCN``.
+    (None: torch's setting; under DDP, of each rank, None: the cores shared out among the node's ranks).
+    The tuned defaults (factors, layers, lr, reg, epochs, patience) are ``ml.defaults.LIGHTGCN``.
+
+    ``devices``, ``num_nodes``: Lightning's; more than one process in all needs ``strategy="ddp"``
+    (DDP on spawned processes; gloo on CPUs). Each rank trains on its share of every epoch's BPR batches
+    (the gradients are averaged, so a step sees ``devices x num_nodes x batch_size`` pairs) and the best
+    epoch's weights and the history come back to this process as after a single-process fit.
     """
 
     name = "lightgcn"
@@ -96,15 +199,26 @@ class LightGCNRecommender(Recommender):
                  lr: float = LIGHTGCN["lr"], reg: float = LIGHTGCN["reg"], epochs: int = LIGHTGCN["epochs"],
                  batch_size: int = 2048, patience: int = LIGHTGCN["patience"], val_fraction: float = 0.1,
                  seed: int = 42, accelerator: str = "auto", checkpoint_dir: str | None = None,
-                 num_threads: int | None = None, max_minutes: float | None = None) -> None:
+                 num_threads: int | None = None, max_minutes: float | None = None, devices: int = 1,
+                 num_nodes: int = 1, strategy: str = "auto") -> None:
         if not 0 <= val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+        if devices < 1 or num_nodes < 1:
+            raise ValueError("devices and num_nodes must be at least 1")
+        if devices * num_nodes > 1 and strategy != "ddp":
+            # Lightning's own choice would be DDP that re-runs this process's command line once per rank.
+            raise ValueError("training on more than one device or node needs strategy='ddp'")
+        if num_nodes > 1 and checkpoint_dir is None:
+            raise ValueError("training on several nodes needs a checkpoint_dir that every node sees")
         self.params = {"factors": int(factors), "layers": int(layers), "lr": float(lr), "reg": float(reg),
                        "epochs": int(epochs), "batch_size": int(batch_size), "patience": int(patience),
                        "val_fraction": float(val_fraction), "seed": int(seed)}
         self.accelerator = accelerator
         self.checkpoint_dir = checkpoint_dir
         self.num_threads = num_threads
+        self.devices, self.num_nodes, self.strategy = int(devices), int(num_nodes), strategy
         # Wall-clock budget of one fit (Lightning's max_time): training stops there and keeps the best
         # epoch so far, so a scheduled refresh on a slow machine still ends on time.
         self.max_minutes = max_minutes
@@ -141,14 +255,17 @@ class LightGCNRecommender(Recommender):
                                    seed=p["seed"]),
                 batch_size=None)
 
+        spawned = self.strategy == "ddp"
         with (tempfile.TemporaryDirectory(prefix="lightgcn-") as scratch, _quiet_lightning(),
-              _torch_threads(self.num_threads)):
+              _torch_threads(self.num_threads), ExitStack() as stack):
             directory = self.checkpoint_dir or scratch
             history = EpochHistory(metric="val_ndcg")
             callbacks: list[pl.Callback] = [history]
+            kept: dict[str, pl.Callback] = {"history": history}
             if self.progress is not None:
+                report = stack.enter_context(_relayed(self.progress)) if spawned else self.progress
                 callbacks.append(ReportEpochs(history, EpochProgress(
-                    self.name, p["epochs"], self.progress, early_stopping=val_loader is not None,
+                    self.name, p["epochs"], report, early_stopping=val_loader is not None,
                     budget_seconds=self.max_minutes * 60 if self.max_minutes else None)))
             early_stopping = checkpoint = None
             if val_loader is not None:
@@ -156,15 +273,26 @@ class LightGCNRecommender(Recommender):
                 checkpoint = ModelCheckpoint(dirpath=directory, filename="lightgcn-{epoch}", monitor="val_ndcg",
                                              mode="max", save_top_k=1, save_weights_only=True)
                 callbacks += [early_stopping, checkpoint]
+                kept |= {"early_stopping": early_stopping, "checkpoint": checkpoint}
+            ranks = None
+            if spawned:
+                ranks = _SpawnedRank(self.num_threads or max(1, _cores() // self.devices),
+                                    os.path.join(scratch, "rank-callbacks.pt"), kept)
+                callbacks.append(ranks)
+                stack.enter_context(_restored_environ("MASTER_PORT"))   # the launcher sets it here
             trainer = pl.Trainer(
-                accelerator=self.accelerator, devices=1, max_epochs=p["epochs"],
-                max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
+                accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
+                strategy=DDPStrategy(start_method="spawn", broadcast_buffers=False) if spawned else "auto",
+                max_epochs=p["epochs"], max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
                 precision="16-mixed" if _uses_cuda(self.accelerator) else "32-true",
                 callbacks=callbacks, logger=False, enable_checkpointing=checkpoint is not None,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 default_root_dir=directory,
+                use_distributed_sampler=False,   # BprEpochs and the validation shard themselves
             )
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            if ranks is not None:
+                ranks.restore()
             self.device_used = trainer.strategy.root_device.type
             if checkpoint is not None and checkpoint.best_model_path:
                 best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)

@@ -1,0 +1,114 @@
+"""What the scoring shards (``assets/scoring.py``) and the publish step (``assets/publish.py``) share: the
+shards' names and tables, and the inputs both read with the *basis* they make.
+
+The basis is a hash of the champion's version, the popularity ranking's, the similarity rows, the users,
+the product titles, the category rankings and the serving settings: a shard records the basis it scored
+on, and publishing takes only shards of the basis it sees itself.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from rec_orchestration import settings
+from rec_orchestration.db import reads
+from rec_orchestration.deployment import k8s_step_tags
+from rec_orchestration.ml import registry
+from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.popularity import PopularityRecommender
+from rec_orchestration.ml.serving import Source
+from rec_orchestration.resources.model_store import ModelStoreResource
+from rec_orchestration.resources.postgres import PostgresResource
+from rec_orchestration.resources.serving import ServingResource
+from rec_orchestration.runs import approved_champion
+
+SHARD_COUNT = settings.scoring_shards()
+SHARD_RECORDS = "ml.scoring_shards"
+SHARD_COLUMNS = (("user_id", "bigint"), ("product_id", "bigint"), ("rank", "integer"), ("score", "double precision"),
+                 ("reason", "text"), ("because_product_id", "bigint"), ("model_name", "text"),
+                 ("model_version", "text"))
+SERVING_DEPS = [dg.AssetKey(["models", "champion"]), dg.AssetKey(["ml", "popular_products"]),
+                dg.AssetKey(["ml", "popular_products_by_category"]), dg.AssetKey(["ml", "item_similarity"]),
+                dg.AssetKey(["core", "users"]), dg.AssetKey(["core", "interactions"]),
+                dg.AssetKey(["core", "products"])]
+
+
+def shard_table(shard: int, shards: int) -> str:
+    return f"ml.scored_users_{shard}_of_{shards}"
+
+
+def shard_key(shard: int, shards: int) -> dg.AssetKey:
+    return dg.AssetKey(["ml", f"scored_users_{shard}_of_{shards}"])
+
+
+def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender, str]:
+    """The published popularity ranking (``ml.popular_products``: the stronger baseline on the holdout, decayed
+    or plain, refitted on every interaction) as a model, and its version. Served under the name ``popularity``
+    either way; the version tells the variants apart."""
+    ranked = reads.popularity_ranking(warehouse)
+    model = PopularityRecommender()
+    model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
+    model.item_scores = ranked["score"].to_numpy(dtype=float)
+    return model, str(ranked["model_version"].iloc[0])
+
+
+def champion_row(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dict:
+    """The approved champion's row, refitted on every interaction for publishing (``deployed_version``)."""
+    row = approved_champion(context, warehouse)
+    if not row.get("deployed_version"):
+        raise dg.Failure(f"champion {row['model_name']} {row['model_version']} is not refitted for publishing yet: "
+                         "materialize models/champion first")
+    return row
+
+
+def champion_model(row: dict, model_store: ModelStoreResource) -> Recommender:
+    state, _ = model_store.store().load(row["model_name"], row["deployed_version"])
+    return registry.model_class(row["model_name"]).from_state_dict(state)
+
+
+@dataclass
+class ServingState:
+    """What both the shards and the publish step read, and the basis it makes."""
+
+    champion: Source
+    popularity: Source
+    users: np.ndarray
+    similarity: pd.DataFrame
+    products: pd.DataFrame
+    by_category: pd.DataFrame
+    basis: str
+
+
+def _frame_digest(frame: pd.DataFrame) -> bytes:
+    """A digest of a frame's rows whatever their order (the similarity query has no ORDER BY)."""
+    return np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy()).tobytes()
+
+
+def serving_state(context: dg.AssetExecutionContext, warehouse: PostgresResource, serving: ServingResource,
+                  shards: int) -> ServingState:
+    row = champion_row(context, warehouse)
+    ranked = reads.popularity_ranking(warehouse)
+    champion = Source(row["model_name"], row["deployed_version"])
+    popularity = Source("popularity", str(ranked["model_version"].iloc[0]))
+    users = reads.user_ids(warehouse)
+    similarity = reads.item_similarity(warehouse)
+    products = reads.product_metadata(warehouse)
+    by_category = reads.popularity_by_category(warehouse)
+    digest = hashlib.sha256(json.dumps([champion.name, champion.version, popularity.version, shards,
+                                        serving.settings_key()]).encode())
+    for part in (users.tobytes(), _frame_digest(similarity), _frame_digest(products[["product_id", "title"]]),
+                 _frame_digest(by_category)):
+        digest.update(part)
+    return ServingState(champion, popularity, users, similarity, products, by_category, digest.hexdigest()[:16])
+
+
+def scoring_tags() -> dict:
+    """The Kubernetes resources of a scoring step (``deployment.py``): the shards and publish."""
+    return k8s_step_tags("scoring")
+
+
+SHARD_KEYS = [shard_key(shard, SHARD_COUNT) for shard in range(SHARD_COUNT)]

@@ -1,0 +1,128 @@
+"""The refresh on a real dask.distributed cluster (REC_EXECUTOR=dask): a scheduler and two worker processes
+on 127.0.0.1, started and stopped here, run every step; the published tables equal an in-process run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rec_orchestration.db.address import DatabaseSettings
+from tests.support import QUICK_MODELS, descendants, free_port, kill_leftovers, query, still_alive
+
+BIN = Path(sys.executable).parent
+PUBLISHED = {
+    "recs.user_recommendations": "SELECT user_id, product_id, rank, score, reason, because_product_id, model_name, "
+                                 "model_version FROM recs.user_recommendations ORDER BY user_id, rank",
+    "recs.similar_products": "SELECT * FROM recs.similar_products ORDER BY 1, 2, 3, 4",
+    "recs.popular_products": "SELECT * FROM recs.popular_products ORDER BY 1, 2",
+    "recs.popular_products_by_category": "SELECT * FROM recs.popular_products_by_category ORDER BY 1, 2, 3",
+}
+
+
+def materialize(env: dict[str, str], executor: str, run_config: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "rec_orchestration.cli", "materialize", "--executor", executor,
+                           "--config", str(run_config)], env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def published(db: DatabaseSettings) -> dict[str, list[tuple]]:
+    return {table: query(db, statement) for table, statement in PUBLISHED.items()}
+
+
+def step_pids(dagster_db: DatabaseSettings) -> tuple[dict[str, int], int]:
+    """Each step's process (the pid its STEP_START event was made in) and the run's process."""
+    steps, run_pid = {}, None
+    for event_type, step_key, event in query(dagster_db, """
+            SELECT dagster_event_type, step_key, event FROM event_logs
+            WHERE dagster_event_type IN ('STEP_START', 'PIPELINE_START', 'RUN_START')"""):
+        pid = json.loads(event)["dagster_event"]["pid"]
+        if event_type == "STEP_START":
+            steps[step_key] = pid
+        else:
+            run_pid = pid
+    return steps, run_pid
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path):
+    """A scheduler and two single-threaded worker processes on 127.0.0.1 (no dashboards), stopped after."""
+    processes: list[subprocess.Popen] = []
+    started: dict[int, str] = {}
+
+    def start(env: dict[str, str]) -> str:
+        port = free_port()
+        address = f"tcp://127.0.0.1:{port}"
+        log = open(tmp_path / "dask.log", "ab")  # noqa: SIM115 - closed with the processes below
+        processes.append(subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=env, stdout=log, stderr=log, start_new_session=True))
+        processes.append(subprocess.Popen(
+            [str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
+             "--no-dashboard"], env=env, stdout=log, stderr=log, start_new_session=True))
+        return address
+
+    yield start, processes, started
+    for process in processes:
+        started |= descendants(process.pid) | {process.pid: "dask"}
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    time.sleep(1)
+    left = still_alive(started)
+    kill_leftovers(left)
+    assert not left, f"dask processes left running: {left}"
+
+
+def worker_pids(address: str, expected: int) -> set[int]:
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(expected, timeout=120)
+        return set(client.run(os.getpid).values())
+
+
+def test_the_refresh_runs_on_dask_workers_and_publishes_what_an_in_process_run_does(
+        warehouse_env, test_databases, tmp_path: Path, dask_cluster):
+    start, processes, _ = dask_cluster
+    run_config = tmp_path / "quick.yaml"
+    run_config.write_text(yaml.safe_dump(QUICK_MODELS))
+    # One thread per step in both runs: LightFM's Hogwild threads and BLAS reductions give the same
+    # numbers only with the same thread count, and dask's workers run one thread each.
+    in_process_env = dict(os.environ) | {"REC_STEP_THREADS": "1"}
+    materialize(in_process_env, "in_process", run_config)
+    expected = published(warehouse_env)
+    assert expected["recs.user_recommendations"]
+
+    # The dask run: its own warehouse, Dagster storage and model store; the workers get the same
+    # environment a worker on another machine would (database URLs, model store), nothing else.
+    warehouse = test_databases.create("rec_dask")
+    dagster_db = test_databases.create("rec_dask_dagster")
+    env = in_process_env | {"REC_DATABASE_URL": warehouse.url(), "REC_DAGSTER_DATABASE_URL": dagster_db.url(),
+                            "REC_MODEL_STORE_DIR": str(tmp_path / "dask_model_store"),
+                            "REC_HOME": str(tmp_path / "dask_rec_home")}
+    address = start(env)
+    workers = worker_pids(address, 2)
+    assert len(workers) == 2
+    materialize(env | {"REC_DASK_SCHEDULER": address}, "dask", run_config)
+
+    steps, run_pid = step_pids(dagster_db)
+    assert "publish_recommendations" in steps and "models__lightgcn" in steps and len(steps) >= 10
+    assert set(steps.values()) <= workers, f"steps ran outside the dask workers: {steps} vs {workers}"
+    assert run_pid not in workers
+    assert len(set(steps.values())) == 2  # both workers took steps
+    assert all(process.poll() is None for process in processes)  # the cluster outlives the run
+
+    assert published(warehouse) == expected

@@ -1,0 +1,102 @@
+"""Sharded scoring: the users split into REC_SCORING_SHARDS steps, assembled into one publication."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from rec_orchestration.ml.serving import user_shards
+from tests.support import assert_success, materialize_everything, query, scalar
+
+PUBLISHED = """SELECT user_id, product_id, rank, score, reason, because_product_id, model_name, model_version
+               FROM recs.user_recommendations ORDER BY user_id, rank"""
+
+# Shards and publish materialized in a fresh process, where REC_SCORING_SHARDS is read as the code location
+# loads (the assets are made per shard).
+SHARDED_PUBLISH = """
+import json, sys
+import dagster as dg
+from rec_orchestration.assets.publish import publish_recommendations
+from rec_orchestration.assets.scoring import scoring_shard_assets
+from rec_orchestration.definitions import defs
+assets = [*scoring_shard_assets, publish_recommendations] if sys.argv[1] == "all" else [publish_recommendations]
+result = dg.materialize(assets, resources=defs.resources, raise_on_error=False,
+                        run_config=json.loads(sys.argv[2]))
+failures = [str(e.event_specific_data.error) for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+print(json.dumps({"success": result.success, "steps": sorted({e.step_key for e in result.all_events
+                  if e.event_type_value == "STEP_SUCCESS"}), "failures": failures}))
+"""
+
+
+def same_rows(rows: list[tuple], expected: list[tuple]) -> bool:
+    """Row for row the same users, products, ranks, reasons and models; scores equal to float32 precision (a
+    model scores a block of users with one matrix product, and BLAS may sum a different block's dot products
+    in another order, so a score can move by one unit in the last place of a float32)."""
+    assert len(rows) == len(expected)
+    for row, other in zip(rows, expected, strict=True):
+        assert row[:3] + row[4:] == other[:3] + other[4:], (row, other)
+        assert abs(row[3] - other[3]) <= 1e-6 * max(1.0, abs(other[3])), (row, other)
+    return True
+
+
+def publish_with_shards(shards: int, which: str, run_config: dict | None = None) -> dict:
+    import json
+
+    env = dict(os.environ) | {"REC_SCORING_SHARDS": str(shards)}
+    done = subprocess.run([sys.executable, "-c", SHARDED_PUBLISH, which, json.dumps(run_config or {})],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_four_scoring_shards_publish_exactly_what_one_does(warehouse_env):
+    db = warehouse_env
+    assert_success(materialize_everything())  # REC_SCORING_SHARDS unset: one shard
+    one_shard = query(db, PUBLISHED)
+    assert one_shard and scalar(db, "SELECT count(*) FROM ml.scoring_shards WHERE shard_count = 1") == 1
+
+    outcome = publish_with_shards(4, "all")
+    assert outcome["success"], outcome["failures"]
+    assert outcome["steps"] == ["ml__scored_users_0_of_4", "ml__scored_users_1_of_4", "ml__scored_users_2_of_4",
+                                "ml__scored_users_3_of_4", "publish_recommendations"]
+    assert same_rows(query(db, PUBLISHED), one_shard)
+
+    # Each shard holds the users its stable hash gives it, and together they hold every user once.
+    users = np.array([u for (u,) in query(db, "SELECT user_id FROM core.users")], dtype=np.int64)
+    shard_of = dict(zip(users.tolist(), user_shards(users, 4).tolist(), strict=True))
+    seen_users = []
+    for shard in range(4):
+        held = [u for (u,) in query(db, f"SELECT DISTINCT user_id FROM ml.scored_users_{shard}_of_4")]
+        assert held, f"shard {shard} is empty"
+        assert {shard_of[u] for u in held} == {shard}
+        seen_users += held
+    assert sorted(seen_users) == sorted(users.tolist())
+    assert scalar(db, "SELECT sum(user_count) FROM ml.scoring_shards WHERE shard_count = 4") == len(users)
+
+
+def test_publish_refuses_shards_scored_on_other_settings(warehouse_env):
+    """Publishing alone with serving settings the shards were not scored with fails, naming the shards to
+    materialize, and leaves the live publication as it is."""
+    db = warehouse_env
+    assert_success(materialize_everything())
+    live = query(db, PUBLISHED)
+    runs = scalar(db, "SELECT count(*) FROM recs.recommendation_runs")
+
+    outcome = publish_with_shards(1, "publish", {"resources": {"serving": {"config": {"k": 5}}}})
+    assert not outcome["success"]
+    assert "scoring shards ml/scored_users_0_of_1 are missing or were scored on other inputs" in outcome["failures"][0]
+    assert query(db, PUBLISHED) == live
+    assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == runs
+
+    # Shards of another count were never scored: publishing with 2 asks for both.
+    outcome = publish_with_shards(2, "publish")
+    assert not outcome["success"]
+    assert "ml/scored_users_0_of_2, ml/scored_users_1_of_2" in outcome["failures"][0]
+
+    # With the shards scored on the same settings, it publishes k = 5.
+    outcome = publish_with_shards(1, "all", {"resources": {"serving": {"config": {"k": 5}}}})
+    assert outcome["success"], outcome["failures"]
+    assert scalar(db, "SELECT max(rank) FROM recs.user_recommendations") == 5
