@@ -9,8 +9,8 @@ each run is timed from submission to the last result, cluster start-up excluded,
 Not timed here: the steps' PostgreSQL reads and writes, and Dagster's step start (both the same per shard
 on one worker or two).
 
-Data: ``--interactions`` generated interactions (default 1M: users = interactions / 10, items =
-interactions / 50, power-law popularity), a LightFM champion fitted on them (its fit not timed).
+Data: ``--interactions`` distinct generated interactions (default 1M; at most interactions / 10 users and
+interactions / 50 items, power-law activity and popularity), a LightFM champion fitted on them (its fit not timed).
 
 Last line: ``scale_out_speedup=<t1/t2> shards=<n> users=<u> one_worker_s=<t1> two_workers_s=<t2>``.
 """
@@ -33,12 +33,14 @@ K = 20
 
 def generated(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    users = power_law(rng, max(n // 10, 1), 0.9, n).astype(np.int64)
-    items = power_law(rng, max(n // 50, 1), 1.1, n).astype(np.int64)
+    """``n`` distinct (user, product) interactions: drawn twice over, repeats dropped, the first ``n`` kept."""
+    draws = 2 * n
+    users = power_law(rng, max(n // 10, 1), 0.9, draws).astype(np.int64)
+    items = power_law(rng, max(n // 50, 1), 1.1, draws).astype(np.int64)
     frame = pd.DataFrame({"user_id": users + 1, "product_id": items + 1, "weight": 1.0,
                           "ts": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(
-                              rng.integers(0, 365 * 86400, n), unit="s")})
-    return frame.drop_duplicates(["user_id", "product_id"]).reset_index(drop=True)
+                              rng.integers(0, 365 * 86400, draws), unit="s")})
+    return frame.drop_duplicates(["user_id", "product_id"]).head(n).reset_index(drop=True)
 
 
 def score_shard(shard: int, shards: int, store_root: str, version: str, interactions_path: str) -> int:

@@ -23,7 +23,9 @@ import numpy as np
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.progress import Report
 
-USER_BATCH = 1024  # users scored per dense block in recommend(): 80 MB of float32 scores at 20,000 items
+USER_BATCH = 256  # users scored per dense block in recommend(): 20 MB of float32 scores at 20,000 items. Small
+# enough to stay in cache: with 1,024 (80 MB) two scoring processes on two cores were bound by memory
+# bandwidth (bench/scale_out.py: 1.41x the speed of one, 1.86x with 256).
 
 
 @dataclass(frozen=True)
