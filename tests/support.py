@@ -174,3 +174,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def same_rows(rows: list[tuple], expected: list[tuple]) -> bool:
+    """Published recommendations (``user_id, product_id, rank, score, ...``): row for row the same users,
+    products, ranks, reasons and models; scores equal to float32 precision (a model scores a block of users
+    with one matrix product, and BLAS may sum a different block's dot products in another order, so a score
+    can move by one unit in the last place of a float32)."""
+    assert len(rows) == len(expected)
+    for row, other in zip(rows, expected, strict=True):
+        assert row[:3] + row[4:] == other[:3] + other[4:], (row, other)
+        assert abs(row[3] - other[3]) <= 1e-6 * max(1.0, abs(other[3])), (row, other)
+    return True

@@ -40,7 +40,7 @@ HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained o
 EVALUATION_VERSION = f"time-holdout-{HOLDOUT_LATEST}-min{HOLDOUT_MIN_INTERACTIONS}-k{EVAL_K}-v1"
 TRAINING_CURVE = "training_curve.png"
 # Attributes a fitted model may have that go into its manifest (LightGCN's device and timing).
-REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg")
+REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "batch_size_used")
 
 
 def data_version(frame: pd.DataFrame) -> str:

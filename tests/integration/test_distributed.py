@@ -1,5 +1,7 @@
 """The refresh on a real dask.distributed cluster (REC_EXECUTOR=dask): a scheduler and two worker processes
-on 127.0.0.1, started and stopped here, run every step; the published tables equal an in-process run's."""
+on 127.0.0.1, started and stopped here, run every step, the scoring in two shards; the published tables
+equal an in-process run's in one shard. The model store is given as a URL (``file://``), as a store that
+other machines reach (``s3://...``) would be."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 import yaml
 
 from rec_orchestration.db.address import DatabaseSettings
-from tests.support import QUICK_MODELS, descendants, free_port, kill_leftovers, query, still_alive
+from tests.support import QUICK_MODELS, descendants, free_port, kill_leftovers, query, same_rows, still_alive
 
 BIN = Path(sys.executable).parent
 PUBLISHED = {
@@ -110,19 +112,24 @@ def test_the_refresh_runs_on_dask_workers_and_publishes_what_an_in_process_run_d
     # environment a worker on another machine would (database URLs, model store), nothing else.
     warehouse = test_databases.create("rec_dask")
     dagster_db = test_databases.create("rec_dask_dagster")
+    store = tmp_path / "dask_model_store"
     env = in_process_env | {"REC_DATABASE_URL": warehouse.url(), "REC_DAGSTER_DATABASE_URL": dagster_db.url(),
-                            "REC_MODEL_STORE_DIR": str(tmp_path / "dask_model_store"),
-                            "REC_HOME": str(tmp_path / "dask_rec_home")}
+                            "REC_MODEL_STORE_DIR": store.as_uri(), "REC_HOME": str(tmp_path / "dask_rec_home"),
+                            "REC_SCORING_SHARDS": "2"}
     address = start(env)
     workers = worker_pids(address, 2)
     assert len(workers) == 2
     materialize(env | {"REC_DASK_SCHEDULER": address}, "dask", run_config)
 
     steps, run_pid = step_pids(dagster_db)
-    assert "publish_recommendations" in steps and "models__lightgcn" in steps and len(steps) >= 10
+    assert {"publish_recommendations", "models__lightgcn", "ml__scored_users_0_of_2",
+            "ml__scored_users_1_of_2"} <= set(steps) and len(steps) >= 10
     assert set(steps.values()) <= workers, f"steps ran outside the dask workers: {steps} vs {workers}"
     assert run_pid not in workers
     assert len(set(steps.values())) == 2  # both workers took steps
     assert all(process.poll() is None for process in processes)  # the cluster outlives the run
 
-    assert published(warehouse) == expected
+    assert any(store.glob("lightgcn/*/state_dict.pt"))  # the workers wrote the models through the URL
+    got = published(warehouse)
+    assert same_rows(got.pop("recs.user_recommendations"), expected.pop("recs.user_recommendations"))
+    assert got == expected

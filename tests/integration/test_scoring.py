@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from rec_orchestration.ml.serving import user_shards
-from tests.support import assert_success, materialize_everything, query, scalar
+from tests.support import assert_success, materialize_everything, query, same_rows, scalar
 
 PUBLISHED = """SELECT user_id, product_id, rank, score, reason, because_product_id, model_name, model_version
                FROM recs.user_recommendations ORDER BY user_id, rank"""
@@ -29,17 +29,6 @@ failures = [str(e.event_specific_data.error) for e in result.all_events if e.eve
 print(json.dumps({"success": result.success, "steps": sorted({e.step_key for e in result.all_events
                   if e.event_type_value == "STEP_SUCCESS"}), "failures": failures}))
 """
-
-
-def same_rows(rows: list[tuple], expected: list[tuple]) -> bool:
-    """Row for row the same users, products, ranks, reasons and models; scores equal to float32 precision (a
-    model scores a block of users with one matrix product, and BLAS may sum a different block's dot products
-    in another order, so a score can move by one unit in the last place of a float32)."""
-    assert len(rows) == len(expected)
-    for row, other in zip(rows, expected, strict=True):
-        assert row[:3] + row[4:] == other[:3] + other[4:], (row, other)
-        assert abs(row[3] - other[3]) <= 1e-6 * max(1.0, abs(other[3])), (row, other)
-    return True
 
 
 def publish_with_shards(shards: int, which: str, run_config: dict | None = None) -> dict:

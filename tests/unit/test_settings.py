@@ -1,6 +1,7 @@
 """Which database the project uses, from the environment."""
-
 from __future__ import annotations
+
+import pytest
 
 from rec_orchestration.db import servers
 from rec_orchestration.db.address import DatabaseSettings
@@ -32,3 +33,34 @@ def test_nothing_configured_means_embedded(monkeypatch):
     assert not servers.external_database_configured()
     target = servers.warehouse_settings(start_embedded=False)
     assert target.embedded and target.host == "127.0.0.1" and target.dbname == "rec"
+
+
+def test_the_model_store_may_be_a_url_that_other_machines_reach(monkeypatch, tmp_path):
+    """REC_MODEL_STORE_DIR as a URL is kept as given (a path would be resolved on this machine)."""
+    from rec_orchestration import settings
+
+    monkeypatch.setenv("REC_MODEL_STORE_DIR", "s3://rec-models/store")
+    assert settings.model_store_url() == "s3://rec-models/store"
+    monkeypatch.setenv("REC_MODEL_STORE_DIR", str(tmp_path / "store" / ".." / "models"))
+    assert settings.model_store_url() == str(tmp_path / "models")
+    monkeypatch.delenv("REC_MODEL_STORE_DIR")
+    monkeypatch.setenv("REC_HOME", str(tmp_path))
+    assert settings.model_store_url() == str(tmp_path / "model_store")
+
+
+def test_scoring_shards_and_dask_cluster_come_from_the_environment(monkeypatch):
+    from rec_orchestration import settings
+
+    monkeypatch.delenv("REC_SCORING_SHARDS", raising=False)
+    assert settings.scoring_shards() == 1
+    monkeypatch.setenv("REC_SCORING_SHARDS", "4")
+    assert settings.scoring_shards() == 4
+    monkeypatch.setenv("REC_SCORING_SHARDS", "0")
+    with pytest.raises(ValueError, match="REC_SCORING_SHARDS=0"):
+        settings.scoring_shards()
+    monkeypatch.setenv("REC_DASK_SCHEDULER", "tcp://10.0.0.5:8786")
+    assert settings.dask_cluster() == {"existing": {"address": "tcp://10.0.0.5:8786"}}
+    monkeypatch.delenv("REC_DASK_SCHEDULER")
+    monkeypatch.setenv("REC_DASK_WORKERS", "3")
+    local = settings.dask_cluster()["local"]
+    assert local["n_workers"] == 3 and local["host"] == "127.0.0.1" and local["threads_per_worker"] == 1

@@ -1,0 +1,205 @@
+"""The whole hourly refresh at scale: the real ``refresh_recommendations`` job on generated data of each size.
+
+For each ``--sizes`` (default 1M and 10M reviews), in a throw-away ``REC_HOME`` with its own embedded
+PostgreSQL:
+1. a generated Amazon-Reviews-2023 reviews file (``bench.common``'s generator, users = reviews / 10,
+   products = reviews / 50, power-law activity and popularity) and its ``meta_*`` file are landed;
+2. the full refresh: ``rec materialize --executor multiprocess`` (what a schedule launches: the default
+   config, a process per step) over both files;
+3. 1 % more reviews land (same users and products, a new file) and the refresh runs again: the hourly
+   refresh after a delivery.
+
+Per refresh and step: wall time (Dagster's STEP_START to STEP_SUCCESS), the peak resident memory of the
+step's process (its /proc sampled every 0.5 s), and the row counts of the tables each stage writes. From
+the smallest to the largest size, each step's growth exponent ``log(t_large / t_small) / log(size ratio)``.
+The models' nDCG@10 on the time holdout (``ml.model_evaluations``) of the full refresh at each size.
+
+Last line (the largest size): ``refresh_<size>_s=<x> worst_stage_exponent=<y> peak_rss_gb=<z>
+incremental_vs_full_<size>=<r>``. Goals (issue 13): full refresh at 10M <= 60 min, peak RSS <= 12 GB,
+exponent <= 1.15, incremental <= 0.15 x full.
+
+    .venv/bin/python -m bench.pipeline_scale [--sizes 1000000,10000000] [--keep]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import argument_parser, generate_reviews, machine, say, write_jsonl, write_meta
+
+STEP_KEYS = re.compile(r'\\?"step_keys_to_execute\\?":\s*\[\\?"([^"\\]+)')
+TABLES = ("raw.reviews", "core.interactions", "ml.item_similarity", "recs.user_recommendations")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class PeakMemory(threading.Thread):
+    """Samples the resident memory of every step process under ``root`` (the multiprocess executor starts
+    ``dagster api execute_step`` with the step key in its arguments) and keeps each step's peak."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.peaks, self.stopped = root, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            for pid in descendants(self.root):
+                try:
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                match = STEP_KEYS.search(command)
+                rss = re.search(r"VmRSS:\s+(\d+) kB", status)
+                if match and rss:
+                    key = match.group(1)
+                    self.peaks[key] = max(self.peaks.get(key, 0), int(rss.group(1)) * 1024)
+
+
+def materialize(env: dict[str, str]) -> tuple[float, dict[str, int]]:
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "rec_orchestration.cli", "materialize", "--executor",
+                                "multiprocess"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    monitor = PeakMemory(process.pid)
+    monitor.start()
+    output, _ = process.communicate()
+    monitor.stopped.set()
+    if process.returncode != 0:
+        sys.exit(f"rec materialize failed:\n{output[-4000:]}")
+    return time.perf_counter() - started, monitor.peaks
+
+
+def step_seconds(env: dict[str, str]) -> dict[str, float]:
+    import psycopg
+
+    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
+        events = conn.execute("""SELECT dagster_event_type, step_key, extract(epoch FROM timestamp) FROM event_logs
+                                 WHERE run_id = %s AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS')""",
+                              (run_id,)).fetchall()
+    starts = {step: float(at) for kind, step, at in events if kind == "STEP_START"}
+    return {step: float(at) - starts[step] for kind, step, at in events if kind == "STEP_SUCCESS" and step in starts}
+
+
+def warehouse_figures(warehouse_url: str) -> tuple[dict[str, int], dict[str, float]]:
+    import psycopg
+
+    with psycopg.connect(warehouse_url) as conn:
+        counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}  # noqa: S608 - fixed names
+        ndcg = dict(conn.execute("""SELECT DISTINCT ON (model_name) model_name, ndcg_at_k FROM ml.model_evaluations
+                                    ORDER BY model_name, evaluated_at DESC""").fetchall())
+    return counts, ndcg
+
+
+def run_size(size: int, seed: int, keep: bool) -> dict:
+    home = Path(tempfile.mkdtemp(prefix=f"pipeline_scale_{size}_"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("REC_", "PG", "DAGSTER_"))}
+    env |= {"REC_HOME": str(home / "rec"), "REC_LANDING_DIR": str(home / "landing"),
+            "REC_EMBEDDED_PORT": str(free_port())}
+    landing = home / "landing"
+    landing.mkdir()
+    try:
+        extra = max(1, size // 100)
+        say(f"[{size:,}] generating {size:,} + {extra:,} reviews")
+        reviews = generate_reviews(size + extra, seed, n_users=max(size // 10, 10), n_items=max(size // 50, 10))
+        whole = home / "all.jsonl"
+        write_jsonl(reviews, whole)
+        with whole.open("rb") as source, (landing / "Bench.jsonl").open("wb") as first, \
+                (home / "Bench_more.jsonl").open("wb") as rest:
+            for number, line in enumerate(source):
+                (first if number < size else rest).write(line)
+        whole.unlink()
+        write_meta(reviews.parent_asin, landing / "meta_Bench.jsonl", seed)
+        script = ("import json; from rec_orchestration.db import servers; "
+                  "print(json.dumps([servers.dagster_environment(), servers.warehouse_settings().url()]))")
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        dagster_env, warehouse_url = json.loads(done.stdout.strip().splitlines()[-1])
+        env |= dagster_env
+        say(f"[{size:,}] full refresh")
+        full_s, full_rss = materialize(env)
+        full_steps = step_seconds(env)
+        counts, ndcg = warehouse_figures(warehouse_url)
+        shutil.move(home / "Bench_more.jsonl", landing / "Bench_more.jsonl")
+        say(f"[{size:,}] full refresh {full_s:.0f} s; the refresh after 1 % more")
+        more_s, more_rss = materialize(env)
+        more_steps = step_seconds(env)
+        more_counts, _ = warehouse_figures(warehouse_url)
+        return {"size": size, "full_s": full_s, "full_steps": full_steps, "full_rss": full_rss, "counts": counts,
+                "ndcg": ndcg, "more_s": more_s, "more_steps": more_steps, "more_rss": more_rss,
+                "more_counts": more_counts}
+    finally:
+        subprocess.run([sys.executable, "-m", "rec_orchestration.cli", "db", "stop"], env=env, capture_output=True)
+        if not keep:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argument_parser("bench.pipeline_scale", __doc__)
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep each size's REC_HOME")
+    args = parser.parse_args()
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    say(machine())
+    results = [run_size(size, args.seed, args.keep) for size in sizes]
+    for result in results:
+        print(f"\n{result['size']:,} reviews: full refresh {result['full_s']:.0f} s, after +1 % "
+              f"{result['more_s']:.0f} s ({result['more_s'] / result['full_s']:.2f} x)")
+        print(f"  rows: {json.dumps(result['counts'])}; after +1 %: {json.dumps(result['more_counts'])}")
+        print(f"  nDCG@10: {json.dumps({k: round(v, 4) for k, v in sorted(result['ndcg'].items())})}")
+        print(f"  {'step':48} {'full s':>8} {'peak GB':>8} {'+1% s':>8}")
+        for step, seconds in sorted(result["full_steps"].items(), key=lambda pair: -pair[1]):
+            print(f"  {step:48} {seconds:8.1f} {result['full_rss'].get(step, 0) / 2**30:8.2f} "
+                  f"{result['more_steps'].get(step, float('nan')):8.1f}")
+    small, large = results[0], results[-1]
+    exponents = {}
+    if large["size"] > small["size"]:
+        ratio = math.log(large["size"] / small["size"])
+        for step, seconds in large["full_steps"].items():
+            if small["full_steps"].get(step, 0) > 0.5:  # steps of under half a second measure start-up noise
+                exponents[step] = math.log(seconds / small["full_steps"][step]) / ratio
+        print("\ngrowth exponents, " + ", ".join(f"{step} {value:.2f}" for step, value in
+                                                 sorted(exponents.items(), key=lambda pair: -pair[1])))
+    worst = max(exponents.values(), default=float("nan"))
+    peak = max([*large["full_rss"].values(), *large["more_rss"].values(), 0]) / 2**30
+    label = f"{large['size'] // 1_000_000}m" if large["size"] >= 1_000_000 else str(large["size"])
+    print(f"refresh_{label}_s={large['full_s']:.0f} worst_stage_exponent={worst:.2f} peak_rss_gb={peak:.2f} "
+          f"incremental_vs_full_{label}={large['more_s'] / large['full_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
