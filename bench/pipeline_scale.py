@@ -117,9 +117,11 @@ def step_seconds(env: dict[str, str]) -> dict[str, float]:
 
 def warehouse_figures(warehouse_url: str) -> tuple[dict[str, int], dict[str, float]]:
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(warehouse_url) as conn:
-        counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}  # noqa: S608 - fixed names
+        counts = {table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(*table.split(".")))).fetchone()[0] for table in TABLES}
         ndcg = dict(conn.execute("""SELECT DISTINCT ON (model_name) model_name, ndcg_at_k FROM ml.model_evaluations
                                     ORDER BY model_name, evaluated_at DESC""").fetchall())
     return counts, ndcg
