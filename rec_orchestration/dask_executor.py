@@ -1,80 +1,148 @@
-"""dagster-dask's executor with one fix: the run's steps reach the workers intact under current dask.
+"""The ``dask`` executor: each step of a run is a task on a dask.distributed cluster, with Dagster's semantics.
 
-dagster-dask 0.29.27 submits each step as ``client.submit(query_on_dask_worker, dependencies, recon_job,
-dagster_run, run_config, step_keys, instance_ref, known_state)``. Since dask 2024.12, ``Client.submit`` walks
-every tuple, list and dict among the arguments looking for futures, and Dagster's ``DagsterRun`` is a named
-tuple: the walk reaches its ``run_op_concurrency``, a Dagster ``@record`` that refuses iteration, and every
-run of a job with concurrency pools (ours: ``runs.REFRESH_POOL``) fails before its first step with
-"Iteration is not allowed on `@record` RunOpConcurrency". Here the Dagster objects travel sealed in one plain
-object dask passes through as it is (pickled to the worker like any argument); the futures of the step's
-upstream steps stay a plain list, so dask still orders the steps. Everything else is dagster-dask's: its
-config schema, its worker function, its resource tags.
+Why not dagster-dask's own executor (0.29.27): it hands each step to a worker as a plan of that one step,
+so a step whose upstream step failed still runs (a failed blocking check or dbt build would not stop the
+models and the publish), retries are off, and a terminated run keeps going. It also fails every run of a
+job with concurrency pools under dask >= 2024.12 (``Client.submit`` walks the ``DagsterRun`` it is given).
+
+So the run's process orchestrates as Dagster's Kubernetes and Docker executors do: Dagster's step-delegating
+executor decides which steps may start (upstream succeeded, blocking checks passed), retries, skips and
+terminates, reading the steps' events from the run storage, and :class:`DaskStepHandler` runs each step it
+launches as ``dagster api execute_step`` in a process of its own, as a task on a worker of the cluster. A
+worker is any machine with the project installed and its environment (``REC_DATABASE_URL``, the Dagster
+storage, ``REC_MODEL_STORE_DIR``); the task's key carries the run id, so concurrent runs never share a task.
+
+The config keeps dagster-dask's ``cluster`` (``existing: {address}`` or ``local: {...}`` LocalCluster
+arguments), plus Dagster's ``retries`` and ``max_concurrent``. Dagster offers executors no public API, so
+this module imports from ``dagster._core`` as dagster-k8s and dagster-docker do.
 
 Imported only with ``REC_EXECUTOR=dask`` (``jobs.run_executor``): it imports dask.distributed.
 """
 
+import atexit
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import dagster as dg
 import dask.distributed
-from dagster_dask.executor import DaskExecutor, dask_executor, get_dask_resource_requirements, query_on_dask_worker
+from dagster._core.events import DagsterEvent, EngineEventData  # noqa: PLC2701 - see the module docstring
+from dagster._core.execution.retries import RetryMode, get_retries_config  # noqa: PLC2701
+from dagster._core.executor.step_delegating import (  # noqa: PLC2701
+    CheckStepHealthResult,
+    StepDelegatingExecutor,
+    StepHandler,
+    StepHandlerContext,
+)
+from dagster_dask.executor import dask_executor, get_dask_resource_requirements
+
+STOP_POLL_SECONDS = 1.0
 
 
-class _Sealed:
-    """Arguments dask must not look into (it only walks tuples, lists, sets and dicts)."""
-
-    __slots__ = ("arguments",)
-
-    def __init__(self, arguments: tuple) -> None:
-        self.arguments = arguments
-
-
-def _run_step(dependencies: list, sealed: _Sealed):
-    """On a worker: run one step as dagster-dask does; ``dependencies`` are the upstream steps' results."""
-    return query_on_dask_worker(dependencies, *sealed.arguments)
-
-
-class SealedDaskExecutor(DaskExecutor):
-    """:class:`dagster_dask.executor.DaskExecutor` submitting each step's Dagster objects sealed."""
-
-    def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
-        if not plan_context.instance.is_persistent:
-            raise dg.DagsterInvariantViolationError("Dask execution requires a persistent DagsterInstance")
-        job_name = plan_context.job_name
-        with dask.distributed.Client(self._cluster(job_name)) as client:
-            futures = {}
-            for level in execution_plan.get_steps_to_execute_by_level():
-                for step in level:
-                    upstream = [futures[key] for step_input in step.step_inputs
-                                for key in step_input.dependency_keys]
-                    futures[step.key] = client.submit(
-                        _run_step, upstream,
-                        _Sealed((plan_context.reconstructable_job, plan_context.dagster_run, plan_context.run_config,
-                                 [step.key], plan_context.instance.get_ref(), execution_plan.known_state)),
-                        key=f"{job_name}.{step.key}", resources=get_dask_resource_requirements(step.tags))
-            for _, events in dask.distributed.as_completed(list(futures.values()), with_results=True):
-                yield from events
-
-    def _cluster(self, job_name: str):
-        """The scheduler address of an ``existing`` cluster, else the cluster dagster-dask's config names."""
-        if self.cluster_type == "existing":
-            return self.cluster_configuration["address"]
-        if self.cluster_type == "local":
-            return dask.distributed.LocalCluster(**self.build_dict(job_name))
-        raise dg.DagsterInvariantViolationError(
-            f"dask cluster type {self.cluster_type!r}: this project runs on an existing scheduler "
-            "(REC_DASK_SCHEDULER) or a local cluster; start other clusters yourself and give their scheduler")
+def run_step_process(command: list[str], stop_event: str) -> int:
+    """On a worker: ``python -m dagster <command>`` (``api execute_step ...``) in a process of its own, with
+    the worker's environment; stopped (SIGTERM) when the run sets ``stop_event``. Returns its exit code."""
+    process = subprocess.Popen([sys.executable, "-m", "dagster", *command])
+    stop = dask.distributed.Event(stop_event)
+    try:
+        while True:
+            try:
+                return process.wait(timeout=STOP_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                if stop.is_set():
+                    process.terminate()
+                    return process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
-def sealed_dask_executor(default_cluster: dict) -> dg.ExecutorDefinition:
-    """dagster-dask's ``dask`` executor (its name and config schema) running :class:`SealedDaskExecutor`,
-    with ``default_cluster`` as the cluster of a run whose config names none."""
+class DaskStepHandler(StepHandler):
+    """Launches a step as a task on the cluster, checks the task, stops it."""
 
-    def create(init_context) -> SealedDaskExecutor:
-        ((cluster_type, cluster_configuration),) = init_context.executor_config["cluster"].items()
-        return SealedDaskExecutor(cluster_type, cluster_configuration)
+    def __init__(self, cluster_type: str, cluster_configuration: dict) -> None:
+        if cluster_type not in ("existing", "local"):
+            raise dg.DagsterInvariantViolationError(
+                f"dask cluster type {cluster_type!r}: this project runs on an existing scheduler "
+                "(REC_DASK_SCHEDULER) or a local cluster; start other clusters yourself and give their scheduler")
+        self._cluster_type, self._configuration = cluster_type, dict(cluster_configuration)
+        self._client: dask.distributed.Client | None = None
+        self._futures: dict[str, dask.distributed.Future] = {}
+
+    @property
+    def name(self) -> str:
+        return "DaskStepHandler"
+
+    def _connect(self) -> dask.distributed.Client:
+        if self._client is None:
+            if self._cluster_type == "existing":
+                self._client = dask.distributed.Client(self._configuration["address"])
+            else:
+                cluster = dask.distributed.LocalCluster(**self._configuration)
+                self._client = dask.distributed.Client(cluster)
+                atexit.register(cluster.close)
+            atexit.register(self._client.close)
+        return self._client
+
+    @staticmethod
+    def _key(context: StepHandlerContext) -> tuple[str, str]:
+        (step_key,) = context.execute_step_args.step_keys_to_execute
+        known = context.execute_step_args.known_state
+        attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
+        return step_key, f"{context.execute_step_args.run_id}-{step_key}-{attempt}"
+
+    def launch_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+        step_key, task = self._key(step_handler_context)
+        arguments = list(step_handler_context.execute_step_args.get_command_args())
+        command = arguments[arguments.index("api"):]  # the worker's own python runs it
+        client = self._connect()
+        self._futures[task] = client.submit(
+            run_step_process, command, f"stop-{task}", key=task, pure=False,
+            resources=get_dask_resource_requirements(step_handler_context.step_tags[step_key]))
+        yield DagsterEvent.step_worker_starting(
+            step_handler_context.get_step_context(step_key),
+            message=f'Executing step "{step_key}" as dask task {task} on {client.scheduler.address}.',
+            metadata={"dask task": dg.MetadataValue.text(task)})
+
+    def check_step_health(self, step_handler_context: StepHandlerContext) -> CheckStepHealthResult:
+        step_key, task = self._key(step_handler_context)
+        future = self._futures.get(task)
+        if future is None:
+            return CheckStepHealthResult.unhealthy(f"no dask task {task} for step {step_key} in this run's process")
+        if future.status in ("error", "cancelled", "lost"):
+            error = future.exception() if future.status == "error" else None
+            return CheckStepHealthResult.unhealthy(f"dask task {task} for step {step_key} {future.status}: {error}")
+        if future.status == "finished" and (code := future.result()) != 0:
+            return CheckStepHealthResult.unhealthy(f"the process of step {step_key} exited with {code}")
+        return CheckStepHealthResult.healthy()
+
+    def terminate_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+        step_key, task = self._key(step_handler_context)
+        yield DagsterEvent.engine_event(step_handler_context.get_step_context(step_key),
+                                        message=f"Stopping dask task {task} of step {step_key}",
+                                        event_specific_data=EngineEventData())
+        if task in self._futures:
+            dask.distributed.Event(f"stop-{task}", client=self._connect()).set()
+            self._futures[task].cancel()
+
+
+def dask_step_executor(default_cluster: dict) -> dg.ExecutorDefinition:
+    """The ``dask`` executor, ``default_cluster`` the cluster of a run whose config names none."""
+    cluster_field = dask_executor.config_schema.config_type.fields["cluster"]
+
+    def create(init_context) -> StepDelegatingExecutor:
+        config = init_context.executor_config
+        ((cluster_type, cluster_configuration),) = config["cluster"].items()
+        return StepDelegatingExecutor(DaskStepHandler(cluster_type, cluster_configuration),
+                                      retries=RetryMode.from_config(config["retries"]),
+                                      max_concurrent=config.get("max_concurrent"))
 
     return dg.ExecutorDefinition(
-        name=dask_executor.name, description=dask_executor.description,
-        config_schema=dg.Field(dask_executor.config_schema.config_type, default_value={"cluster": default_cluster}),
+        name="dask", description=__doc__.split("\n\n")[0],
+        config_schema={
+            "cluster": dg.Field(cluster_field.config_type, default_value=default_cluster,
+                                description="dagster-dask's: an existing scheduler, or a local cluster."),
+            "retries": get_retries_config(),
+            "max_concurrent": dg.Field(int, is_required=False, description="Most steps running at once."),
+        },
         executor_creation_fn=create, requirements=dask_executor.get_requirements)

@@ -49,15 +49,16 @@ def run_executor(name: str) -> dg.ExecutorDefinition:
 
     ``multiprocess`` and ``in_process`` are Dagster's default executor (run config can still pick either,
     as ``rec materialize`` does) with ``name`` as the choice of a run whose config names none: a run
-    launched from the UI or by a schedule. ``dask`` is dagster-dask's executor (``dask_executor.py``) on the
-    cluster of ``settings.dask_cluster`` (run config can name another); ``k8s`` is dagster-k8s's ``k8s_job_executor``
-    (installed with the ``k8s`` extra, configured by the Helm chart). Steps pass nothing through memory or
-    local disk (tables in PostgreSQL, artifacts in the model store), so any of them can run a step anywhere.
+    launched from the UI or by a schedule. ``dask`` runs each step as a task on the dask.distributed
+    cluster of ``settings.dask_cluster`` (``dask_executor.py``; run config can name another); ``k8s`` is
+    dagster-k8s's ``k8s_job_executor`` (installed with the ``k8s`` extra, configured by the Helm chart).
+    Steps pass nothing through memory or local disk (tables in PostgreSQL, artifacts in the model store),
+    so any of them can run a step anywhere.
     """
     if name == "dask":
-        from rec_orchestration.dask_executor import sealed_dask_executor  # imports dask.distributed: only here
+        from rec_orchestration.dask_executor import dask_step_executor  # imports dask.distributed: only here
 
-        return sealed_dask_executor(settings.dask_cluster())
+        return dask_step_executor(settings.dask_cluster())
     if name == "k8s":
         try:
             from dagster_k8s import k8s_job_executor

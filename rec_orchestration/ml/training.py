@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from rec_orchestration import threads
@@ -32,7 +33,16 @@ from rec_orchestration.progress import Report
 
 # Bumped when a model's code changes what it learns; part of every artifact version.
 CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_plain-v1", "itemknn": "itemknn-v1",
-                 "ease": "ease-v1", "lightfm": "lightfm-v1", "lightgcn": "lightgcn-v1"}
+                 "ease": "ease-v1", "lightfm": "lightfm-v1",
+                 # v2: the batch sized from the graph, ego embeddings kept for warm starts
+                 "lightgcn": "lightgcn-v2"}
+# Models whose fit can start from the previous artifact (``Recommender.warm_start``) when the data grew a
+# little: a warm fit trains few epochs instead of hundreds. A chain of warm fits is ended by a cold one
+# every WARM_CHAIN_MAX fits (a day of hourly refreshes), and a warm start needs the previous artifact to
+# know WARM_MIN_KNOWN of today's users and of today's items.
+WARM_STARTED = ("lightgcn",)
+WARM_CHAIN_MAX = 24
+WARM_MIN_KNOWN = 0.9
 EVAL_K = 10                   # metrics at k, for every model
 HOLDOUT_LATEST = 1            # each user's latest interaction is the test set
 HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained on
@@ -40,7 +50,7 @@ HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained o
 EVALUATION_VERSION = f"time-holdout-{HOLDOUT_LATEST}-min{HOLDOUT_MIN_INTERACTIONS}-k{EVAL_K}-v1"
 TRAINING_CURVE = "training_curve.png"
 # Attributes a fitted model may have that go into its manifest (LightGCN's device and timing).
-REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "batch_size_used")
+REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "batch_size_used", "warm_started")
 
 
 def data_version(frame: pd.DataFrame) -> str:
@@ -101,12 +111,21 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
     """Fit ``name`` on the split's training part, evaluate it at :data:`EVAL_K` on its test part and save the
     artifact (made the model's ``LATEST``). Returns its manifest and whether an existing artifact of the same
     data, parameters and code was reused instead of fitting."""
-    version = artifact_version(split.data_version, {**params, **inputs.version},
-                               f"{CODE_VERSIONS[name]}/{EVALUATION_VERSION}")
+    code = f"{CODE_VERSIONS[name]}/{EVALUATION_VERSION}"
+    version = artifact_version(split.data_version, {**params, **inputs.version}, code)
     if store.exists(name, version):
         store.set_latest(name, version)
         return store.manifest(name, version), True
+    source = warm_start_source(name, params, inputs, split, store)
+    if source is not None and source[1] is None:
+        return source[0], True  # a warm fit of this very data: nothing changed since
     model = registry.build(name, **params, **inputs.constructor)
+    warm: dict[str, Any] = {}
+    if source is not None:
+        previous, state = source
+        model.warm_start(state)
+        warm = {"warm_start_from": previous["version"], "warm_chain": int(previous.get("warm_chain", 0)) + 1}
+        version = artifact_version(split.data_version, {**params, **inputs.version, **warm}, code)
     model.progress, model.monitor = progress, (split.train, split.test)  # reported per epoch, never chosen on
     with threads.limited() as budget:  # the step's share of the cores (rec_orchestration.threads)
         started = time.perf_counter()
@@ -119,6 +138,7 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
         "fit_seconds": round(fit_seconds, 3), "threads": budget,
         "n_users": split.train.n_users, "n_items": split.train.n_items}
     manifest |= {key: getattr(model, key) for key in REPORTED_ATTRIBUTES if getattr(model, key, None) is not None}
+    manifest |= warm
     files = {}
     if (plot := training_plot(model)) is not None:
         files[TRAINING_CURVE] = plot
@@ -126,6 +146,28 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
     store.save(name, version, model.state_dict(), manifest, files=files)
     store.set_latest(name, version)
     return store.manifest(name, version), False
+
+
+def warm_start_source(name: str, params: dict[str, Any], inputs: ModelInputs, split: TrainingSplit,
+                      store: ModelStore) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """The manifest of the artifact a fit of ``name`` may start from, or None for a cold fit: the model's
+    LATEST, fitted with the same parameters, inputs and code, fewer than WARM_CHAIN_MAX warm fits from a
+    cold one, knowing WARM_MIN_KNOWN of the split's training users and items; with its state dict (None
+    when it was fitted on this very data: nothing to fit then)."""
+    if name not in WARM_STARTED or (latest := store.latest(name)) is None or not store.exists(name, latest):
+        return None
+    manifest = store.manifest(name, latest)
+    if (manifest.get("params") != json.loads(json.dumps(params)) or manifest.get("code_version") != CODE_VERSIONS[name]
+            or bool(manifest.get("item_features")) != bool(inputs.version)
+            or int(manifest.get("warm_chain", 0)) + 1 > WARM_CHAIN_MAX):
+        return None
+    if manifest.get("data_version") == split.data_version:
+        return manifest, None
+    state, _ = store.load(name, latest)
+    train = split.train
+    known_users = float(np.isin(train.user_ids, state["user_ids"].numpy()).mean()) if train.n_users else 0.0
+    known_items = float(np.isin(train.item_ids, state["item_ids"].numpy()).mean()) if train.n_items else 0.0
+    return (manifest, state) if min(known_users, known_items) >= WARM_MIN_KNOWN else None
 
 
 def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store: ModelStore,

@@ -20,7 +20,8 @@ EXPECTED_ASSETS = {
     "core/categories", "core/product_categories", "core/transactions", "core/transaction_items",
     "ml/popular_products", "ml/popular_products_by_category", "ml/item_similarity",
     "models/popularity", "models/itemknn", "models/ease", "models/lightfm", "models/lightgcn",
-    "ml/model_evaluations", "models/champion", "recs/user_recommendations", "recs/similar_products",
+    "ml/model_evaluations", "models/champion", "ml/scored_users_0_of_1", "recs/user_recommendations",
+    "recs/similar_products",
     "recs/popular_products", "recs/popular_products_by_category",
 }
 

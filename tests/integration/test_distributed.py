@@ -29,10 +29,11 @@ PUBLISHED = {
 }
 
 
-def materialize(env: dict[str, str], executor: str, run_config: Path) -> None:
+def materialize(env: dict[str, str], executor: str, run_config: Path, succeed: bool = True) -> str:
     done = subprocess.run([sys.executable, "-m", "rec_orchestration.cli", "materialize", "--executor", executor,
                            "--config", str(run_config)], env=env, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert (done.returncode == 0) == succeed, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout + done.stderr
 
 
 def published(db: DatabaseSettings) -> dict[str, list[tuple]]:
@@ -40,11 +41,12 @@ def published(db: DatabaseSettings) -> dict[str, list[tuple]]:
 
 
 def step_pids(dagster_db: DatabaseSettings) -> tuple[dict[str, int], int]:
-    """Each step's process (the pid its STEP_START event was made in) and the run's process."""
+    """Each step's process (the pid its STEP_START event was made in) and the run's process, of the latest run."""
     steps, run_pid = {}, None
     for event_type, step_key, event in query(dagster_db, """
             SELECT dagster_event_type, step_key, event FROM event_logs
-            WHERE dagster_event_type IN ('STEP_START', 'PIPELINE_START', 'RUN_START')"""):
+            WHERE dagster_event_type IN ('STEP_START', 'PIPELINE_START', 'RUN_START')
+              AND run_id = (SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1)"""):
         pid = json.loads(event)["dagster_event"]["pid"]
         if event_type == "STEP_START":
             steps[step_key] = pid
@@ -124,12 +126,26 @@ def test_the_refresh_runs_on_dask_workers_and_publishes_what_an_in_process_run_d
     steps, run_pid = step_pids(dagster_db)
     assert {"publish_recommendations", "models__lightgcn", "ml__scored_users_0_of_2",
             "ml__scored_users_1_of_2"} <= set(steps) and len(steps) >= 10
-    assert set(steps.values()) <= workers, f"steps ran outside the dask workers: {steps} vs {workers}"
-    assert run_pid not in workers
-    assert len(set(steps.values())) == 2  # both workers took steps
+    # Each step ran in a process of its own that a dask worker started, never in the run's process.
+    assert run_pid not in set(steps.values()) and len(set(steps.values())) == len(steps)
+    tasks = query(dagster_db, """SELECT count(*) FROM event_logs WHERE dagster_event_type = 'STEP_WORKER_STARTING'
+                                 AND event LIKE '%%as dask task%%'""")[0][0]
+    assert tasks == len(steps)
     assert all(process.poll() is None for process in processes)  # the cluster outlives the run
 
     assert any(store.glob("lightgcn/*/state_dict.pt"))  # the workers wrote the models through the URL
     got = published(warehouse)
     assert same_rows(got.pop("recs.user_recommendations"), expected.pop("recs.user_recommendations"))
     assert got == expected
+
+    # A failed blocking check stops what depends on it on the cluster too: with a lift no model reaches,
+    # the champion is refused and neither scoring nor publishing starts; the live tables stay.
+    refusing = tmp_path / "refusing.yaml"
+    refusing.write_text(yaml.safe_dump({"ops": {**QUICK_MODELS["ops"],
+                                                "ml__model_evaluations": {"config": {"min_lift": 10.0}}}}))
+    live = query(warehouse, PUBLISHED["recs.user_recommendations"])
+    materialize(env | {"REC_DASK_SCHEDULER": address}, "dask", refusing, succeed=False)
+    steps, _ = step_pids(dagster_db)
+    assert "ml__model_evaluations" in steps
+    assert not {"ml__scored_users_0_of_2", "ml__scored_users_1_of_2", "publish_recommendations"} & set(steps)
+    assert query(warehouse, PUBLISHED["recs.user_recommendations"]) == live

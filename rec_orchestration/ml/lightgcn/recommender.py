@@ -181,6 +181,12 @@ MIN_BATCH = 2048          # BPR pairs per step, at least (MovieLens 100K's whole
 STEPS_PER_EPOCH = 64      # at most, on large graphs: every step propagates over the whole graph
 
 
+# A fit warm-started from an earlier model (``warm_start``) starts near its optimum: it trains this many
+# epochs at most and stops after this many without a better validation nDCG.
+WARM_EPOCHS = 20
+WARM_PATIENCE = 3
+
+
 def epoch_batch_size(pairs: int) -> int:
     """The batch of a fit without ``batch_size``: :data:`MIN_BATCH`, or bigger so an epoch takes at most
     :data:`STEPS_PER_EPOCH` steps. Each step propagates the embeddings over the whole graph (its cost grows
@@ -207,6 +213,10 @@ class LightGCNRecommender(Recommender):
 
     ``batch_size``: BPR pairs per step; None (the default) sizes it from the graph (:func:`epoch_batch_size`),
     and ``batch_size_used`` says what it was.
+
+    ``warm_start(state)`` before ``fit``: the users and items of an earlier fit's state dict start from its
+    ego embeddings (new ones at random), and the fit trains at most :data:`WARM_EPOCHS` epochs with
+    patience :data:`WARM_PATIENCE`; ``warm_started`` says how many users and items it carried over.
     """
 
     name = "lightgcn"
@@ -250,6 +260,18 @@ class LightGCNRecommender(Recommender):
         self.device_used = "cpu"
         self.seconds_per_epoch = float("nan")
         self.batch_size_used: int | None = None
+        self._warm: dict[str, Any] | None = None
+        self.warm_started: dict[str, int] | None = None
+        self.user_ego = np.empty((0, factors), dtype=np.float32)   # the free embeddings: what a warm start reuses
+        self.item_ego = np.empty((0, factors), dtype=np.float32)
+
+    def warm_start(self, state: dict[str, Any]) -> None:
+        """Start the next ``fit`` from ``state`` (an earlier fit's ``state_dict`` with ego embeddings)."""
+        if "user_ego" not in state:
+            raise ValueError("the state has no ego embeddings to start from (saved before warm starts existed)")
+        if int(state["user_ego"].shape[1]) != self.params["factors"]:
+            raise ValueError("the state's embeddings have another number of factors")
+        self._warm = state
 
     def fit(self, interactions: Interactions) -> LightGCNRecommender:
         users, items = positive_pairs(interactions)
@@ -262,6 +284,10 @@ class LightGCNRecommender(Recommender):
 
         module = LightGCN(n_users, n_items, train_users, train_items, factors=p["factors"], layers=p["layers"],
                           lr=p["lr"], reg=p["reg"], seed=p["seed"])
+        max_epochs, patience = p["epochs"], p["patience"]
+        if self._warm is not None:
+            self.warm_started = _carry_over(module, self._warm, interactions)
+            max_epochs, patience = min(max_epochs, WARM_EPOCHS), min(patience, WARM_PATIENCE)
         self.batch_size_used = p["batch_size"] or epoch_batch_size(len(train_users))
         train_loader = torch.utils.data.DataLoader(
             BprEpochs(train_users, train_items, n_items, self.batch_size_used, p["seed"]), batch_size=None)
@@ -284,11 +310,11 @@ class LightGCNRecommender(Recommender):
             if self.progress is not None:
                 report = stack.enter_context(_relayed(self.progress)) if spawned else self.progress
                 callbacks.append(ReportEpochs(history, EpochProgress(
-                    self.name, p["epochs"], report, early_stopping=val_loader is not None,
+                    self.name, max_epochs, report, early_stopping=val_loader is not None,
                     budget_seconds=self.max_minutes * 60 if self.max_minutes else None)))
             early_stopping = checkpoint = None
             if val_loader is not None:
-                early_stopping = EarlyStopping(monitor="val_ndcg", mode="max", patience=p["patience"])
+                early_stopping = EarlyStopping(monitor="val_ndcg", mode="max", patience=patience)
                 checkpoint = ModelCheckpoint(dirpath=directory, filename="lightgcn-{epoch}", monitor="val_ndcg",
                                              mode="max", save_top_k=1, save_weights_only=True)
                 callbacks += [early_stopping, checkpoint]
@@ -302,7 +328,7 @@ class LightGCNRecommender(Recommender):
             trainer = pl.Trainer(
                 accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                 strategy=DDPStrategy(start_method="spawn", broadcast_buffers=False) if spawned else "auto",
-                max_epochs=p["epochs"], max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
+                max_epochs=max_epochs, max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
                 precision="16-mixed" if _uses_cuda(self.accelerator) else "32-true",
                 callbacks=callbacks, logger=False, enable_checkpointing=checkpoint is not None,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -327,6 +353,8 @@ class LightGCNRecommender(Recommender):
             user_final, item_final = module.propagate()
         self.user_factors = user_final.numpy().astype(np.float32)
         self.item_factors = item_final.numpy().astype(np.float32)
+        self.user_ego = module.user_embedding.detach().numpy().astype(np.float32)
+        self.item_ego = module.item_embedding.detach().numpy().astype(np.float32)
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
         self.history = [{key: row[key] for key in HISTORY_KEYS} for row in history.rows]
         self.seconds_per_epoch = statistics.median(row["seconds"] for row in history.rows)
@@ -346,6 +374,8 @@ class LightGCNRecommender(Recommender):
             "item_ids": torch.as_tensor(self.item_ids.astype(np.int64)),
             "user_factors": torch.as_tensor(np.ascontiguousarray(self.user_factors)),
             "item_factors": torch.as_tensor(np.ascontiguousarray(self.item_factors)),
+            "user_ego": torch.as_tensor(np.ascontiguousarray(self.user_ego)),
+            "item_ego": torch.as_tensor(np.ascontiguousarray(self.item_ego)),
             "history": {key: [float(row[key]) for row in self.history] for key in HISTORY_KEYS},
             "best_epoch": int(self.best_epoch),
             "best_val_ndcg": float(self.best_val_ndcg),
@@ -357,8 +387,9 @@ class LightGCNRecommender(Recommender):
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> LightGCNRecommender:
         model = cls(**state["params"], accelerator=state.get("accelerator", "auto"))
-        for key in ("user_ids", "item_ids", "user_factors", "item_factors"):
-            setattr(model, key, state[key].detach().cpu().numpy())
+        for key in ("user_ids", "item_ids", "user_factors", "item_factors", "user_ego", "item_ego"):
+            if key in state:  # artifacts saved before warm starts have no ego embeddings
+                setattr(model, key, state[key].detach().cpu().numpy())
         history = state["history"]
         model.history = [{"epoch": int(epoch), "train_loss": loss, "val_ndcg": ndcg}
                          for epoch, loss, ndcg in zip(history["epoch"], history["train_loss"], history["val_ndcg"],
@@ -369,3 +400,24 @@ class LightGCNRecommender(Recommender):
         model.device_used = str(state["device_used"])
         model.seconds_per_epoch = float(state["seconds_per_epoch"])
         return model
+
+
+def _carry_over(module: LightGCN, state: dict[str, Any], interactions: Interactions) -> dict[str, int]:
+    """Copy ``state``'s ego embeddings into ``module`` for the users and items both know (by external id)."""
+    carried = {}
+    with torch.no_grad():
+        for side, ids, parameter in (("user", interactions.user_ids, module.user_embedding),
+                                     ("item", interactions.item_ids, module.item_embedding)):
+            before = state[f"{side}_ids"].detach().cpu().numpy()
+            if len(before) == 0:
+                carried[f"{side}s"] = 0
+                continue
+            order = np.argsort(before, kind="stable")
+            position = np.searchsorted(before[order], ids)
+            position = np.minimum(position, len(before) - 1)
+            known = before[order][position] == ids
+            rows = order[position[known]]
+            parameter[torch.as_tensor(np.flatnonzero(known))] = state[f"{side}_ego"].detach().cpu()[
+                torch.as_tensor(rows)].to(parameter.dtype)
+            carried[f"{side}s"] = int(known.sum())
+    return carried

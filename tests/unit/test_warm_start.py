@@ -1,0 +1,92 @@
+"""Warm starts: after a little more data, LightGCN's next fit starts from the previous artifact."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rec_orchestration.ml import training
+from rec_orchestration.ml.artifacts import ModelStore, artifact_version
+from rec_orchestration.ml.interactions import Interactions
+from rec_orchestration.ml.lightgcn import LightGCN
+from rec_orchestration.ml.lightgcn.recommender import WARM_EPOCHS, _carry_over
+from rec_orchestration.ml.training import fit_and_evaluate, training_split
+
+PARAMS = {"factors": 8, "layers": 1, "lr": 0.05, "reg": 1e-4, "epochs": 30, "patience": 4}
+
+
+def planted(n_users: int, seed: int, start_user: int = 1) -> pd.DataFrame:
+    """Users in 4 taste groups, each interacting with 8 of their group's 15 items, at random times."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(start_user, start_user + n_users):
+        group = user % 4
+        for item in rng.choice(15, size=8, replace=False):
+            rows.append((user, 100 + group * 15 + int(item), 1.0, int(rng.integers(0, 10**7))))
+    frame = pd.DataFrame(rows, columns=["user_id", "product_id", "weight", "ts"])
+    frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
+    return frame
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ModelStore(str(tmp_path / "store"))
+
+
+def test_a_refit_after_one_percent_more_starts_from_the_previous_artifact(store):
+    base = planted(300, seed=1)
+    cold, reused = fit_and_evaluate("lightgcn", PARAMS, training_split(base), store)
+    assert not reused and "warm_start_from" not in cold
+
+    grown = pd.concat([base, planted(3, seed=2, start_user=301)], ignore_index=True)  # 1 % more users
+    split = training_split(grown)
+    warm, reused = fit_and_evaluate("lightgcn", PARAMS, split, store)
+    assert not reused
+    assert warm["warm_start_from"] == cold["version"] and warm["warm_chain"] == 1
+    # Its version records the start: not the version a cold fit of the same data gets.
+    code = f"{training.CODE_VERSIONS['lightgcn']}/{training.EVALUATION_VERSION}"
+    assert warm["version"] != artifact_version(split.data_version, PARAMS, code)
+    assert warm["warm_started"] == {"users": 300, "items": 60}
+    assert len(warm["history"]) <= WARM_EPOCHS < PARAMS["epochs"]
+    assert store.latest("lightgcn") == warm["version"]
+    assert warm["metrics"]["ndcg@10"] > 0.5 * cold["metrics"]["ndcg@10"] > 0  # still a model of the tastes
+
+    # The same data again: the warm artifact is reused, nothing is fitted.
+    again, reused = fit_and_evaluate("lightgcn", PARAMS, split, store)
+    assert reused and again["version"] == warm["version"]
+
+
+def test_other_parameters_or_other_data_start_cold(store, monkeypatch):
+    base = planted(300, seed=1)
+    fit_and_evaluate("lightgcn", PARAMS, training_split(base), store)
+    other = fit_and_evaluate("lightgcn", {**PARAMS, "reg": 1e-3}, training_split(base), store)[0]
+    assert "warm_start_from" not in other  # other parameters: another model
+    # Mostly new users: too little is known to start from.
+    strangers = pd.concat([base, planted(200, seed=3, start_user=1000)], ignore_index=True)
+    assert "warm_start_from" not in fit_and_evaluate("lightgcn", {**PARAMS, "reg": 1e-3},
+                                                     training_split(strangers), store)[0]
+    # A chain of warm fits ends with a cold one.
+    monkeypatch.setattr(training, "WARM_CHAIN_MAX", 1)
+    first = fit_and_evaluate("lightgcn", PARAMS, training_split(planted(300, seed=1)), store)[0]
+    grown = pd.concat([planted(300, seed=1), planted(3, seed=2, start_user=301)], ignore_index=True)
+    second = fit_and_evaluate("lightgcn", PARAMS, training_split(grown), store)[0]
+    assert second["warm_start_from"] == first["version"]
+    grown_more = pd.concat([grown, planted(3, seed=4, start_user=310)], ignore_index=True)
+    assert "warm_start_from" not in fit_and_evaluate("lightgcn", PARAMS, training_split(grown_more), store)[0]
+
+
+def test_known_users_and_items_carry_their_embeddings_over():
+    frame = planted(20, seed=5)
+    interactions = Interactions.from_frame(frame)
+    module = LightGCN(interactions.n_users, interactions.n_items, interactions.user_index, interactions.item_index,
+                      factors=4, layers=1, lr=0.01, reg=0.0, seed=0)
+    fresh = module.user_embedding.detach().clone()
+    known_users = interactions.user_ids[::2]
+    state = {"user_ids": torch.as_tensor(np.concatenate([known_users, [10**9]])),
+             "user_ego": torch.arange((len(known_users) + 1) * 4, dtype=torch.float32).reshape(-1, 4),
+             "item_ids": torch.as_tensor(interactions.item_ids[:0]), "item_ego": torch.zeros(0, 4)}
+    carried = _carry_over(module, state, interactions)
+    assert carried == {"users": len(known_users), "items": 0}
+    users = module.user_embedding.detach()
+    assert torch.equal(users[::2], state["user_ego"][:-1])   # the known ones, in their new places
+    assert torch.equal(users[1::2], fresh[1::2])             # the new ones keep their random start
