@@ -1,9 +1,10 @@
 """What the scoring shards (``assets/scoring.py``) and the publish step (``assets/publish.py``) share: the
 shards' names and tables, and the inputs both read with the *basis* they make.
 
-The basis is a hash of the champion's version, the popularity ranking's, the similarity rows, the users,
-the product titles, the category rankings and the serving settings: a shard records the basis it scored
-on, and publishing takes only shards of the basis it sees itself.
+The basis is a hash of every input of a shard's rows: the champion's version (which names its artifact),
+the popularity ranking, the users, the interactions, the similarity rows, the product titles and
+categories, the category rankings and the serving settings. A shard records the basis it scored on, and
+publishing takes only shards of the basis it sees itself.
 """
 
 import hashlib
@@ -21,6 +22,7 @@ from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.serving import Source
+from rec_orchestration.ml.training import data_version
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.resources.serving import ServingResource
@@ -45,15 +47,14 @@ def shard_key(shard: int, shards: int) -> dg.AssetKey:
     return dg.AssetKey(["ml", f"scored_users_{shard}_of_{shards}"])
 
 
-def popularity_model(warehouse: PostgresResource) -> tuple[PopularityRecommender, str]:
+def popularity_model(ranked: pd.DataFrame) -> PopularityRecommender:
     """The published popularity ranking (``ml.popular_products``: the stronger baseline on the holdout, decayed
-    or plain, refitted on every interaction) as a model, and its version. Served under the name ``popularity``
-    either way; the version tells the variants apart."""
-    ranked = reads.popularity_ranking(warehouse)
+    or plain, refitted on every interaction) as a model. Served under the name ``popularity`` either way; its
+    version tells the variants apart."""
     model = PopularityRecommender()
     model.item_ids = ranked["product_id"].to_numpy(dtype=np.int64)
     model.item_scores = ranked["score"].to_numpy(dtype=float)
-    return model, str(ranked["model_version"].iloc[0])
+    return model
 
 
 def champion_row(context: dg.AssetExecutionContext, warehouse: PostgresResource) -> dict:
@@ -72,14 +73,19 @@ def champion_model(row: dict, model_store: ModelStoreResource) -> Recommender:
 
 @dataclass
 class ServingState:
-    """What both the shards and the publish step read, and the basis it makes."""
+    """What both the shards and the publish step read, and the basis it makes: every input of a shard's rows
+    except the champion's artifact, which its version names."""
 
+    row: dict                        # the approved champion's row (ml.model_champions)
     champion: Source
     popularity: Source
+    ranked: pd.DataFrame             # ml.popular_products: product_id, score, model_version, best first
     users: np.ndarray
+    interactions: pd.DataFrame       # core.interactions (reads.interactions_frame)
     similarity: pd.DataFrame
     products: pd.DataFrame
     by_category: pd.DataFrame
+    item_categories: dict[int, list[int]]
     basis: str
 
 
@@ -95,15 +101,19 @@ def serving_state(context: dg.AssetExecutionContext, warehouse: PostgresResource
     champion = Source(row["model_name"], row["deployed_version"])
     popularity = Source("popularity", str(ranked["model_version"].iloc[0]))
     users = reads.user_ids(warehouse)
+    interactions = reads.interactions_frame(warehouse)
     similarity = reads.item_similarity(warehouse)
     products = reads.product_metadata(warehouse)
     by_category = reads.popularity_by_category(warehouse)
+    item_categories = reads.product_category_ids(warehouse)
     digest = hashlib.sha256(json.dumps([champion.name, champion.version, popularity.version, shards,
-                                        serving.settings_key()]).encode())
-    for part in (users.tobytes(), _frame_digest(similarity), _frame_digest(products[["product_id", "title"]]),
-                 _frame_digest(by_category)):
+                                        serving.settings_key(), data_version(interactions),
+                                        sorted(item_categories.items())]).encode())
+    for part in (users.tobytes(), _frame_digest(ranked), _frame_digest(similarity),
+                 _frame_digest(products[["product_id", "title"]]), _frame_digest(by_category)):
         digest.update(part)
-    return ServingState(champion, popularity, users, similarity, products, by_category, digest.hexdigest()[:16])
+    return ServingState(row, champion, popularity, ranked, users, interactions, similarity, products, by_category,
+                        item_categories, digest.hexdigest()[:16])
 
 
 def scoring_tags() -> dict:

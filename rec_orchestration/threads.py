@@ -70,10 +70,10 @@ def limited(threads: int | None = None) -> Iterator[int]:
     torch_before = torch.get_num_threads()
     numba = sys.modules.get("numba")
     numba_before = numba.get_num_threads() if numba is not None else None
-    torch.set_num_threads(threads)
-    if numba is not None:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
+        torch.set_num_threads(threads)
+        if numba is not None:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         with threadpool_limits(limits=threads):
             yield threads
     finally:

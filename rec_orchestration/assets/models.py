@@ -90,7 +90,10 @@ class LightGCNConfig(dg.Config):
         "refresh ends within the hour on a CPU."))
     devices: int = Field(default=1, ge=1, description="Devices (GPUs, or CPU processes) per node; more than one "
                                                       "in all needs strategy 'ddp'.")
-    num_nodes: int = Field(default=1, ge=1, description="Machines taking part in a 'ddp' fit.")
+    num_nodes: int = Field(default=1, ge=1, description=(
+        "Machines taking part in a 'ddp' fit (Lightning's num_nodes). More than one needs a launcher that runs "
+        "the step on every node and a checkpoint directory they share: a step of this pipeline runs on one "
+        "machine, so keep 1 here unless you launch it so."))
     strategy: str = Field(default="auto", pattern="^(auto|ddp)$", description=(
         "'auto': one process; 'ddp': data-parallel on spawned processes, one per device, each training on "
         "its share of every epoch's batches."))

@@ -40,31 +40,29 @@ class PublishConfig(dg.Config):
 
 def shard_rows(warehouse: PostgresResource, basis: str, shard_count: int) -> tuple[list[tuple], dict[str, float]]:
     """Every scoring shard's rows (``shards.SHARD_COLUMNS``), when all ``shard_count`` shards were scored on
-    ``basis``, and the reason thresholds they used. Fails, naming the shards to materialize, when any is missing or
-    was scored on other inputs (another champion, other users, similarity or serving settings)."""
-    records = {}
-    if _table_exists(warehouse, shards.SHARD_RECORDS):
-        records = {shard: (shard_basis, min_support, min_similarity) for shard, shard_basis, min_support, min_similarity
-                   in warehouse.fetch_all(sql.SQL("SELECT shard, basis, min_support, min_similarity FROM {} "
-                                                  "WHERE shard_count = %s").format(qualified(shards.SHARD_RECORDS)),
-                                          (shard_count,))}
-    stale = [shards.shard_key(shard, shard_count).to_user_string() for shard in range(shard_count)
-             if records.get(shard, ("",))[0] != basis]
-    if stale:
-        raise dg.Failure(f"scoring shards {', '.join(stale)} are missing or were scored on other inputs than this "
-                         "publish sees: materialize them (with this run's serving config) first; the live "
-                         "recommendations stay as they are")
-    rows: list[tuple] = []
-    for shard in range(shard_count):
-        rows.extend(warehouse.fetch_all(sql.SQL("SELECT {} FROM {} ORDER BY user_id, rank").format(
-            sql.SQL(", ").join(sql.Identifier(name) for name, _ in shards.SHARD_COLUMNS),
-            qualified(shards.shard_table(shard, shard_count)))))
+    ``basis``, and the reason thresholds they used. Fails, naming the shards to materialize, when any is
+    missing or was scored on other inputs. Records and rows are read in one snapshot (REPEATABLE READ), so a
+    shard replaced meanwhile cannot mix in."""
+    with warehouse.connection() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        records = {}
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (shards.SHARD_RECORDS,)).fetchone()[0]:
+            records = {shard: rest for shard, *rest in conn.execute(
+                sql.SQL("SELECT shard, basis, min_support, min_similarity FROM {} WHERE shard_count = %s").format(
+                    qualified(shards.SHARD_RECORDS)), (shard_count,))}
+        stale = [shards.shard_key(shard, shard_count).to_user_string() for shard in range(shard_count)
+                 if records.get(shard, ("",))[0] != basis]
+        if stale:
+            raise dg.Failure(f"scoring shards {', '.join(stale)} are missing or were scored on other inputs than "
+                             "this publish sees: materialize them (with this run's serving config) first; the live "
+                             "recommendations stay as they are")
+        rows: list[tuple] = []
+        for shard in range(shard_count):
+            rows.extend(conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY user_id, rank").format(
+                sql.SQL(", ").join(sql.Identifier(name) for name, _ in shards.SHARD_COLUMNS),
+                qualified(shards.shard_table(shard, shard_count)))).fetchall())
     _, min_support, min_similarity = records[0]
     return rows, {"min_support": int(min_support), "min_similarity": float(min_similarity)}
-
-
-def _table_exists(warehouse: PostgresResource, table: str) -> bool:
-    return warehouse.fetch_all("SELECT to_regclass(%s) IS NOT NULL", (table,))[0][0]
 
 
 @dg.multi_asset(
@@ -101,8 +99,8 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     started = datetime.now(UTC)
     shard_count = shards.SHARD_COUNT
     state = shards.serving_state(context, warehouse, serving, shard_count)
-    champion_row = shards.champion_row(context, warehouse)
-    popular, popular_version = shards.popularity_model(warehouse)
+    champion_row = state.row
+    popular, popular_version = shards.popularity_model(state.ranked), state.popularity.version
     scored, thresholds = shard_rows(warehouse, state.basis, shard_count)
     champion_name, champion_version = state.champion.name, state.champion.version
     similarity, products, by_category = state.similarity, state.products, state.by_category

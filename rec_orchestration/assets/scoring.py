@@ -19,8 +19,7 @@ import dagster as dg
 import numpy as np
 from psycopg import sql
 
-from rec_orchestration.db import reads
-from rec_orchestration.db.tables import replace_table
+from rec_orchestration.db.tables import qualified, replace_table
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.serving import (
     ServingInputs,
@@ -43,7 +42,6 @@ from rec_orchestration.shards import (
     SHARD_RECORDS,
     ServingState,
     champion_model,
-    champion_row,
     popularity_model,
     scoring_tags,
     serving_state,
@@ -65,7 +63,7 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
                serving: ServingResource) -> dg.MaterializeResult:
         started = time.perf_counter()
         state = serving_state(context, warehouse, serving, shards)
-        rows, thresholds_used = score_users(context, state, warehouse, model_store, serving, shard, shards)
+        rows, thresholds_used = score_users(context, state, model_store, serving, shard, shards)
         with warehouse.connection() as conn:  # rows and record in one transaction: both or neither
             written = replace_table(conn, shard_table(shard, shards), SHARD_COLUMNS, rows,
                                     primary_key=("user_id", "rank"), nullable=("because_product_id",))
@@ -77,7 +75,7 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
                     basis = excluded.basis, run_id = excluded.run_id, user_count = excluded.user_count,
                     row_count = excluded.row_count,
                     min_support = excluded.min_support, min_similarity = excluded.min_similarity,
-                    scored_at = excluded.scored_at""").format(records=sql.SQL(SHARD_RECORDS)),
+                    scored_at = excluded.scored_at""").format(records=qualified(SHARD_RECORDS)),
                 (shards, shard, state.basis, context.run.run_id if context.run else "", len(
                     {row[0] for row in rows}), written, thresholds_used.min_support,
                  float(thresholds_used.min_similarity)))
@@ -89,13 +87,14 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
     return _shard
 
 
-def score_users(context: dg.AssetExecutionContext, state: ServingState, warehouse: PostgresResource,
-                model_store: ModelStoreResource, serving: ServingResource, shard: int, shards: int):
-    """The rows of this shard's users (``SHARD_COLUMNS``) and the reason thresholds they were made with."""
+def score_users(context: dg.AssetExecutionContext, state: ServingState, model_store: ModelStoreResource,
+                serving: ServingResource, shard: int, shards: int):
+    """The rows of this shard's users (``SHARD_COLUMNS``), made from ``state`` alone, and the reason thresholds
+    they were made with."""
     mine = state.users[user_shards(state.users, shards) == shard]
-    champion = champion_model(champion_row(context, warehouse), model_store)
-    popular, _ = popularity_model(warehouse)
-    interactions = Interactions.from_frame(reads.interactions_frame(warehouse))
+    champion = champion_model(state.row, model_store)
+    popular = popularity_model(state.ranked)
+    interactions = Interactions.from_frame(state.interactions)
     seen = interactions.items_by_user()
     active = np.array([user for user in mine.tolist() if len(seen.get(user, ())) >= serving.min_interactions],
                       dtype=np.int64)
@@ -112,7 +111,7 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, warehous
         champion=state.champion, popular=fallback, popularity=state.popularity,
         category_ranking={int(c): group["product_id"].tolist() for c, group in category_groups},
         category_scores={int(c): group["score"].tolist() for c, group in category_groups},
-        item_categories=reads.product_category_ids(warehouse),
+        item_categories=state.item_categories,
         strong_neighbours=strong_neighbours(evidence, thresholds),
         titles=dict(zip(state.products["product_id"].tolist(), state.products["title"].tolist(), strict=True)),
     )
@@ -121,7 +120,6 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, warehous
     context.log.info(f"shard {shard} of {shards}: {len(mine):,} users ({len(active):,} with the champion), "
                      f"{len(rows):,} rows")
     return rows, thresholds
-
 
 
 scoring_shard_assets = [shard_asset(shard, SHARD_COUNT) for shard in range(SHARD_COUNT)]

@@ -85,7 +85,17 @@ def test_publish_refuses_shards_scored_on_other_settings(warehouse_env):
     assert not outcome["success"]
     assert "ml/scored_users_0_of_2, ml/scored_users_1_of_2" in outcome["failures"][0]
 
-    # With the shards scored on the same settings, it publishes k = 5.
+    # Interactions changed since the shards were scored (the warehouse rebuilt alone, say): refused too.
+    import psycopg
+
+    with psycopg.connect(db.conninfo()) as conn:
+        conn.execute("UPDATE core.interactions SET weight = weight + 1 WHERE (user_id, product_id) = "
+                     "(SELECT user_id, product_id FROM core.interactions ORDER BY 1, 2 LIMIT 1)")
+    outcome = publish_with_shards(1, "publish")
+    assert not outcome["success"] and "scored on other inputs" in outcome["failures"][0]
+    assert query(db, PUBLISHED) == live
+
+    # With the shards scored on the same data and settings, it publishes k = 5.
     outcome = publish_with_shards(1, "all", {"resources": {"serving": {"config": {"k": 5}}}})
     assert outcome["success"], outcome["failures"]
     assert scalar(db, "SELECT max(rank) FROM recs.user_recommendations") == 5

@@ -48,6 +48,7 @@ from rec_orchestration.ml.lightgcn.data import BprEpochs, holdout_mask, positive
 from rec_orchestration.ml.lightgcn.history import EpochHistory, ReportEpochs
 from rec_orchestration.ml.lightgcn.module import LightGCN
 from rec_orchestration.progress import EpochProgress, Report
+from rec_orchestration.threads import step_threads
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_ndcg")   # what the recommender keeps of each epoch's row
 STRATEGIES = ("auto", "ddp")
@@ -115,10 +116,6 @@ def _uses_cuda(accelerator: str) -> bool:
     if accelerator in ("cuda", "gpu"):
         return True
     return accelerator == "auto" and torch.cuda.is_available()
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _QueuedReport:
@@ -321,7 +318,7 @@ class LightGCNRecommender(Recommender):
                 kept |= {"early_stopping": early_stopping, "checkpoint": checkpoint}
             ranks = None
             if spawned:
-                ranks = _SpawnedRank(self.num_threads or max(1, _cores() // self.devices),
+                ranks = _SpawnedRank(self.num_threads or max(1, step_threads() // self.devices),
                                     os.path.join(scratch, "rank-callbacks.pt"), kept)
                 callbacks.append(ranks)
                 stack.enter_context(_restored_environ("MASTER_PORT"))   # the launcher sets it here
