@@ -5,6 +5,7 @@ shows up here in review."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,7 +148,10 @@ def test_runs_use_the_executor_named_by_rec_executor():
     assert seen["in_process"] == (0, [local, '{"in_process":{}}'] * 2)
     assert seen["multiprocess"] == seen[None] == (0, [local, '{"multiprocess":{}}'] * 2)
     assert seen["threads"][0] != 0 and "expected one of multiprocess, in_process, dask, k8s" in seen["threads"][1]
-    assert seen["dask"] == (0, ["dask", '{"cluster":{"existing":{"address":"tcp://127.0.0.1:8786"}}}'] * 2)
+    assert seen["dask"][0] == 0 and seen["dask"][1][0::2] == ["dask", "dask"]
+    for default in seen["dask"][1][1::2]:  # the scheduler of REC_DASK_SCHEDULER, Dagster's retries on
+        assert json.loads(default) == {"cluster": {"existing": {"address": "tcp://127.0.0.1:8786"}},
+                                       "retries": {"enabled": {}}}
     assert seen["k8s"][0] == 0 and seen["k8s"][1][0::2] == ["k8s", "k8s"]
     executor = defs.resolve_job_def("refresh_recommendations").executor_def
     for choice in ("multiprocess", "in_process"):  # either, whatever the default
