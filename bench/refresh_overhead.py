@@ -71,12 +71,14 @@ def last_run_timings(env: dict[str, str]) -> tuple[float, float, int]:
         run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
         events = conn.execute("""SELECT dagster_event_type, step_key, extract(epoch FROM timestamp)
                                  FROM event_logs WHERE run_id = %s AND dagster_event_type IN
-                                 ('STEP_START', 'STEP_SUCCESS', 'RUN_START', 'RUN_SUCCESS')""", (run_id,)).fetchall()
+                                 ('STEP_START', 'STEP_SUCCESS', 'RUN_START', 'RUN_SUCCESS',
+                                  'PIPELINE_START', 'PIPELINE_SUCCESS')""", (run_id,)).fetchall()
     starts = {step: float(at) for kind, step, at in events if kind == "STEP_START"}
     ends = {step: float(at) for kind, step, at in events if kind == "STEP_SUCCESS"}
-    run = {kind: float(at) for kind, _, at in events if kind.startswith("RUN_")}
+    # Dagster stores the run's start and success under their older names (PIPELINE_*) in this column.
+    run = {kind.split("_")[1]: float(at) for kind, _, at in events if kind.startswith(("RUN_", "PIPELINE_"))}
     work = sum(ends[step] - starts[step] for step in ends if step in starts)
-    return work, run["RUN_SUCCESS"] - run["RUN_START"], len(ends)
+    return work, run["SUCCESS"] - run["START"], len(ends)
 
 
 def main() -> None:
