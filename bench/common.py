@@ -219,3 +219,46 @@ def write_meta(parent_asins: list[str], path: Path, seed: int) -> None:
                             "Date First Available": time.strftime("%B %d, %Y", time.gmtime(1.3e9 + day * 86400))},
                 "parent_asin": asin, "bought_together": None,
             }) + b"\n")
+
+
+# -- a throw-away project instance (bench.refresh_overhead, bench.pipeline_scale) ---------------------------
+
+def throwaway_environment(home: Path) -> tuple[dict[str, str], str]:
+    """The environment of a project instance under ``home`` (its own REC_HOME, landing directory and embedded
+    PostgreSQL on a free port; nothing of the caller's REC_*, PG* or DAGSTER_* settings), completed with what
+    ``rec env`` exports for Dagster; and the warehouse's URL. Starts the embedded server; stop it with
+    ``rec db stop`` in that environment."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("REC_", "PG", "DAGSTER_"))}
+    env |= {"REC_HOME": str(home / "rec"), "REC_LANDING_DIR": str(home / "landing"), "REC_EMBEDDED_PORT": str(port)}
+    script = ("import json; from rec_orchestration.db import servers; "
+              "print(json.dumps([servers.dagster_environment(), servers.warehouse_settings().url()]))")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    dagster_env, warehouse_url = json.loads(done.stdout.strip().splitlines()[-1])
+    return env | dagster_env, warehouse_url
+
+
+def latest_run_events(env: dict[str, str]) -> list[tuple[str, str | None, float]]:
+    """``(event type, step key, epoch seconds)`` of the step and run start/success events of the instance's
+    latest run. Dagster stores a run's start and success under their older names (PIPELINE_*) there."""
+    import psycopg
+
+    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
+        return [(kind, step, float(at)) for kind, step, at in conn.execute(
+            """SELECT dagster_event_type, step_key, extract(epoch FROM timestamp) FROM event_logs
+               WHERE run_id = %s AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS', 'RUN_START',
+                                                            'RUN_SUCCESS', 'PIPELINE_START', 'PIPELINE_SUCCESS')""",
+            (run_id,)).fetchall()]
+
+
+def step_seconds(events: list[tuple[str, str | None, float]]) -> dict[str, float]:
+    """Each step's STEP_START to STEP_SUCCESS: its own work, its process start and imports excluded."""
+    starts = {step: at for kind, step, at in events if kind == "STEP_START"}
+    return {step: at - starts[step] for kind, step, at in events if kind == "STEP_SUCCESS" and step in starts}

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,16 +34,20 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import argument_parser, generate_reviews, machine, say, write_jsonl, write_meta
+from bench.common import (
+    argument_parser,
+    generate_reviews,
+    latest_run_events,
+    machine,
+    say,
+    step_seconds,
+    throwaway_environment,
+    write_jsonl,
+    write_meta,
+)
 
 STEP_KEYS = re.compile(r'\\?"step_keys_to_execute\\?":\s*\[\\?"([^"\\]+)')
 TABLES = ("raw.reviews", "core.interactions", "ml.item_similarity", "recs.user_recommendations")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def descendants(root: int) -> list[int]:
@@ -102,19 +104,6 @@ def materialize(env: dict[str, str]) -> tuple[float, dict[str, int]]:
     return time.perf_counter() - started, monitor.peaks
 
 
-def step_seconds(env: dict[str, str]) -> dict[str, float]:
-    import psycopg
-
-    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(url) as conn:
-        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
-        events = conn.execute("""SELECT dagster_event_type, step_key, extract(epoch FROM timestamp) FROM event_logs
-                                 WHERE run_id = %s AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS')""",
-                              (run_id,)).fetchall()
-    starts = {step: float(at) for kind, step, at in events if kind == "STEP_START"}
-    return {step: float(at) - starts[step] for kind, step, at in events if kind == "STEP_SUCCESS" and step in starts}
-
-
 def warehouse_figures(warehouse_url: str) -> tuple[dict[str, int], dict[str, float]]:
     import psycopg
     from psycopg import sql
@@ -129,9 +118,7 @@ def warehouse_figures(warehouse_url: str) -> tuple[dict[str, int], dict[str, flo
 
 def run_size(size: int, seed: int, keep: bool) -> dict:
     home = Path(tempfile.mkdtemp(prefix=f"pipeline_scale_{size}_"))
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("REC_", "PG", "DAGSTER_"))}
-    env |= {"REC_HOME": str(home / "rec"), "REC_LANDING_DIR": str(home / "landing"),
-            "REC_EMBEDDED_PORT": str(free_port())}
+    env, warehouse_url = throwaway_environment(home)
     landing = home / "landing"
     landing.mkdir()
     try:
@@ -146,19 +133,14 @@ def run_size(size: int, seed: int, keep: bool) -> dict:
                 (first if number < size else rest).write(line)
         whole.unlink()
         write_meta(reviews.parent_asin, landing / "meta_Bench.jsonl", seed)
-        script = ("import json; from rec_orchestration.db import servers; "
-                  "print(json.dumps([servers.dagster_environment(), servers.warehouse_settings().url()]))")
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        dagster_env, warehouse_url = json.loads(done.stdout.strip().splitlines()[-1])
-        env |= dagster_env
         say(f"[{size:,}] full refresh")
         full_s, full_rss = materialize(env)
-        full_steps = step_seconds(env)
+        full_steps = step_seconds(latest_run_events(env))
         counts, ndcg = warehouse_figures(warehouse_url)
         shutil.move(home / "Bench_more.jsonl", landing / "Bench_more.jsonl")
         say(f"[{size:,}] full refresh {full_s:.0f} s; the refresh after 1 % more")
         more_s, more_rss = materialize(env)
-        more_steps = step_seconds(env)
+        more_steps = step_seconds(latest_run_events(env))
         more_counts, _ = warehouse_figures(warehouse_url)
         return {"size": size, "full_s": full_s, "full_steps": full_steps, "full_rss": full_rss, "counts": counts,
                 "ndcg": ndcg, "more_s": more_s, "more_steps": more_steps, "more_rss": more_rss,

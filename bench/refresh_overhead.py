@@ -21,9 +21,7 @@ Last line: ``import_s=<x> refresh_reused_s=<wall> step_work_s=<sum> overhead_rat
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,16 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import argument_parser, machine, say
+from bench.common import argument_parser, latest_run_events, machine, say, step_seconds, throwaway_environment
 
 QUICK = {"ops": {"models__lightgcn": {"config": {"epochs": 20, "patience": 3}},
                  "models__lightfm": {"config": {"epochs": 5}}}}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rec(env: dict[str, str], *args: str) -> float:
@@ -63,22 +55,11 @@ def import_seconds(env: dict[str, str], repeats: int) -> float:
 
 
 def last_run_timings(env: dict[str, str]) -> tuple[float, float, int]:
-    """(sum of the last run's step work, its RUN_START..RUN_SUCCESS span, steps) from the event log."""
-    import psycopg
-
-    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(url) as conn:
-        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
-        events = conn.execute("""SELECT dagster_event_type, step_key, extract(epoch FROM timestamp)
-                                 FROM event_logs WHERE run_id = %s AND dagster_event_type IN
-                                 ('STEP_START', 'STEP_SUCCESS', 'RUN_START', 'RUN_SUCCESS',
-                                  'PIPELINE_START', 'PIPELINE_SUCCESS')""", (run_id,)).fetchall()
-    starts = {step: float(at) for kind, step, at in events if kind == "STEP_START"}
-    ends = {step: float(at) for kind, step, at in events if kind == "STEP_SUCCESS"}
-    # Dagster stores the run's start and success under their older names (PIPELINE_*) in this column.
-    run = {kind.split("_")[1]: float(at) for kind, _, at in events if kind.startswith(("RUN_", "PIPELINE_"))}
-    work = sum(ends[step] - starts[step] for step in ends if step in starts)
-    return work, run["SUCCESS"] - run["START"], len(ends)
+    """(sum of the last run's step work, its run start to success span, steps) from the event log."""
+    events = latest_run_events(env)
+    work = step_seconds(events)
+    run = {kind.split("_")[1]: at for kind, _, at in events if kind.startswith(("RUN_", "PIPELINE_"))}
+    return sum(work.values()), run["SUCCESS"] - run["START"], len(work)
 
 
 def main() -> None:
@@ -89,15 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     say(machine())
     home = Path(tempfile.mkdtemp(prefix="refresh_overhead_"))
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("REC_", "PG", "DAGSTER_"))}
-    env |= {"REC_HOME": str(home / "rec"), "REC_LANDING_DIR": str(home / "landing"),
-            "REC_EMBEDDED_PORT": str(free_port())}
+    env, _ = throwaway_environment(home)
     try:
-        done = subprocess.run([sys.executable, "-c", "import json; from rec_orchestration.db.servers import "
-                               "dagster_environment; print(json.dumps(dagster_environment()))"],
-                              env=env, capture_output=True, text=True, check=True)
-        env |= json.loads(done.stdout.strip().splitlines()[-1])
         imports = import_seconds(env, args.imports)
         say(f"import of the definitions: {imports:.2f} s (median of {args.imports})")
         rec(env, "sample", "--users", str(args.users), "--products", str(max(args.users // 3, 40)),
