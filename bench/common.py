@@ -95,6 +95,8 @@ class Reviews:
     timestamp: np.ndarray  # epoch milliseconds
     helpful_vote: np.ndarray
     verified_purchase: np.ndarray
+    # parent ASIN -> (main category, sub-category) where the reviews follow tastes for categories
+    categories: dict[str, tuple[str, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.title)
@@ -120,9 +122,17 @@ def _phrases(rng: np.random.Generator, pool: str, starts: np.ndarray, size: int,
     return [pool[a].upper() + pool[a + 1:b] for a, b in zip(first.tolist(), end.tolist(), strict=True)]
 
 
-def generate_reviews(n: int, seed: int, n_users: int = 100_000, n_items: int = 20_000) -> Reviews:
+def generate_reviews(n: int, seed: int, n_users: int = 100_000, n_items: int = 20_000,
+                     taste_strength: float = 0.0) -> Reviews:
     """``n`` reviews: power-law users (exponent 0.5) and products (0.7), 60% on the parent ASIN and the
-    rest on one of its three variants, realistic stars, texts of English words, 8% with an image."""
+    rest on one of its three variants, realistic stars, texts of English words, 8% with an image.
+
+    With ``taste_strength`` > 0, the structure of the project's sample generator, planted so that a
+    personalised model has something to find that popularity does not: every product is in one of the
+    16 sub-categories (``categories``, for ``write_meta``), every user has a taste for one to three of
+    them (Dirichlet weights), and that share of the reviews picks a sub-category from the user's taste,
+    then a product in it by popularity (power law, 0.7). The other reviews are drawn as without tastes;
+    so are all the other columns (taste_strength=0 gives the same records as before it existed)."""
     rng = np.random.default_rng(seed)
     vocabulary = np.array(_WORDS + _ODD_WORDS, dtype=object)
     weights = 1.0 / np.arange(1, len(vocabulary) + 1) ** 0.9
@@ -137,6 +147,11 @@ def generate_reviews(n: int, seed: int, n_users: int = 100_000, n_items: int = 2
     variants = _ids(rng, n_items * 3, "B0", _ALNUM, 8)
     user = power_law(rng, n_users, 0.5, n)
     item = power_law(rng, n_items, 0.7, n)
+    categories = None
+    if taste_strength > 0:
+        item, leaf_of_item = _follow_tastes(np.random.default_rng([seed, 1]), user, item, n_users, n_items,
+                                            taste_strength)
+        categories = {parents[i]: _LEAVES[leaf] for i, leaf in enumerate(leaf_of_item.tolist())}
     variant = np.where(rng.random(n) < 0.6, -1, item * 3 + rng.integers(0, 3, n))
     with_image = rng.random(n) < 0.08
     image_ids = _ids(rng, int(with_image.sum()), "", _ALNUM + b"abcdefghijklmnopqrstuvwxyz", 11)
@@ -154,7 +169,29 @@ def generate_reviews(n: int, seed: int, n_users: int = 100_000, n_items: int = 2
         timestamp=_START_MS + (rng.beta(2.0, 1.2, n) * (_END_MS - _START_MS)).astype(np.int64),
         helpful_vote=np.minimum(rng.pareto(1.5, n) * 0.8, 10_000).astype(np.int64),
         verified_purchase=rng.random(n) < 0.9,
+        categories=categories,
     )
+
+
+def _follow_tastes(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
+                   strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """``item`` with a ``strength`` share of the reviews re-drawn from their user's taste (see
+    ``generate_reviews``), and each product's sub-category (an index into ``_LEAVES``)."""
+    leaf_of_item = rng.integers(0, len(_LEAVES), n_items)
+    popularity = 1.0 / rng.permutation(np.arange(1, n_items + 1)) ** 0.7
+    favourites = rng.integers(0, len(_LEAVES), (n_users, 3))
+    weights = rng.gamma(1.0, size=(n_users, 3)) * (np.arange(3) < rng.integers(1, 4, n_users)[:, None])
+    cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+    tasteful = np.flatnonzero(rng.random(len(item)) < strength)
+    slot = (rng.random(len(tasteful))[:, None] > cumulative[user[tasteful]]).sum(axis=1).clip(max=2)
+    leaf = favourites[user[tasteful], slot]
+    item = item.copy()
+    for chosen in range(len(_LEAVES)):
+        members, reviews = np.flatnonzero(leaf_of_item == chosen), tasteful[leaf == chosen]
+        if len(members) and len(reviews):
+            odds = popularity[members] / popularity[members].sum()
+            item[reviews] = rng.choice(members, size=len(reviews), p=odds)
+    return item, leaf_of_item
 
 
 def _image(image_id: str) -> dict[str, str]:
@@ -196,18 +233,22 @@ _CATEGORIES = {
     "Toys & Games": ["Puzzles", "Board Games"],
     "Sports & Outdoors": ["Camping", "Cycling", "Fitness"],
 }
+_LEAVES = [(main, sub) for main, subs in _CATEGORIES.items() for sub in subs]
 _COLORS = ["Black", "White", "Red", "Blue", "Green", "Silver"]
 
 
-def write_meta(parent_asins: list[str], path: Path, seed: int) -> None:
-    """A ``meta_*`` line for every distinct product: a two-level category path, price, ratings, brand,
-    color and date first available."""
+def write_meta(parent_asins: list[str], path: Path, seed: int,
+               categories: dict[str, tuple[str, str]] | None = None) -> None:
+    """A ``meta_*`` line for every distinct product: a two-level category path (``categories``' where
+    given, else at random), price, ratings, brand, color and date first available."""
     rng = np.random.default_rng(seed)
     mains = list(_CATEGORIES)
     with path.open("wb") as fh:
         for i, asin in enumerate(sorted(set(parent_asins))):
             main = mains[int(rng.integers(0, len(mains)))]
             sub = _CATEGORIES[main][int(rng.integers(0, len(_CATEGORIES[main])))]
+            if categories is not None:
+                main, sub = categories[asin]
             day = int(rng.integers(0, 3000))
             fh.write(orjson.dumps({
                 "main_category": main, "title": f"{sub} item {i}",
@@ -262,3 +303,15 @@ def step_seconds(events: list[tuple[str, str | None, float]]) -> dict[str, float
     """Each step's STEP_START to STEP_SUCCESS: its own work, its process start and imports excluded."""
     starts = {step: at for kind, step, at in events if kind == "STEP_START"}
     return {step: at - starts[step] for kind, step, at in events if kind == "STEP_SUCCESS" and step in starts}
+
+
+def step_pids(env: dict[str, str]) -> dict[str, int]:
+    """The process id each step of the instance's latest run ran in (its STEP_START event records it)."""
+    import psycopg
+
+    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
+        rows = conn.execute("SELECT step_key, event FROM event_logs WHERE run_id = %s AND dagster_event_type = "
+                            "'STEP_START'", (run_id,)).fetchall()
+    return {step: json.loads(event)["dagster_event"]["pid"] for step, event in rows}

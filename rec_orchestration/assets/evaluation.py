@@ -158,6 +158,8 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
         "model_version": manifest["version"],
         "evaluated_version": row["model_version"],
         "reused_artifact": reused,
+        # The artifact the refit continued from (LightFM, LightGCN: the evaluated fit), if any.
+        "warm_start_from": manifest.get("warm_start_from", ""),
         "n_interactions": manifest["n_interactions"],
         "fit_seconds": manifest["fit_seconds"],
         f"evaluated_ndcg@{EVAL_K}": float(evaluated["metrics"][f"ndcg@{EVAL_K}"]),

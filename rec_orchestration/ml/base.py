@@ -179,3 +179,14 @@ def index_of(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(known_ids, ids)
     pos = np.clip(pos, 0, len(known_ids) - 1)
     return np.where(known_ids[pos] == ids, pos, -1).astype(np.int64)
+
+
+def shared_rows(before: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of ``now`` that ``before`` also has are, in ``now`` and in ``before`` (neither
+    need be sorted): what a warm start copies from an earlier fit's rows into a new fit's."""
+    if len(before) == 0 or len(now) == 0:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    order = np.argsort(before, kind="stable")
+    position = np.minimum(np.searchsorted(before[order], now), len(before) - 1)
+    known = before[order][position] == now
+    return np.flatnonzero(known), order[position[known]]

@@ -1,8 +1,10 @@
 """LightFM (WARP loss) with item features from categories.
 
-After fitting, the model keeps only the final user and item representations (LightFM's
+After fitting, the model keeps the final user and item representations (LightFM's
 ``get_*_representations``: an item's vector is the sum of its feature embeddings), so scoring is one
-matrix product and the state dict is four tensors: no LightFM object is pickled.
+matrix product. The state dict also holds LightFM's own arrays (embeddings, biases and their AdaGrad
+accumulators, per user, item and feature name), as tensors: no LightFM object is pickled, and the next
+fit can continue from them (``warm_start``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.base import Recommender, shared_rows
 from rec_orchestration.ml.defaults import LIGHTFM
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.threads import step_threads
@@ -43,6 +45,16 @@ def item_feature_matrix(item_ids: np.ndarray, features: Mapping[Any, Sequence[st
     return matrix.tocsr(), list(names)
 
 
+# LightFM's arrays a warm start continues from: each row belongs to a user, or to an item feature column
+# (the item itself, or a feature name).
+USER_ARRAYS = ("user_embeddings", "user_embedding_gradients", "user_embedding_momentum", "user_biases",
+               "user_bias_gradients", "user_bias_momentum")
+ITEM_ARRAYS = ("item_embeddings", "item_embedding_gradients", "item_embedding_momentum", "item_biases",
+               "item_bias_gradients", "item_bias_momentum")
+# A warm-started fit continues the earlier model's training for this many epochs over all of today's
+# data (a cold one trains ``epochs``).
+WARM_EPOCHS = 5
+
 # Per-epoch reporting (only when a progress report is set): triples for the sampled loss, users whose
 # held-out nDCG is computed.
 LOSS_SAMPLE = 20_000
@@ -50,7 +62,13 @@ MONITOR_USERS = 2_000
 
 
 class LightFMRecommender(Recommender):
-    """Hybrid matrix factorisation (Kula 2015), WARP loss; every interaction with weight > 0 is a positive."""
+    """Hybrid matrix factorisation (Kula 2015), WARP loss; every interaction with weight > 0 is a positive.
+
+    ``warm_start(state)`` before ``fit``: the users, items and feature names of an earlier fit's state
+    dict start from its LightFM arrays (embeddings, biases and AdaGrad accumulators; new ones at random),
+    and the fit trains :data:`WARM_EPOCHS` epochs instead of ``epochs`` (LightFM's ``fit_partial``);
+    ``warm_started`` says how many users and items it carried over.
+    """
 
     name = "lightfm"
 
@@ -72,6 +90,18 @@ class LightFMRecommender(Recommender):
         self.item_factors = np.empty((0, factors), dtype=np.float32)
         self.item_biases = np.empty(0, dtype=np.float32)
         self.history: list[dict[str, float]] = []  # per epoch, only when fitted with a progress report
+        self.feature_names: list[str] = []
+        self.raw: dict[str, np.ndarray] = {}  # LightFM's arrays (USER_ARRAYS, ITEM_ARRAYS) after a fit
+        self._warm: dict[str, Any] | None = None
+        self.warm_started: dict[str, int] | None = None
+
+    def warm_start(self, state: dict[str, Any]) -> None:
+        """Start the next ``fit`` from ``state`` (an earlier fit's ``state_dict`` with LightFM's arrays)."""
+        if "user_embeddings" not in state:
+            raise ValueError("the state has no LightFM arrays to start from (saved before warm starts existed)")
+        if int(state["user_embeddings"].shape[1]) != self.params["factors"]:
+            raise ValueError("the state's embeddings have another number of factors")
+        self._warm = state
 
     def fit(self, interactions: Interactions) -> LightFMRecommender:
         from lightfm import LightFM
@@ -80,29 +110,38 @@ class LightFMRecommender(Recommender):
             raise ValueError("cannot fit LightFM on zero interactions")
         p = self.params
         positives = (interactions.user_item_matrix() > 0).astype(np.float32).tocoo()
-        features, _ = item_feature_matrix(interactions.item_ids, self.item_features, p["feature_weight"])
+        features, self.feature_names = item_feature_matrix(interactions.item_ids, self.item_features,
+                                                           p["feature_weight"])
         model = LightFM(no_components=p["factors"], loss="warp", learning_rate=p["learning_rate"],
                         item_alpha=p["item_alpha"], user_alpha=p["user_alpha"], max_sampled=p["max_sampled"],
                         random_state=np.random.RandomState(p["seed"]))
+        # LightFM's fit is _reset_state then fit_partial(epochs): initialising here and calling fit_partial
+        # trains the same model, and lets a warm start replace the initial rows first.
+        model._initialize(p["factors"], features.shape[1], interactions.n_users)
+        epochs = p["epochs"]
+        if self._warm is not None:
+            self.warm_started = _carry_over(model, self._warm, interactions, self.feature_names)
+            epochs = min(epochs, WARM_EPOCHS)
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
         self._threads = self.num_threads or step_threads()
         if self.progress is None:
-            model.fit(positives, item_features=features, epochs=p["epochs"], num_threads=self._threads)
+            model.fit_partial(positives, item_features=features, epochs=epochs, num_threads=self._threads)
             self._take_representations(model, features)
         else:
-            self._fit_reporting(model, positives, features)
+            self._fit_reporting(model, positives, features, epochs)
         return self
 
     def _take_representations(self, model: Any, features: sp.csr_matrix) -> None:
         self.item_biases, self.item_factors = model.get_item_representations(features)
         _, self.user_vectors = model.get_user_representations()
+        self.raw = {name: getattr(model, name) for name in (*USER_ARRAYS, *ITEM_ARRAYS)}
 
-    def _fit_reporting(self, model: Any, positives: sp.coo_matrix, features: sp.csr_matrix) -> None:
-        """The same fit, one epoch at a time, reporting each: LightFM's ``fit`` is ``_reset_state`` then
-        ``fit_partial(epochs)``, so one reset and ``epochs`` calls of ``fit_partial(epochs=1)`` train the same
-        model. LightFM reports no loss; the line gives the BPR loss, ``mean(softplus(s_neg - s_pos))``, of
-        fixed sampled (user, positive, random item) triples of the training data, and the nDCG@10 on
-        ``monitor`` (the evaluation's held-out rows) where it is set."""
+    def _fit_reporting(self, model: Any, positives: sp.coo_matrix, features: sp.csr_matrix,
+                       epochs: int) -> None:
+        """The same fit, one epoch at a time, reporting each: ``epochs`` calls of ``fit_partial(epochs=1)``
+        train the same model as one ``fit_partial(epochs)``. LightFM reports no loss; the line gives the BPR
+        loss, ``mean(softplus(s_neg - s_pos))``, of fixed sampled (user, positive, random item) triples of
+        the training data, and the nDCG@10 on ``monitor`` (the evaluation's held-out rows) where it is set."""
         from rec_orchestration.ml.metrics import evaluate
         from rec_orchestration.progress import EpochProgress
 
@@ -118,10 +157,9 @@ class LightFMRecommender(Recommender):
             if len(sampled) > MONITOR_USERS:
                 sampled = rng.choice(sampled, MONITOR_USERS, replace=False)
             monitor = (monitor[0], held_out[held_out["user_id"].isin(sampled)])
-        reporter = EpochProgress(self.name, p["epochs"], self.progress)
+        reporter = EpochProgress(self.name, epochs, self.progress)
         self.history = []
-        model._reset_state()
-        for epoch in range(p["epochs"]):
+        for epoch in range(epochs):
             model.fit_partial(positives, item_features=features, epochs=1, num_threads=self._threads)
             margin = (model.predict(users, neg, item_features=features, num_threads=self._threads)
                       - model.predict(users, pos, item_features=features, num_threads=self._threads))
@@ -151,6 +189,8 @@ class LightFMRecommender(Recommender):
             "user_vectors": torch.as_tensor(np.ascontiguousarray(self.user_vectors)),
             "item_factors": torch.as_tensor(np.ascontiguousarray(self.item_factors)),
             "item_biases": torch.as_tensor(np.ascontiguousarray(self.item_biases)),
+            "feature_names": list(self.feature_names),
+            **{name: torch.as_tensor(np.ascontiguousarray(array)) for name, array in self.raw.items()},
         }
 
     @classmethod
@@ -160,4 +200,25 @@ class LightFMRecommender(Recommender):
                                                       "user_alpha", "max_sampled", "feature_weight", "seed")})
         for key in ("user_ids", "item_ids", "user_vectors", "item_factors", "item_biases"):
             setattr(model, key, state[key].cpu().numpy())
+        # Artifacts saved before warm starts existed have only the representations.
+        model.feature_names = list(state.get("feature_names", []))
+        model.raw = {name: state[name].cpu().numpy() for name in (*USER_ARRAYS, *ITEM_ARRAYS) if name in state}
         return model
+
+
+def _carry_over(model: Any, state: dict[str, Any], interactions: Interactions,
+                feature_names: list[str]) -> dict[str, int]:
+    """Copy ``state``'s LightFM arrays into the freshly initialised ``model`` for the users, items and
+    feature names both know (by external id, by name). An item feature column is the item itself (the
+    first ``n_items`` columns, in item id order) or a feature name after them."""
+    users_now, users_then = shared_rows(state["user_ids"].cpu().numpy(), interactions.user_ids)
+    items_now, items_then = shared_rows(state["item_ids"].cpu().numpy(), interactions.item_ids)
+    names_then = np.asarray(state.get("feature_names", []), dtype=object)
+    names_now, names_old = shared_rows(names_then.astype(str), np.asarray(feature_names, dtype=str))
+    columns_now = np.concatenate([items_now, interactions.n_items + names_now])
+    columns_then = np.concatenate([items_then, len(state["item_ids"]) + names_old])
+    for name in USER_ARRAYS:
+        getattr(model, name)[users_now] = state[name].cpu().numpy()[users_then]
+    for name in ITEM_ARRAYS:
+        getattr(model, name)[columns_now] = state[name].cpu().numpy()[columns_then]
+    return {"users": len(users_now), "items": len(items_now)}

@@ -33,14 +33,15 @@ from rec_orchestration.progress import Report
 
 # Bumped when a model's code changes what it learns; part of every artifact version.
 CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_plain-v1", "itemknn": "itemknn-v1",
-                 "ease": "ease-v1", "lightfm": "lightfm-v1",
+                 "ease": "ease-v1",
+                 "lightfm": "lightfm-v2",  # v2: LightFM's own arrays kept for warm starts
                  # v2: the batch sized from the graph, ego embeddings kept for warm starts
                  "lightgcn": "lightgcn-v2"}
 # Models whose fit can start from the previous artifact (``Recommender.warm_start``) when the data grew a
 # little: a warm fit trains few epochs instead of hundreds. A chain of warm fits is ended by a cold one
 # every WARM_CHAIN_MAX fits (a day of hourly refreshes), and a warm start needs the previous artifact to
 # know WARM_MIN_KNOWN of today's users and of today's items.
-WARM_STARTED = ("lightgcn",)
+WARM_STARTED = ("lightfm", "lightgcn")
 WARM_CHAIN_MAX = 24
 WARM_MIN_KNOWN = 0.9
 EVAL_K = 10                   # metrics at k, for every model
@@ -164,30 +165,47 @@ def warm_start_source(name: str, params: dict[str, Any], inputs: ModelInputs, sp
     if manifest.get("data_version") == split.data_version:
         return manifest, None
     state, _ = store.load(name, latest)
-    train = split.train
-    known_users = float(np.isin(train.user_ids, state["user_ids"].numpy()).mean()) if train.n_users else 0.0
-    known_items = float(np.isin(train.item_ids, state["item_ids"].numpy()).mean()) if train.n_items else 0.0
-    return (manifest, state) if min(known_users, known_items) >= WARM_MIN_KNOWN else None
+    return (manifest, state) if knows_enough(state, split.train) else None
+
+
+def knows_enough(state: Mapping[str, Any], interactions: Interactions) -> bool:
+    """Whether a fitted state knows WARM_MIN_KNOWN of ``interactions``' users and of its items."""
+    known = [float(np.isin(ids, state[key].numpy()).mean()) if len(ids) else 0.0
+             for ids, key in ((interactions.user_ids, "user_ids"), (interactions.item_ids, "item_ids"))]
+    return min(known) >= WARM_MIN_KNOWN
 
 
 def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store: ModelStore,
                         inputs: ModelInputs = ModelInputs(), progress: Report | None = None
                         ) -> tuple[dict[str, Any], bool]:
     """The evaluated model (its manifest) refitted with the same parameters on every interaction of ``frame``.
-    Returns the refit's manifest and whether an existing artifact was reused."""
+    Returns the refit's manifest and whether an existing artifact was reused.
+
+    A model of WARM_STARTED continues from the evaluated artifact (which saw all but each user's latest
+    interaction) instead of starting cold; the refit's version and manifest record it (``warm_start_from``)."""
     name = evaluated["model_name"]
     frame_version = data_version(frame)
-    version = artifact_version(frame_version, {**evaluated["params"], **inputs.version},
-                               f"{CODE_VERSIONS[name]}/all-interactions")
+    code = f"{CODE_VERSIONS[name]}/all-interactions"
+    version = artifact_version(frame_version, {**evaluated["params"], **inputs.version}, code)
     if store.exists(name, version):
         return store.manifest(name, version), True
-    started = time.perf_counter()
+    interactions = Interactions.from_frame(frame)
     model = registry.build(name, **evaluated["params"], **inputs.constructor)
+    warm: dict[str, Any] = {}
+    if name in WARM_STARTED and store.exists(name, evaluated["version"]):
+        state, _ = store.load(name, evaluated["version"])
+        if knows_enough(state, interactions):
+            warm = {"warm_start_from": evaluated["version"]}
+            version = artifact_version(frame_version, {**evaluated["params"], **inputs.version, **warm}, code)
+            if store.exists(name, version):
+                return store.manifest(name, version), True
+            model.warm_start(state)
+    started = time.perf_counter()
     model.progress = progress
     with threads.limited() as budget:
-        model.fit(Interactions.from_frame(frame))
+        model.fit(interactions)
     store.save(name, version, model.state_dict(), {
         "params": evaluated["params"], "refit_of": evaluated["version"], "metrics": evaluated["metrics"],
         "data_version": frame_version, "n_interactions": len(frame),
-        "fit_seconds": round(time.perf_counter() - started, 3), "threads": budget})
+        "fit_seconds": round(time.perf_counter() - started, 3), "threads": budget, **warm})
     return store.manifest(name, version), False

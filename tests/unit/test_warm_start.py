@@ -1,18 +1,20 @@
-"""Warm starts: after a little more data, LightGCN's next fit starts from the previous artifact."""
+"""Warm starts: after a little more data, LightFM's and LightGCN's next fits start from the previous artifact."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from rec_orchestration.ml import training
+from rec_orchestration.ml import factorization, training
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
+from rec_orchestration.ml.factorization import LightFMRecommender
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.lightgcn import LightGCN
 from rec_orchestration.ml.lightgcn.recommender import WARM_EPOCHS, _carry_over
-from rec_orchestration.ml.training import fit_and_evaluate, training_split
+from rec_orchestration.ml.training import fit_and_evaluate, refit_on_everything, training_split
 
 PARAMS = {"factors": 8, "layers": 1, "lr": 0.05, "reg": 1e-4, "epochs": 30, "patience": 4}
+LIGHTFM = {"factors": 8, "epochs": 30, "learning_rate": 0.05, "num_threads": 1}
 
 
 def planted(n_users: int, seed: int, start_user: int = 1) -> pd.DataFrame:
@@ -90,3 +92,68 @@ def test_known_users_and_items_carry_their_embeddings_over():
     users = module.user_embedding.detach()
     assert torch.equal(users[::2], state["user_ego"][:-1])   # the known ones, in their new places
     assert torch.equal(users[1::2], fresh[1::2])             # the new ones keep their random start
+
+
+def test_lightfm_continues_from_the_previous_artifact_for_a_few_epochs(store):
+    epochs = []
+    base = planted(300, seed=1)
+    cold, _ = fit_and_evaluate("lightfm", LIGHTFM, training_split(base), store, progress=epochs.append)
+    assert "warm_start_from" not in cold and len(cold["history"]) == LIGHTFM["epochs"]
+
+    grown = pd.concat([base, planted(3, seed=2, start_user=301)], ignore_index=True)
+    warm, reused = fit_and_evaluate("lightfm", LIGHTFM, training_split(grown), store, progress=epochs.append)
+    assert not reused and warm["warm_start_from"] == cold["version"] and warm["warm_chain"] == 1
+    assert warm["warm_started"] == {"users": 300, "items": 60}
+    assert len(warm["history"]) == factorization.WARM_EPOCHS < LIGHTFM["epochs"]
+    # Five epochs on from the previous model rank as well as thirty from scratch.
+    assert warm["metrics"]["ndcg@10"] >= 0.9 * cold["metrics"]["ndcg@10"] > 0.3
+
+
+def test_lightfm_carries_users_items_and_feature_names_over_to_their_new_rows():
+    from lightfm import LightFM
+
+    frame = planted(40, seed=5)
+    categories = {item: [f"group{(item - 100) // 15}"] for item in frame["product_id"].unique()}
+    before = LightFMRecommender(factors=4, epochs=2, num_threads=1, item_features=categories)
+    before.fit(Interactions.from_frame(frame[frame["user_id"] <= 20]))  # the first half of the users
+    state = before.state_dict()
+    old_items, old_names = state["item_ids"].numpy(), list(state["feature_names"])
+    assert sorted(old_names) == ["group0", "group1", "group2", "group3"]
+    assert state["item_embeddings"].shape == (len(old_items) + 4, 4)
+
+    # Every user, and one more category name: the first 20 users, the items and the four names are known.
+    categories[100] = ["new", "group0"]
+    interactions = Interactions.from_frame(frame)
+    features, names = factorization.item_feature_matrix(interactions.item_ids, categories)
+    model = LightFM(no_components=4, loss="warp", random_state=np.random.RandomState(0))
+    model._initialize(4, features.shape[1], interactions.n_users)
+    fresh = model.user_embeddings.copy()
+    carried = factorization._carry_over(model, state, interactions, names)
+    assert carried == {"users": 20, "items": len(old_items)}
+
+    known = interactions.user_ids <= 20
+    assert np.array_equal(model.user_embeddings[known], state["user_embeddings"].numpy())  # ids sorted both times
+    assert np.array_equal(model.user_embeddings[~known], fresh[~known])
+    for row, item in enumerate(interactions.item_ids):
+        if item in old_items:
+            assert np.array_equal(model.item_embeddings[row],
+                                  state["item_embeddings"].numpy()[np.searchsorted(old_items, item)])
+    n_items = interactions.n_items
+    assert names[:2] == ["new", "group0"] and old_names[0] == "group0"  # the known names moved a column on
+    for column, name in enumerate(names):
+        if name in old_names:  # a known name: its row, wherever the new matrix puts it
+            assert np.array_equal(model.item_embeddings[n_items + column],
+                                  state["item_embeddings"].numpy()[len(old_items) + old_names.index(name)])
+    # AdaGrad's accumulators come along: the continued training keeps its per-row step sizes.
+    assert np.array_equal(model.user_embedding_gradients[known], state["user_embedding_gradients"].numpy())
+
+
+def test_the_champion_refit_continues_from_the_evaluated_fit(store):
+    frame = planted(300, seed=1)
+    evaluated, _ = fit_and_evaluate("lightfm", LIGHTFM, training_split(frame), store)
+    refit, reused = refit_on_everything(evaluated, frame, store)
+    assert not reused and refit["warm_start_from"] == evaluated["version"] == refit["refit_of"]
+    assert refit_on_everything(evaluated, frame, store) == (refit, True)
+    # A model that cannot continue (item-kNN) is refitted from scratch.
+    knn, _ = fit_and_evaluate("itemknn", {"neighbours": 5, "shrink_power": 1.0}, training_split(frame), store)
+    assert "warm_start_from" not in refit_on_everything(knn, frame, store)[0]

@@ -41,7 +41,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
-from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.base import Recommender, shared_rows
 from rec_orchestration.ml.defaults import LIGHTGCN
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.lightgcn.data import BprEpochs, holdout_mask, positive_pairs, validation_batches
@@ -405,16 +405,9 @@ def _carry_over(module: LightGCN, state: dict[str, Any], interactions: Interacti
     with torch.no_grad():
         for side, ids, parameter in (("user", interactions.user_ids, module.user_embedding),
                                      ("item", interactions.item_ids, module.item_embedding)):
-            before = state[f"{side}_ids"].detach().cpu().numpy()
-            if len(before) == 0:
-                carried[f"{side}s"] = 0
-                continue
-            order = np.argsort(before, kind="stable")
-            position = np.searchsorted(before[order], ids)
-            position = np.minimum(position, len(before) - 1)
-            known = before[order][position] == ids
-            rows = order[position[known]]
-            parameter[torch.as_tensor(np.flatnonzero(known))] = state[f"{side}_ego"].detach().cpu()[
-                torch.as_tensor(rows)].to(parameter.dtype)
-            carried[f"{side}s"] = int(known.sum())
+            now, then = shared_rows(state[f"{side}_ids"].detach().cpu().numpy(), ids)
+            if len(now):
+                parameter[torch.as_tensor(now)] = state[f"{side}_ego"].detach().cpu()[
+                    torch.as_tensor(then)].to(parameter.dtype)
+            carried[f"{side}s"] = len(now)
     return carried
