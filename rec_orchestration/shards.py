@@ -7,13 +7,15 @@ categories, the category rankings and the serving settings. A shard records the 
 publishing takes only shards of the basis it sees itself.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 
 from rec_orchestration import settings
 from rec_orchestration.db import reads
@@ -27,6 +29,9 @@ from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.resources.serving import ServingResource
 from rec_orchestration.runs import approved_champion
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SHARD_COUNT = settings.scoring_shards()
 SHARD_RECORDS = "ml.scoring_shards"
@@ -91,6 +96,7 @@ class ServingState:
 
 def _frame_digest(frame: pd.DataFrame) -> bytes:
     """A digest of a frame's rows whatever their order (the similarity query has no ORDER BY)."""
+    import pandas as pd
     return np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy()).tobytes()
 
 

@@ -13,7 +13,6 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from rec_orchestration.db import reads
@@ -49,6 +48,7 @@ class EvaluationConfig(dg.Config):
 def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfig, warehouse: PostgresResource,
                       model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Each model's metrics at k on the held-out latest interactions, per version; the champion chosen."""
+    import pandas as pd
     store = model_store.store()
     versions = materialized_model_versions(context, registry.EVALUATED_NAMES)
     manifests = {name: store.manifest(name, version) for name, version in versions.items()}

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from rec_orchestration import settings
@@ -104,6 +103,7 @@ def _file_row(entry: str, result: LoadResult) -> dict:
 def raw_landing(context: dg.AssetExecutionContext, warehouse: PostgresResource,
                 great_expectations: GreatExpectationsResource, config: LandingConfig):
     """Loads the landing entries of this run's partitions, then validates the raw tables."""
+    import pandas as pd
     landing = _landing_dir(config.landing_dir)
     if not landing.is_dir():
         raise dg.Failure(f"landing directory {landing} does not exist (run `rec sample` or set REC_LANDING_DIR)")

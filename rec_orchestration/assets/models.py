@@ -11,7 +11,6 @@ interaction: the cold-start fallback that publishing serves.
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from rec_orchestration.db import reads
@@ -121,6 +120,7 @@ def model_inputs(warehouse: PostgresResource, use_categories: bool) -> ModelInpu
 # ---------------------------------------------------------------------------------------------- assets
 
 def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) -> dict[str, Any]:
+    import pandas as pd
     name, version = manifest["model_name"], manifest["version"]
     metrics = manifest["metrics"]
     table = pd.DataFrame([{"metric": key, "value": round(float(value), 4)} for key, value in metrics.items()])

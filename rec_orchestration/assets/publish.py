@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import pandas as pd
 import psycopg
 from psycopg import sql
 from pydantic import Field
@@ -96,6 +95,7 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     Nothing already interacted with is recommended. The new set is checked before it goes live; readers
     see the old publication or the new one, never a mix, and never wait for the swap.
     """
+    import pandas as pd
     started = datetime.now(UTC)
     shard_count = shards.SHARD_COUNT
     state = shards.serving_state(context, warehouse, serving, shard_count)

@@ -7,9 +7,10 @@ Three methods, each the top-N neighbours of every product:
 - ``embedding``: cosine of the LightGCN model's item embeddings (its latest artifact).
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from rec_orchestration.db import reads
@@ -18,25 +19,31 @@ from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
-from rec_orchestration.ml.similarity import ItemNeighbours, content_top_n, cosine_top_n_sparse
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
 from rec_orchestration.runs import REFRESH_POOL, materialized_model_versions
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rec_orchestration.ml.similarity import ItemNeighbours
 
 
 class SimilarityConfig(dg.Config):
     neighbours: int = Field(default=20, ge=1, le=500, description="Neighbours kept per product and method.")
 
 
-def _frame(neighbours: ItemNeighbours, item_ids: np.ndarray, method: str) -> pd.DataFrame:
+def _frame(neighbours: "ItemNeighbours", item_ids: np.ndarray, method: str) -> "pd.DataFrame":
     frame = neighbours.to_external(item_ids)
     frame["method"] = method
     return frame
 
 
-def embedding_neighbours(model: Recommender, n: int) -> pd.DataFrame:
+def embedding_neighbours(model: Recommender, n: int) -> "pd.DataFrame":
     """The model's own ``similar_items`` (cosine of its item embeddings), as long-form rows."""
+    import pandas as pd
+
     neighbours, scores = model.similar_items(model.item_ids, n)
     width = neighbours.shape[1]
     return pd.DataFrame({"item_id": np.repeat(model.item_ids, width), "neighbor_id": neighbours.ravel(),
@@ -57,6 +64,11 @@ def embedding_neighbours(model: Recommender, n: int) -> pd.DataFrame:
 def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig, warehouse: PostgresResource,
                     model_store: ModelStoreResource) -> dg.MaterializeResult:
     """Top-N similar products per product by collaborative, content and embedding cosine similarity."""
+    # pandas, and the numba kernels (compiled or loaded from cache on import): only this step pays for them.
+    import pandas as pd
+
+    from rec_orchestration.ml.similarity import content_top_n, cosine_top_n_sparse
+
     interactions = Interactions.from_frame(reads.interactions_frame(warehouse))
     matrix = (interactions.user_item_matrix() > 0).astype(np.float32).tocsr()
     frames = [_frame(cosine_top_n_sparse(matrix, config.neighbours), interactions.item_ids, "collaborative")]

@@ -7,14 +7,16 @@ Reads that feed a model are ordered, so the same rows give the same split and da
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from psycopg import sql
 
 from rec_orchestration.db.tables import qualified
 from rec_orchestration.db.warehouse import Queries
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class EmptyInputError(RuntimeError):
@@ -32,6 +34,7 @@ INTERACTIONS_QUERY = sql.SQL("""
 
 def interactions_frame(db: Queries) -> pd.DataFrame:
     """``user_id, product_id, weight (float), ts (UTC)`` of every interaction; raises when there is none."""
+    import pandas as pd
     frame = db.read_dataframe(INTERACTIONS_QUERY)
     if frame.empty:
         raise EmptyInputError("core.interactions is empty: nothing to train on")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import scipy.sparse as sp
 
 USER_ID = "user_id"
 ITEM_ID = "product_id"
@@ -28,6 +31,7 @@ class Interactions:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> Interactions:
         """From a frame with ``user_id, product_id, weight, ts`` (ts: datetime or epoch seconds)."""
+        import pandas as pd
         users, user_index = np.unique(frame[USER_ID].to_numpy(), return_inverse=True)
         items, item_index = np.unique(frame[ITEM_ID].to_numpy(), return_inverse=True)
         ts = frame[TIMESTAMP]
@@ -57,6 +61,7 @@ class Interactions:
 
     def user_item_matrix(self) -> sp.csr_matrix:
         """CSR users x items of summed weights."""
+        import scipy.sparse as sp
         return sp.csr_matrix(
             (self.weight, (self.user_index, self.item_index)), shape=(self.n_users, self.n_items)
         )

@@ -34,13 +34,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from rec_orchestration.ml.base import Recommendations, Recommender
 from rec_orchestration.ml.interactions import ITEM_ID, USER_ID, Interactions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RankedItems = Mapping[Any, Any] | Recommendations
 RelevantItems = Mapping[Any, Any]
@@ -73,6 +75,7 @@ def _flatten(lists: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hit_matrix(recommendations: RankedItems, truth: RelevantItems, k: int) -> _Hits:
+    import pandas as pd
     if k < 1:
         raise ValueError("k must be at least 1")
     recommended = _as_mapping(recommendations)
@@ -170,6 +173,7 @@ def catalogue_coverage(recommendations: RankedItems, catalogue: int | Iterable[A
 
     ``catalogue`` is the number of items that could have been recommended, or those items.
     """
+    import pandas as pd
     size = catalogue if isinstance(catalogue, (int, np.integer)) else len(set(catalogue))
     if size <= 0:
         raise ValueError("the catalogue is empty")

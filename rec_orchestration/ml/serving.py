@@ -14,13 +14,16 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
 
 from rec_orchestration.ml.base import Recommendations, index_of
 from rec_orchestration.ml.interactions import Interactions
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import scipy.sparse as sp
 
 BLENDED = "blended"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009): damps the weight of the top ranks
@@ -44,6 +47,7 @@ def blend_similarities(similarity: pd.DataFrame, n: int, rrf_k: int = RRF_K) -> 
     alike; a neighbour found by several methods rises. Returns the top ``n`` per product as
     ``product_id, similar_product_id, rank, score, method='blended'``; ties go to the smaller id.
     """
+    import pandas as pd
     fused = (similarity.assign(score=1.0 / (rrf_k + similarity["rank"].to_numpy(dtype=float)))
              .groupby(["item_id", "neighbor_id"], as_index=False)["score"].sum())
     fused = fused.sort_values(["item_id", "score", "neighbor_id"], ascending=[True, False, True], kind="stable")
@@ -76,6 +80,7 @@ def co_occurrence(user_items: sp.spmatrix | sp.sparray, left: np.ndarray, right:
     similarity's product (every user's item count squared); nothing is ever users x items or items x
     items dense.
     """
+    import scipy.sparse as sp
     by_user = sp.csr_matrix(sp.csr_matrix(user_items) > 0, dtype=np.float32)
     by_item = by_user.T.tocsr()
     left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
@@ -109,6 +114,8 @@ def neighbour_evidence(blended: pd.DataFrame, interactions: Interactions) -> pd.
     than the products' popularity alone would make them (1: chance). A product with no interaction has
     support and lift 0.
     """
+    import pandas as pd
+    import scipy.sparse as sp
     matrix = sp.csr_matrix(interactions.user_item_matrix() > 0, dtype=np.float32)
     left = index_of(interactions.item_ids, blended["product_id"].to_numpy())
     right = index_of(interactions.item_ids, blended["similar_product_id"].to_numpy())

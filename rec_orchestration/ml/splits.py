@@ -29,10 +29,14 @@ every function returns ``(train, test)`` row subsets of its input, index kept.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from rec_orchestration.ml.interactions import ITEM_ID, TIMESTAMP, USER_ID
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _group_positions(keys: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +49,7 @@ def _group_positions(keys: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _group_codes(frame: pd.DataFrame, column: str) -> np.ndarray:
+    import pandas as pd
     codes, _ = pd.factorize(frame[column], sort=True)
     return codes
 
@@ -52,6 +57,7 @@ def _group_codes(frame: pd.DataFrame, column: str) -> np.ndarray:
 def drop_cold(train: pd.DataFrame, test: pd.DataFrame, user_col: str = USER_ID,
               item_col: str = ITEM_ID, users: bool = True, items: bool = True) -> pd.DataFrame:
     """``test`` without the rows whose user (``users``) or item (``items``) never occurs in ``train``."""
+    import pandas as pd
     keep = np.ones(len(test), dtype=bool)
     if users:
         keep &= test[user_col].isin(pd.unique(train[user_col])).to_numpy()
@@ -122,6 +128,7 @@ def time_holdout(frame: pd.DataFrame, n_latest: int | float = 1, min_interaction
     Interactions with equal timestamps are ordered as in ``frame``. ``drop_unknown_items`` drops test rows
     of items that never occur in train (off by default: new items are part of what production sees).
     """
+    import pandas as pd
     if isinstance(n_latest, float) and not n_latest.is_integer():
         if not 0 < n_latest < 1:
             raise ValueError("a fractional n_latest must lie strictly between 0 and 1")

@@ -16,10 +16,9 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from rec_orchestration import threads
 from rec_orchestration.ml import registry
@@ -30,6 +29,9 @@ from rec_orchestration.ml.metrics import evaluate
 from rec_orchestration.ml.plots import training_curve
 from rec_orchestration.ml.splits import time_holdout
 from rec_orchestration.progress import Report
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Bumped when a model's code changes what it learns; part of every artifact version.
 CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_plain-v1", "itemknn": "itemknn-v1",
@@ -56,6 +58,7 @@ REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "bat
 
 def data_version(frame: pd.DataFrame) -> str:
     """Hash of exactly the rows a model is fitted on (any changed id, weight or time changes it)."""
+    import pandas as pd
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return f"{len(frame)}:{digest.hexdigest()[:24]}"
 
