@@ -160,6 +160,20 @@ def run_size(size: int, seed: int, keep: bool) -> dict:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def report(result: dict) -> None:
+    """One size's figures, printed as soon as it is done."""
+    print(f"\n{result['size']:,} reviews: full refresh {result['full_s']:.0f} s, after +1 % "
+          f"{result['more_s']:.0f} s ({result['more_s'] / result['full_s']:.2f} x)")
+    print(f"  rows: {json.dumps(result['counts'])}; after +1 %: {json.dumps(result['more_counts'])}")
+    for label, ndcg in (("full", result["ndcg"]), ("after +1 %", result["more_ndcg"])):
+        print(f"  nDCG@10 ({label}): {json.dumps({k: round(v, 4) for k, v in sorted(ndcg.items())})}")
+    print(f"  {'step':48} {'full s':>8} {'peak GB':>8} {'+1% s':>8}")
+    for step, seconds in sorted(result["full_steps"].items(), key=lambda pair: -pair[1]):
+        print(f"  {step:48} {seconds:8.1f} {result['full_rss'].get(step, 0) / 2**30:8.2f} "
+              f"{result['more_steps'].get(step, float('nan')):8.1f}")
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argument_parser("bench.pipeline_scale", __doc__)
     parser.add_argument("--sizes", default="1000000,10000000")
@@ -168,17 +182,10 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
     say(machine())
-    results = [run_size(size, args.seed, args.keep) for size in sizes]
-    for result in results:
-        print(f"\n{result['size']:,} reviews: full refresh {result['full_s']:.0f} s, after +1 % "
-              f"{result['more_s']:.0f} s ({result['more_s'] / result['full_s']:.2f} x)")
-        print(f"  rows: {json.dumps(result['counts'])}; after +1 %: {json.dumps(result['more_counts'])}")
-        for label, ndcg in (("full", result["ndcg"]), ("after +1 %", result["more_ndcg"])):
-            print(f"  nDCG@10 ({label}): {json.dumps({k: round(v, 4) for k, v in sorted(ndcg.items())})}")
-        print(f"  {'step':48} {'full s':>8} {'peak GB':>8} {'+1% s':>8}")
-        for step, seconds in sorted(result["full_steps"].items(), key=lambda pair: -pair[1]):
-            print(f"  {step:48} {seconds:8.1f} {result['full_rss'].get(step, 0) / 2**30:8.2f} "
-                  f"{result['more_steps'].get(step, float('nan')):8.1f}")
+    results = []
+    for size in sizes:
+        results.append(run_size(size, args.seed, args.keep))
+        report(results[-1])
     small, large = results[0], results[-1]
     exponents = {}
     if large["size"] > small["size"]:

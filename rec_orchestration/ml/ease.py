@@ -5,6 +5,10 @@ B = -P / diag(P) (column-wise), diag(B) = 0. A user's scores are their interacti
 
 The inverse is dense items × items, so the model is built over the ``max_items`` most interacted
 items (all of them for catalogues up to that size); other items are never recommended by it.
+
+``warm_start(state)`` before ``fit``: the fit keeps an earlier fit's B over the items it modelled that
+today's data still has (items that became popular since wait for the next cold fit), and takes only the
+users' histories from today's data: what the pipeline does when a little data was added (``ml.training``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender
+from rec_orchestration.ml.base import Recommender, shared_rows
 from rec_orchestration.ml.defaults import EASE
 from rec_orchestration.ml.interactions import Interactions
 
@@ -38,11 +42,19 @@ class EASERecommender(Recommender):
         self.weights = np.empty((0, 0), dtype=np.float32)  # B over the modelled items
         self.user_items = sp.csr_matrix((0, 0), dtype=np.float32)
         self._history_of_modelled: sp.csr_matrix | None = None
+        self._warm: dict[str, Any] | None = None
+        self.warm_started: dict[str, int] | None = None
+
+    def warm_start(self, state: dict[str, Any]) -> None:
+        """Keep ``state``'s B (an earlier fit's ``state_dict``) in the next ``fit``."""
+        self._warm = state
 
     def fit(self, interactions: Interactions) -> EASERecommender:
         if len(interactions) == 0:
             raise ValueError("cannot fit EASE on zero interactions")
         history = (interactions.user_item_matrix() > 0).astype(np.float32).tocsr()
+        if self._warm is not None:
+            return self._keep_weights(self._warm, interactions, history)
         counts = np.asarray(history.sum(axis=0)).ravel()
         modelled = np.sort(np.argsort(-counts, kind="stable")[: self.params["max_items"]])
         x = history[:, modelled]
@@ -60,6 +72,18 @@ class EASERecommender(Recommender):
         self.user_items = history
         self._history_of_modelled = None
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
+        return self
+
+    def _keep_weights(self, state: dict[str, Any], interactions: Interactions,
+                      history: sp.csr_matrix) -> EASERecommender:
+        modelled_ids = state["item_ids"].cpu().numpy()[state["modelled"].cpu().numpy()]
+        now, then = shared_rows(modelled_ids, interactions.item_ids)  # now: ascending, like a cold fit's
+        self.weights = np.ascontiguousarray(state["weights"].cpu().numpy()[np.ix_(then, then)])
+        self.modelled = now.astype(np.int64)
+        self.user_items, self._history_of_modelled = history, None
+        self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
+        self.warm_started = {"users": int(np.isin(interactions.user_ids, state["user_ids"].numpy()).sum()),
+                             "items": len(now)}
         return self
 
     def score_users(self, user_index: np.ndarray) -> np.ndarray:

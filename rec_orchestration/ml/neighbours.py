@@ -2,6 +2,10 @@
 
 The similarity is the collaborative item–item cosine of ``ml.similarity`` (top-``neighbours`` per item,
 sparse), so the model is the same matrix the pipeline stores in ``ml.item_similarity``.
+
+``warm_start(state)`` before ``fit``: the fit keeps an earlier fit's similarity for the items both know
+(new items have no neighbours until the next cold fit) and takes only the users' histories from today's
+data: what the pipeline does when a little data was added (``ml.training``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender, index_of
+from rec_orchestration.ml.base import Recommender, index_of, shared_rows
 from rec_orchestration.ml.defaults import ITEMKNN
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.similarity import cosine_top_n_sparse
@@ -28,16 +32,27 @@ class ItemKNNRecommender(Recommender):
         self.item_ids = np.array([], dtype=np.int64)
         self.user_items = sp.csr_matrix((0, 0), dtype=np.float32)     # users x items, binary
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)  # items x items, top-n per row
+        self._warm: dict[str, Any] | None = None
+        self.warm_started: dict[str, int] | None = None
+
+    def warm_start(self, state: dict[str, Any]) -> None:
+        """Keep ``state``'s similarity (an earlier fit's ``state_dict``) in the next ``fit``."""
+        self._warm = state
 
     def fit(self, interactions: Interactions) -> ItemKNNRecommender:
         if len(interactions) == 0:
             raise ValueError("cannot fit item-kNN on zero interactions")
         history = (interactions.user_item_matrix() > 0).astype(np.float32).tocsr()
-        neighbours = cosine_top_n_sparse(history, self.params["neighbours"])
         n_items = interactions.n_items
-        scores = neighbours.score.astype(np.float32) ** self.params["shrink_power"]
-        self.similarity = sp.csr_matrix((scores, (neighbours.item, neighbours.neighbor)),
-                                        shape=(n_items, n_items), dtype=np.float32)
+        if self._warm is not None:
+            self.similarity, known = _reindexed(self._warm, interactions.item_ids)
+            self.warm_started = {"users": int(np.isin(interactions.user_ids, self._warm["user_ids"].numpy()).sum()),
+                                 "items": known}
+        else:
+            neighbours = cosine_top_n_sparse(history, self.params["neighbours"])
+            scores = neighbours.score.astype(np.float32) ** self.params["shrink_power"]
+            self.similarity = sp.csr_matrix((scores, (neighbours.item, neighbours.neighbor)),
+                                            shape=(n_items, n_items), dtype=np.float32)
         self.user_items = history
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
         return self
@@ -85,3 +100,19 @@ class ItemKNNRecommender(Recommender):
         model.item_ids = state["item_ids"].cpu().numpy()
         model.user_items, model.similarity = csr(state["user_items"]), csr(state["similarity"])
         return model
+
+
+def _reindexed(state: dict[str, Any], item_ids: np.ndarray) -> tuple[sp.csr_matrix, int]:
+    """``state``'s similarity over today's ``item_ids`` (the pairs of items both know), and how many of
+    today's items it knew."""
+    now, then = shared_rows(state["item_ids"].cpu().numpy(), item_ids)
+    position = np.full(len(state["item_ids"]), -1, dtype=np.int64)
+    position[then] = now
+    part = state["similarity"]
+    before = sp.csr_matrix((part["data"].cpu().numpy(), part["indices"].cpu().numpy(), part["indptr"].cpu().numpy()),
+                           shape=tuple(part["shape"])).tocoo()
+    rows, cols = position[before.row], position[before.col]
+    keep = (rows >= 0) & (cols >= 0)
+    similarity = sp.csr_matrix((before.data[keep], (rows[keep], cols[keep])), shape=(len(item_ids), len(item_ids)),
+                               dtype=np.float32)
+    return similarity, len(now)

@@ -40,12 +40,18 @@ CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_
                  # v2: the batch sized from the graph, ego embeddings kept for warm starts
                  "lightgcn": "lightgcn-v2"}
 # Models whose fit can start from the previous artifact (``Recommender.warm_start``) when the data grew a
-# little: a warm fit trains few epochs instead of hundreds. A chain of warm fits is ended by a cold one
-# every WARM_CHAIN_MAX fits (a day of hourly refreshes), and a warm start needs the previous artifact to
-# know WARM_MIN_KNOWN of today's users and of today's items.
-WARM_STARTED = ("lightfm", "lightgcn")
+# little. LightFM and LightGCN (CONTINUED) train a few epochs on from its weights instead of hundreds from
+# random ones; item-kNN and EASE keep its item-item matrix (the costly part of their fit) and take only
+# the users' histories from today's data, as long as the training data grew by at most
+# REUSED_MAX_GROWTH since. A chain of warm fits is ended by a cold one every WARM_CHAIN_MAX fits (a day of
+# hourly refreshes), and a warm start needs the previous artifact to know WARM_MIN_KNOWN of today's users
+# and of today's items. The champion's refit on every interaction continues from its evaluated fit where
+# the model is CONTINUED (item-kNN's and EASE's matrices would miss each user's latest interaction).
+CONTINUED = ("lightfm", "lightgcn")
+WARM_STARTED = ("itemknn", "ease", *CONTINUED)
 WARM_CHAIN_MAX = 24
 WARM_MIN_KNOWN = 0.9
+REUSED_MAX_GROWTH = 0.05
 EVAL_K = 10                   # metrics at k, for every model
 HOLDOUT_LATEST = 1            # each user's latest interaction is the test set
 HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained on
@@ -128,7 +134,8 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
     if source is not None:
         previous, state = source
         model.warm_start(state)
-        warm = {"warm_start_from": previous["version"], "warm_chain": int(previous.get("warm_chain", 0)) + 1}
+        warm = {"warm_start_from": previous["version"], "warm_chain": int(previous.get("warm_chain", 0)) + 1,
+                "cold_train_interactions": cold_size(previous)}
         version = artifact_version(split.data_version, {**params, **inputs.version, **warm}, code)
     model.progress, model.monitor = progress, (split.train, split.test)  # reported per epoch, never chosen on
     with threads.limited() as budget:  # the step's share of the cores (rec_orchestration.threads)
@@ -167,8 +174,15 @@ def warm_start_source(name: str, params: dict[str, Any], inputs: ModelInputs, sp
         return None
     if manifest.get("data_version") == split.data_version:
         return manifest, None
+    if name not in CONTINUED and len(split.train) > (1 + REUSED_MAX_GROWTH) * cold_size(manifest):
+        return None  # grown too much since the chain's cold fit to keep its item-item matrix
     state, _ = store.load(name, latest)
     return (manifest, state) if knows_enough(state, split.train) else None
+
+
+def cold_size(manifest: Mapping[str, Any]) -> int:
+    """The training interactions of the cold fit a chain of warm fits started from."""
+    return int(manifest.get("cold_train_interactions", manifest["split"]["train_interactions"]))
 
 
 def knows_enough(state: Mapping[str, Any], interactions: Interactions) -> bool:
@@ -184,7 +198,7 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
     """The evaluated model (its manifest) refitted with the same parameters on every interaction of ``frame``.
     Returns the refit's manifest and whether an existing artifact was reused.
 
-    A model of WARM_STARTED continues from the evaluated artifact (which saw all but each user's latest
+    A model of CONTINUED continues from the evaluated artifact (which saw all but each user's latest
     interaction) instead of starting cold; the refit's version and manifest record it (``warm_start_from``)."""
     name = evaluated["model_name"]
     frame_version = data_version(frame)
@@ -195,7 +209,7 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
     interactions = Interactions.from_frame(frame)
     model = registry.build(name, **evaluated["params"], **inputs.constructor)
     warm: dict[str, Any] = {}
-    if name in WARM_STARTED and store.exists(name, evaluated["version"]):
+    if name in CONTINUED and store.exists(name, evaluated["version"]):
         state, _ = store.load(name, evaluated["version"])
         if knows_enough(state, interactions):
             warm = {"warm_start_from": evaluated["version"]}

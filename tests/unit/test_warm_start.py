@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from rec_orchestration.ml import factorization, training
@@ -157,3 +158,32 @@ def test_the_champion_refit_continues_from_the_evaluated_fit(store):
     # A model that cannot continue (item-kNN) is refitted from scratch.
     knn, _ = fit_and_evaluate("itemknn", {"neighbours": 5, "shrink_power": 1.0}, training_split(frame), store)
     assert "warm_start_from" not in refit_on_everything(knn, frame, store)[0]
+
+
+@pytest.mark.parametrize("name, params", [("itemknn", {"neighbours": 10, "shrink_power": 1.0}),
+                                          ("ease", {"l2": 10.0, "max_items": 100})])
+def test_item_models_keep_their_matrix_after_a_little_more_data_and_refit_after_more(store, name, params):
+    base = planted(300, seed=1)
+    cold, _ = fit_and_evaluate(name, params, training_split(base), store)
+    grown = pd.concat([base, planted(3, seed=2, start_user=301)], ignore_index=True)  # 1 % more
+    warm, reused = fit_and_evaluate(name, params, training_split(grown), store)
+    assert not reused and warm["warm_start_from"] == cold["version"]
+    assert warm["warm_started"] == {"users": 300, "items": 60}
+    assert warm["cold_train_interactions"] == cold["split"]["train_interactions"]
+
+    def matrix(manifest):
+        state, _ = store.load(name, manifest["version"])
+        if name == "ease":
+            return state["weights"].numpy()
+        part = state["similarity"]
+        return sp.csr_matrix((part["data"].numpy(), part["indices"].numpy(), part["indptr"].numpy()),
+                             shape=tuple(part["shape"])).toarray()
+
+    assert np.array_equal(matrix(warm), matrix(cold))  # the item-item matrix is kept, not recomputed ...
+    state, _ = store.load(name, warm["version"])        # ... and the histories are today's
+    assert len(state["user_ids"]) == 303
+    assert warm["metrics"]["ndcg@10"] >= 0.9 * cold["metrics"]["ndcg@10"] > 0.3
+
+    # 10 % more data since the cold fit (still 91 % known users): the matrix is recomputed.
+    more = pd.concat([grown, planted(30, seed=3, start_user=400)], ignore_index=True)
+    assert "warm_start_from" not in fit_and_evaluate(name, params, training_split(more), store)[0]
