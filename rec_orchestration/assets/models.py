@@ -142,6 +142,7 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
     if "warm_start_from" in manifest:  # trained from the previous artifact (ml.training.warm_start_source)
         metadata["warm_start_from"] = manifest["warm_start_from"]
         metadata["warm_chain"] = int(manifest["warm_chain"])
+        metadata["warm_started"] = dg.MetadataValue.json(manifest.get("warm_started") or {})
     if "device_used" in manifest:
         metadata["device"] = manifest["device_used"]
         metadata["seconds_per_epoch"] = float(manifest["seconds_per_epoch"])
