@@ -47,10 +47,9 @@ def item_feature_matrix(item_ids: np.ndarray, features: Mapping[Any, Sequence[st
 
 # LightFM's arrays a warm start continues from: each row belongs to a user, or to an item feature column
 # (the item itself, or a feature name).
-USER_ARRAYS = ("user_embeddings", "user_embedding_gradients", "user_embedding_momentum", "user_biases",
-               "user_bias_gradients", "user_bias_momentum")
-ITEM_ARRAYS = ("item_embeddings", "item_embedding_gradients", "item_embedding_momentum", "item_biases",
-               "item_bias_gradients", "item_bias_momentum")
+# (The model learns with AdaGrad, LightFM's default, whose *_momentum arrays stay zero: not kept.)
+USER_ARRAYS = ("user_embeddings", "user_embedding_gradients", "user_biases", "user_bias_gradients")
+ITEM_ARRAYS = ("item_embeddings", "item_embedding_gradients", "item_biases", "item_bias_gradients")
 # A warm-started fit continues the earlier model's training for this many epochs over all of today's
 # data (a cold one trains ``epochs``).
 WARM_EPOCHS = 5

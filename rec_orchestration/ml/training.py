@@ -146,6 +146,7 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
     manifest: dict[str, Any] = {
         "params": params, "item_features": bool(inputs.version), "metrics": metrics, "split": split.describe(),
         "data_version": split.data_version, "code_version": CODE_VERSIONS[name],
+        "evaluation_version": EVALUATION_VERSION,
         "fit_seconds": round(fit_seconds, 3), "threads": budget,
         "n_users": split.train.n_users, "n_items": split.train.n_items}
     manifest |= {key: getattr(model, key) for key in REPORTED_ATTRIBUTES if getattr(model, key, None) is not None}
@@ -169,11 +170,14 @@ def warm_start_source(name: str, params: dict[str, Any], inputs: ModelInputs, sp
         return None
     manifest = store.manifest(name, latest)
     if (manifest.get("params") != json.loads(json.dumps(params)) or manifest.get("code_version") != CODE_VERSIONS[name]
+            or manifest.get("evaluation_version") != EVALUATION_VERSION
             or bool(manifest.get("item_features")) != bool(inputs.version)
             or int(manifest.get("warm_chain", 0)) + 1 > WARM_CHAIN_MAX):
         return None
     if manifest.get("data_version") == split.data_version:
         return manifest, None
+    if len(split.train) < manifest["split"]["train_interactions"]:
+        return None  # fewer interactions than it was fitted on: data was taken away, not added
     if name not in CONTINUED and len(split.train) > (1 + REUSED_MAX_GROWTH) * cold_size(manifest):
         return None  # grown too much since the chain's cold fit to keep its item-item matrix
     state, _ = store.load(name, latest)
@@ -209,7 +213,8 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
     interactions = Interactions.from_frame(frame)
     model = registry.build(name, **evaluated["params"], **inputs.constructor)
     warm: dict[str, Any] = {}
-    if name in CONTINUED and store.exists(name, evaluated["version"]):
+    if (name in CONTINUED and evaluated.get("code_version") == CODE_VERSIONS[name]
+            and store.exists(name, evaluated["version"])):  # not an artifact of code before warm starts
         state, _ = store.load(name, evaluated["version"])
         if knows_enough(state, interactions):
             warm = {"warm_start_from": evaluated["version"]}
@@ -224,5 +229,6 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
     store.save(name, version, model.state_dict(), {
         "params": evaluated["params"], "refit_of": evaluated["version"], "metrics": evaluated["metrics"],
         "data_version": frame_version, "n_interactions": len(frame),
-        "fit_seconds": round(time.perf_counter() - started, 3), "threads": budget, **warm})
+        "fit_seconds": round(time.perf_counter() - started, 3), "threads": budget, **warm,
+        **({"warm_started": model.warm_started} if getattr(model, "warm_started", None) else {})})
     return store.manifest(name, version), False

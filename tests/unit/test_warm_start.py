@@ -187,3 +187,59 @@ def test_item_models_keep_their_matrix_after_a_little_more_data_and_refit_after_
     # 10 % more data since the cold fit (still 91 % known users): the matrix is recomputed.
     more = pd.concat([grown, planted(30, seed=3, start_user=400)], ignore_index=True)
     assert "warm_start_from" not in fit_and_evaluate(name, params, training_split(more), store)[0]
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease"])
+def test_a_kept_item_matrix_follows_the_items_by_id_when_items_come_and_go(name):
+    """Today's items are not yesterday's: new ones fall between known ids and one is gone. Every pair of
+    items both days know keeps its weight, by external id; a new item has none."""
+    from rec_orchestration.ml import registry
+
+    before_frame = planted(200, seed=6).assign(product_id=lambda f: f["product_id"] * 2)  # even ids 200..318
+    params = {"neighbours": 10, "shrink_power": 1.0} if name == "itemknn" else {"l2": 10.0, "max_items": 100}
+    before = registry.build(name, **params).fit(Interactions.from_frame(before_frame))
+    gone = 210
+    today = pd.concat([before_frame[before_frame["product_id"] != gone],
+                       before_frame.iloc[:3].assign(product_id=[201, 251, 301])], ignore_index=True)
+    after = registry.build(name, **params)
+    after.warm_start(before.state_dict())
+    after.fit(Interactions.from_frame(today))
+    assert after.warm_started["items"] == 59
+
+    def weights(model) -> dict[tuple[int, int], float]:
+        if name == "ease":
+            ids = model.item_ids[model.modelled]
+            return {(int(a), int(b)): float(model.weights[i, j]) for i, a in enumerate(ids) for j, b in enumerate(ids)}
+        coo = model.similarity.tocoo()
+        return {(int(model.item_ids[i]), int(model.item_ids[j])): float(v)
+                for i, j, v in zip(coo.row, coo.col, coo.data, strict=True)}
+
+    old, new = weights(before), weights(after)
+    expected = {pair: value for pair, value in old.items() if gone not in pair and value != 0}
+    assert {pair: value for pair, value in new.items() if value != 0} == expected
+    assert not any(pair[0] % 2 or pair[1] % 2 for pair in new)  # the new (odd) items have no weights yet
+
+
+def test_lightfm_initialised_then_fit_partial_is_lightfms_own_fit():
+    """The recommender initialises LightFM itself (so a warm start can replace rows) and calls
+    ``fit_partial``: with one thread that is the very model ``LightFM.fit`` trains."""
+    from lightfm import LightFM
+
+    interactions = Interactions.from_frame(planted(60, seed=8))
+    ours = LightFMRecommender(factors=4, epochs=3, num_threads=1).fit(interactions)
+    features, _ = factorization.item_feature_matrix(interactions.item_ids, None)
+    theirs = LightFM(no_components=4, loss="warp", learning_rate=ours.params["learning_rate"], item_alpha=1e-6,
+                     user_alpha=1e-6, max_sampled=10, random_state=np.random.RandomState(42))
+    theirs.fit((interactions.user_item_matrix() > 0).astype(np.float32).tocoo(), item_features=features,
+               epochs=3, num_threads=1)
+    assert np.array_equal(ours.raw["user_embeddings"], theirs.user_embeddings)
+    assert np.array_equal(ours.raw["item_embeddings"], theirs.item_embeddings)
+
+
+def test_an_evaluated_fit_of_code_before_warm_starts_is_refitted_cold(store, monkeypatch):
+    frame = planted(300, seed=1)
+    monkeypatch.setitem(training.CODE_VERSIONS, "lightfm", "lightfm-v1")   # fitted by the earlier code
+    evaluated, _ = fit_and_evaluate("lightfm", LIGHTFM, training_split(frame), store)
+    monkeypatch.undo()
+    refit, reused = refit_on_everything(evaluated, frame, store)
+    assert not reused and "warm_start_from" not in refit
