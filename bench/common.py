@@ -131,7 +131,8 @@ def generate_reviews(n: int, seed: int, n_users: int = 100_000, n_items: int = 2
     personalised model has something to find that popularity does not: every product is in one of the
     16 sub-categories (``categories``, for ``write_meta``), every user has a taste for one to three of
     them (Dirichlet weights), and that share of the reviews picks a sub-category from the user's taste,
-    then a product in it by popularity (power law, 0.7). The other reviews are drawn as without tastes;
+    then a product in it by a popularity order of the tastes' own (power law, 0.7; not the order of the
+    other reviews, so a product can be a niche favourite). The other reviews are drawn as without tastes;
     so are all the other columns (taste_strength=0 gives the same records as before it existed)."""
     rng = np.random.default_rng(seed)
     vocabulary = np.array(_WORDS + _ODD_WORDS, dtype=object)
