@@ -48,6 +48,7 @@ def item_feature_matrix(item_ids: np.ndarray, features: Mapping[Any, Sequence[st
 # LightFM's arrays a warm start continues from: each row belongs to a user, or to an item feature column
 # (the item itself, or a feature name).
 # (The model learns with AdaGrad, LightFM's default, whose *_momentum arrays stay zero: not kept.)
+RAW = "lightfm_"  # their keys' prefix in the state dict
 USER_ARRAYS = ("user_embeddings", "user_embedding_gradients", "user_biases", "user_bias_gradients")
 ITEM_ARRAYS = ("item_embeddings", "item_embedding_gradients", "item_biases", "item_bias_gradients")
 # A warm-started fit continues the earlier model's training for this many epochs over all of today's
@@ -96,9 +97,9 @@ class LightFMRecommender(Recommender):
 
     def warm_start(self, state: dict[str, Any]) -> None:
         """Start the next ``fit`` from ``state`` (an earlier fit's ``state_dict`` with LightFM's arrays)."""
-        if "user_embeddings" not in state:
+        if f"{RAW}user_embeddings" not in state:
             raise ValueError("the state has no LightFM arrays to start from (saved before warm starts existed)")
-        if int(state["user_embeddings"].shape[1]) != self.params["factors"]:
+        if int(state[f"{RAW}user_embeddings"].shape[1]) != self.params["factors"]:
             raise ValueError("the state's embeddings have another number of factors")
         self._warm = state
 
@@ -189,7 +190,8 @@ class LightFMRecommender(Recommender):
             "item_factors": torch.as_tensor(np.ascontiguousarray(self.item_factors)),
             "item_biases": torch.as_tensor(np.ascontiguousarray(self.item_biases)),
             "feature_names": list(self.feature_names),
-            **{name: torch.as_tensor(np.ascontiguousarray(array)) for name, array in self.raw.items()},
+            # LightFM's own arrays under a prefix: its item_biases (per feature column) are not the items'
+            **{f"{RAW}{name}": torch.as_tensor(np.ascontiguousarray(array)) for name, array in self.raw.items()},
         }
 
     @classmethod
@@ -201,7 +203,8 @@ class LightFMRecommender(Recommender):
             setattr(model, key, state[key].cpu().numpy())
         # Artifacts saved before warm starts existed have only the representations.
         model.feature_names = list(state.get("feature_names", []))
-        model.raw = {name: state[name].cpu().numpy() for name in (*USER_ARRAYS, *ITEM_ARRAYS) if name in state}
+        model.raw = {name: state[f"{RAW}{name}"].cpu().numpy() for name in (*USER_ARRAYS, *ITEM_ARRAYS)
+                     if f"{RAW}{name}" in state}
         return model
 
 
@@ -217,7 +220,7 @@ def _carry_over(model: Any, state: dict[str, Any], interactions: Interactions,
     columns_now = np.concatenate([items_now, interactions.n_items + names_now])
     columns_then = np.concatenate([items_then, len(state["item_ids"]) + names_old])
     for name in USER_ARRAYS:
-        getattr(model, name)[users_now] = state[name].cpu().numpy()[users_then]
+        getattr(model, name)[users_now] = state[f"{RAW}{name}"].cpu().numpy()[users_then]
     for name in ITEM_ARRAYS:
-        getattr(model, name)[columns_now] = state[name].cpu().numpy()[columns_then]
+        getattr(model, name)[columns_now] = state[f"{RAW}{name}"].cpu().numpy()[columns_then]
     return {"users": len(users_now), "items": len(items_now)}

@@ -120,7 +120,7 @@ def test_lightfm_carries_users_items_and_feature_names_over_to_their_new_rows():
     state = before.state_dict()
     old_items, old_names = state["item_ids"].numpy(), list(state["feature_names"])
     assert sorted(old_names) == ["group0", "group1", "group2", "group3"]
-    assert state["item_embeddings"].shape == (len(old_items) + 4, 4)
+    assert state["lightfm_item_embeddings"].shape == (len(old_items) + 4, 4)
 
     # Every user, and one more category name: the first 20 users, the items and the four names are known.
     categories[100] = ["new", "group0"]
@@ -133,20 +133,21 @@ def test_lightfm_carries_users_items_and_feature_names_over_to_their_new_rows():
     assert carried == {"users": 20, "items": len(old_items)}
 
     known = interactions.user_ids <= 20
-    assert np.array_equal(model.user_embeddings[known], state["user_embeddings"].numpy())  # ids sorted both times
+    # ids are sorted both times: the first 20 rows
+    assert np.array_equal(model.user_embeddings[known], state["lightfm_user_embeddings"].numpy())
     assert np.array_equal(model.user_embeddings[~known], fresh[~known])
     for row, item in enumerate(interactions.item_ids):
         if item in old_items:
             assert np.array_equal(model.item_embeddings[row],
-                                  state["item_embeddings"].numpy()[np.searchsorted(old_items, item)])
+                                  state["lightfm_item_embeddings"].numpy()[np.searchsorted(old_items, item)])
     n_items = interactions.n_items
     assert names[:2] == ["new", "group0"] and old_names[0] == "group0"  # the known names moved a column on
     for column, name in enumerate(names):
         if name in old_names:  # a known name: its row, wherever the new matrix puts it
             assert np.array_equal(model.item_embeddings[n_items + column],
-                                  state["item_embeddings"].numpy()[len(old_items) + old_names.index(name)])
+                                  state["lightfm_item_embeddings"].numpy()[len(old_items) + old_names.index(name)])
     # AdaGrad's accumulators come along: the continued training keeps its per-row step sizes.
-    assert np.array_equal(model.user_embedding_gradients[known], state["user_embedding_gradients"].numpy())
+    assert np.array_equal(model.user_embedding_gradients[known], state["lightfm_user_embedding_gradients"].numpy())
 
 
 def test_the_champion_refit_continues_from_the_evaluated_fit(store):
@@ -243,3 +244,17 @@ def test_an_evaluated_fit_of_code_before_warm_starts_is_refitted_cold(store, mon
     monkeypatch.undo()
     refit, reused = refit_on_everything(evaluated, frame, store)
     assert not reused and "warm_start_from" not in refit
+
+
+
+def test_lightfm_with_categories_scores_the_same_after_a_round_trip_through_its_state():
+    """LightFM's own per-feature-column item biases travel beside the items' biases, not over them."""
+    frame = planted(40, seed=5)
+    categories = {item: [f"group{(item - 100) // 15}", "all"] for item in frame["product_id"].unique()}
+    model = LightFMRecommender(factors=4, epochs=2, num_threads=1, item_features=categories)
+    model.fit(Interactions.from_frame(frame))
+    state = model.state_dict()
+    assert state["item_biases"].shape == (60,) and state["lightfm_item_biases"].shape == (60 + 5,)
+    again = LightFMRecommender.from_state_dict(state)
+    users = np.arange(10)
+    assert np.array_equal(again.score_users(users), model.score_users(users))
