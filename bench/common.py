@@ -285,14 +285,22 @@ def throwaway_environment(home: Path) -> tuple[dict[str, str], str]:
     return env | dagster_env, warehouse_url
 
 
+def _dagster_storage(env: dict[str, str]):
+    """A connection to the Dagster storage of the project instance ``env`` describes."""
+    import psycopg
+
+    return psycopg.connect(env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://"))
+
+
+def _latest_run_id(conn) -> str:
+    return conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
+
+
 def latest_run_events(env: dict[str, str]) -> list[tuple[str, str | None, float]]:
     """``(event type, step key, epoch seconds)`` of the step and run start/success events of the instance's
     latest run. Dagster stores a run's start and success under their older names (PIPELINE_*) there."""
-    import psycopg
-
-    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(url) as conn:
-        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
+    with _dagster_storage(env) as conn:
+        run_id = _latest_run_id(conn)
         return [(kind, step, float(at)) for kind, step, at in conn.execute(
             """SELECT dagster_event_type, step_key, extract(epoch FROM timestamp) FROM event_logs
                WHERE run_id = %s AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS', 'RUN_START',
@@ -308,11 +316,7 @@ def step_seconds(events: list[tuple[str, str | None, float]]) -> dict[str, float
 
 def step_pids(env: dict[str, str]) -> dict[str, int]:
     """The process id each step of the instance's latest run ran in (its STEP_START event records it)."""
-    import psycopg
-
-    url = env["REC_DAGSTER_PG_URL"].replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(url) as conn:
-        run_id = conn.execute("SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1").fetchone()[0]
+    with _dagster_storage(env) as conn:
         rows = conn.execute("SELECT step_key, event FROM event_logs WHERE run_id = %s AND dagster_event_type = "
-                            "'STEP_START'", (run_id,)).fetchall()
+                            "'STEP_START'", (_latest_run_id(conn),)).fetchall()
     return {step: json.loads(event)["dagster_event"]["pid"] for step, event in rows}

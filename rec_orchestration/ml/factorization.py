@@ -215,8 +215,8 @@ def _carry_over(model: Any, state: dict[str, Any], interactions: Interactions,
     first ``n_items`` columns, in item id order) or a feature name after them."""
     users_now, users_then = shared_rows(state["user_ids"].cpu().numpy(), interactions.user_ids)
     items_now, items_then = shared_rows(state["item_ids"].cpu().numpy(), interactions.item_ids)
-    names_then = np.asarray(state.get("feature_names", []), dtype=object)
-    names_now, names_old = shared_rows(names_then.astype(str), np.asarray(feature_names, dtype=str))
+    names_now, names_old = shared_rows(np.asarray(state.get("feature_names", []), dtype=str),
+                                       np.asarray(feature_names, dtype=str))
     columns_now = np.concatenate([items_now, interactions.n_items + names_now])
     columns_then = np.concatenate([items_then, len(state["item_ids"]) + names_old])
     for name in USER_ARRAYS:

@@ -91,15 +91,17 @@ class ItemKNNRecommender(Recommender):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ItemKNNRecommender:
-        def csr(part: dict[str, Any]) -> sp.csr_matrix:
-            return sp.csr_matrix((part["data"].cpu().numpy(), part["indices"].cpu().numpy(),
-                                  part["indptr"].cpu().numpy()), shape=tuple(part["shape"]))
-
         model = cls(**state["params"])
         model.user_ids = state["user_ids"].cpu().numpy()
         model.item_ids = state["item_ids"].cpu().numpy()
-        model.user_items, model.similarity = csr(state["user_items"]), csr(state["similarity"])
+        model.user_items, model.similarity = _csr(state["user_items"]), _csr(state["similarity"])
         return model
+
+
+def _csr(part: dict[str, Any]) -> sp.csr_matrix:
+    """A CSR matrix back from its parts in a state dict."""
+    return sp.csr_matrix((part["data"].cpu().numpy(), part["indices"].cpu().numpy(), part["indptr"].cpu().numpy()),
+                         shape=tuple(part["shape"]))
 
 
 def _reindexed(state: dict[str, Any], item_ids: np.ndarray) -> tuple[sp.csr_matrix, int]:
@@ -108,9 +110,7 @@ def _reindexed(state: dict[str, Any], item_ids: np.ndarray) -> tuple[sp.csr_matr
     now, then = shared_rows(state["item_ids"].cpu().numpy(), item_ids)
     position = np.full(len(state["item_ids"]), -1, dtype=np.int64)
     position[then] = now
-    part = state["similarity"]
-    before = sp.csr_matrix((part["data"].cpu().numpy(), part["indices"].cpu().numpy(), part["indptr"].cpu().numpy()),
-                           shape=tuple(part["shape"])).tocoo()
+    before = _csr(state["similarity"]).tocoo()
     rows, cols = position[before.row], position[before.col]
     keep = (rows >= 0) & (cols >= 0)
     similarity = sp.csr_matrix((before.data[keep], (rows[keep], cols[keep])), shape=(len(item_ids), len(item_ids)),

@@ -215,12 +215,13 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
     warm: dict[str, Any] = {}
     if (name in CONTINUED and evaluated.get("code_version") == CODE_VERSIONS[name]
             and store.exists(name, evaluated["version"])):  # not an artifact of code before warm starts
+        warm_version = artifact_version(frame_version, {**evaluated["params"], **inputs.version,
+                                                        "warm_start_from": evaluated["version"]}, code)
+        if store.exists(name, warm_version):  # saved only by a refit that did start from it
+            return store.manifest(name, warm_version), True
         state, _ = store.load(name, evaluated["version"])
         if knows_enough(state, interactions):
-            warm = {"warm_start_from": evaluated["version"]}
-            version = artifact_version(frame_version, {**evaluated["params"], **inputs.version, **warm}, code)
-            if store.exists(name, version):
-                return store.manifest(name, version), True
+            warm, version = {"warm_start_from": evaluated["version"]}, warm_version
             model.warm_start(state)
     started = time.perf_counter()
     model.progress = progress
