@@ -37,11 +37,10 @@ class PublishConfig(dg.Config):
         "Publications whose data is kept for `rec recs rollback`, the live one included."))
 
 
-def shard_rows(warehouse: PostgresResource, basis: str, shard_count: int) -> tuple[list[tuple], dict[str, float]]:
-    """Every scoring shard's rows (``shards.SHARD_COLUMNS``), when all ``shard_count`` shards were scored on
-    ``basis``, and the reason thresholds they used. Fails, naming the shards to materialize, when any is
-    missing or was scored on other inputs. Records and rows are read in one snapshot (REPEATABLE READ), so a
-    shard replaced meanwhile cannot mix in."""
+def shard_summary(warehouse: PostgresResource, basis: str, shard_count: int, champion_name: str) -> dict:
+    """What the scoring shards hold, when all ``shard_count`` of them were scored on ``basis``: the reason
+    thresholds they used and counts of their rows. Fails, naming the shards to materialize, when any is
+    missing or was scored on other inputs. Records and rows are read in one snapshot (REPEATABLE READ)."""
     with warehouse.connection() as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         records = {}
@@ -55,13 +54,39 @@ def shard_rows(warehouse: PostgresResource, basis: str, shard_count: int) -> tup
             raise dg.Failure(f"scoring shards {', '.join(stale)} are missing or were scored on other inputs than "
                              "this publish sees: materialize them (with this run's serving config) first; the live "
                              "recommendations stay as they are")
-        rows: list[tuple] = []
-        for shard in range(shard_count):
-            rows.extend(conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY user_id, rank").format(
-                sql.SQL(", ").join(sql.Identifier(name) for name, _ in shards.SHARD_COLUMNS),
-                qualified(shards.shard_table(shard, shard_count)))).fetchall())
+        rows, champion_rows, explained, personalized = conn.execute(sql.SQL(
+            """SELECT count(*), count(*) FILTER (WHERE model_name = %s),
+                      count(*) FILTER (WHERE because_product_id IS NOT NULL),
+                      count(DISTINCT user_id) FILTER (WHERE model_name = %s)
+               FROM ({}) AS scored""").format(_union(shard_count)), (champion_name, champion_name)).fetchone()
     _, min_support, min_similarity = records[0]
-    return rows, {"min_support": int(min_support), "min_similarity": float(min_similarity)}
+    return {"min_support": int(min_support), "min_similarity": float(min_similarity), "rows": rows,
+            "champion_rows": champion_rows, "explained": explained, "personalized_users": personalized}
+
+
+def _union(shard_count: int) -> sql.Composable:
+    """Every scoring shard's rows (``shards.SHARD_COLUMNS``) with a ``shard`` column."""
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name, _ in shards.SHARD_COLUMNS)
+    return sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {}, {} AS shard FROM {}").format(columns, sql.Literal(shard),
+                                                         qualified(shards.shard_table(shard, shard_count)))
+        for shard in range(shard_count))
+
+
+def shard_query(basis: str, shard_count: int, run_id: str, generated_at: datetime) -> publishing.Query:
+    """The published recommendations as a query over the scoring shards, run by the database inside the publish
+    transaction: rows never pass through this process (ten million of them at a million users). A shard whose
+    record names another basis by then (re-scored since :func:`shard_summary` looked) contributes no rows, and
+    the check before the swap then refuses the publication for its users without recommendations. No ORDER BY:
+    each shard's table holds its users' rows in the order it wrote them (by user, best first), and a sort of
+    them all would spill to disk at that size."""
+    columns = sql.SQL(", ").join(sql.SQL("scored.{}").format(sql.Identifier(name)) for name, _ in shards.SHARD_COLUMNS)
+    return publishing.Query(sql.SQL(
+        """SELECT {columns}, %s::text, %s::timestamptz FROM ({union}) AS scored
+           JOIN {records} AS record ON record.shard = scored.shard AND record.shard_count = %s AND record.basis = %s
+        """).format(
+        columns=columns, union=_union(shard_count), records=qualified(shards.SHARD_RECORDS)),
+        (run_id, generated_at, shard_count, basis))
 
 
 @dg.multi_asset(
@@ -101,33 +126,30 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
     state = shards.serving_state(context, warehouse, serving, shard_count)
     champion_row = state.row
     popular, popular_version = shards.popularity_model(state.ranked), state.popularity.version
-    scored, thresholds = shard_rows(warehouse, state.basis, shard_count)
     champion_name, champion_version = state.champion.name, state.champion.version
+    scored = shard_summary(warehouse, state.basis, shard_count, champion_name)
     similarity, products, by_category = state.similarity, state.products, state.by_category
     blended = blend_similarities(similarity, serving.similar_products)
     users = state.users
     run_id = context.run.run_id if context.run else str(uuid.uuid4())
-    generated_at = datetime.now(UTC)
-    recommendations = [(*row[:6], row[6], row[7], run_id, generated_at) for row in scored]
-    personalized_users = {row[0] for row in recommendations if row[6] == champion_name}
-    explained = sum(1 for row in recommendations if row[5] is not None)
-    champion_rows = sum(1 for row in recommendations if row[6] == champion_name)
-    user_counts = {"users": len(users), "personalized": len(personalized_users),
-                   "popular": len(users) - len(personalized_users)}
+    explained, champion_rows = scored["explained"], scored["champion_rows"]
+    user_counts = {"users": len(users), "personalized": scored["personalized_users"],
+                   "popular": len(users) - scored["personalized_users"]}
 
     similar = pd.concat([similarity.rename(columns={"item_id": "product_id", "neighbor_id": "similar_product_id"}),
                          blended], ignore_index=True)
     ranking = popular.ranking()
+    # Generators, not lists: COPY streams each row once (the tables grow with the products).
     rows = {
-        "user_recommendations": recommendations,
-        "similar_products": [(int(a), int(b), int(r), float(s), m) for a, b, r, s, m in similar[
-            ["product_id", "similar_product_id", "rank", "score", "method"]].itertuples(index=False, name=None)],
-        "popular_products": [(int(item), rank, float(score), popular_version) for rank, (item, score)
-                             in enumerate(zip(*(array.tolist() for array in ranking), strict=True), start=1)],
-        "popular_products_by_category": [(int(c), name, int(p), int(r), float(s)) for c, name, p, r, s in
-                                         by_category.itertuples(index=False, name=None)],
-        "products": [tuple(None if pd.isna(v) else v for v in row)
-                     for row in products.itertuples(index=False, name=None)],
+        "user_recommendations": shard_query(state.basis, shard_count, run_id, datetime.now(UTC)),
+        "similar_products": ((int(a), int(b), int(r), float(s), m) for a, b, r, s, m in similar[
+            ["product_id", "similar_product_id", "rank", "score", "method"]].itertuples(index=False, name=None)),
+        "popular_products": ((int(item), rank, float(score), popular_version) for rank, (item, score)
+                             in enumerate(zip(*(array.tolist() for array in ranking), strict=True), start=1)),
+        "popular_products_by_category": ((int(c), name, int(p), int(r), float(s)) for c, name, p, r, s in
+                                         by_category.itertuples(index=False, name=None)),
+        "products": (tuple(None if pd.isna(v) else v for v in row)
+                     for row in products.itertuples(index=False, name=None)),
     }
 
     def validate(conn: psycopg.Connection, partitions: dict[str, sql.Composable]) -> None:
@@ -164,11 +186,11 @@ def publish_recommendations(context: dg.AssetExecutionContext, config: PublishCo
         "users_personalized": user_counts["personalized"],
         "users_popular_only": user_counts["popular"],
         "explained_recommendations": explained,
-        "because_share": explained / len(recommendations) if recommendations else 0.0,
+        "because_share": explained / scored["rows"] if scored["rows"] else 0.0,
         "because_share_personalized": explained / champion_rows if champion_rows else 0.0,
         "reason_similarity": REASON_SIMILARITY,
-        "reason_min_similarity": thresholds["min_similarity"],
-        "reason_min_support": thresholds["min_support"],
+        "reason_min_similarity": scored["min_similarity"],
+        "reason_min_support": scored["min_support"],
         "k": serving.k,
         "scoring_shards": shard_count,
         "scoring_basis": state.basis,

@@ -14,6 +14,7 @@ fails the publish with the shards to materialize, and the live recommendations s
 """
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -22,6 +23,7 @@ from psycopg import sql
 from rec_orchestration.db.tables import qualified, replace_table
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.serving import (
+    ReasonThresholds,
     ServingInputs,
     assemble,
     blend_similarities,
@@ -67,6 +69,7 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
         with warehouse.connection() as conn:  # rows and record in one transaction: both or neither
             written = replace_table(conn, shard_table(shard, shards), SHARD_COLUMNS, rows,
                                     primary_key=("user_id", "rank"), nullable=("because_product_id",))
+            users = rows.users_seen()
             conn.execute(sql.SQL("""
                 INSERT INTO {records} (shard_count, shard, basis, run_id, user_count, row_count, min_support,
                                        min_similarity, scored_at)
@@ -76,21 +79,38 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
                     row_count = excluded.row_count,
                     min_support = excluded.min_support, min_similarity = excluded.min_similarity,
                     scored_at = excluded.scored_at""").format(records=qualified(SHARD_RECORDS)),
-                (shards, shard, state.basis, context.run.run_id if context.run else "", len(
-                    {row[0] for row in rows}), written, thresholds_used.min_support,
-                 float(thresholds_used.min_similarity)))
+                (shards, shard, state.basis, context.run.run_id if context.run else "", users, written,
+                 thresholds_used.min_support, float(thresholds_used.min_similarity)))
+        context.log.info(f"shard {shard} of {shards}: {users:,} users, {written:,} rows")
         return dg.MaterializeResult(metadata={
-            "basis": state.basis, "users": len({row[0] for row in rows}), "rows": written,
+            "basis": state.basis, "users": users, "rows": written,
             "table": shard_table(shard, shards), "model": f"{state.champion.name} {state.champion.version}",
             "seconds": round(time.perf_counter() - started, 2)})
 
     return _shard
 
 
+class ScoredRows:
+    """A shard's rows, made as they are written (a list of them all would hold ten rows per user in memory),
+    counting the users they cover."""
+
+    def __init__(self, rows: Iterator[tuple]):
+        self._rows = rows
+        self._users: set[int] = set()
+
+    def __iter__(self) -> Iterator[tuple]:
+        for row in self._rows:
+            self._users.add(row[0])
+            yield row
+
+    def users_seen(self) -> int:
+        return len(self._users)
+
+
 def score_users(context: dg.AssetExecutionContext, state: ServingState, model_store: ModelStoreResource,
-                serving: ServingResource, shard: int, shards: int):
-    """The rows of this shard's users (``SHARD_COLUMNS``), made from ``state`` alone, and the reason thresholds
-    they were made with."""
+                serving: ServingResource, shard: int, shards: int) -> tuple[ScoredRows, ReasonThresholds]:
+    """The rows of this shard's users (``SHARD_COLUMNS``), made from ``state`` alone as they are consumed, and
+    the reason thresholds they are made with."""
     mine = state.users[user_shards(state.users, shards) == shard]
     champion = champion_model(state.row, model_store)
     popular = popularity_model(state.ranked)
@@ -115,11 +135,10 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, model_st
         strong_neighbours=strong_neighbours(evidence, thresholds),
         titles=dict(zip(state.products["product_id"].tolist(), state.products["title"].tolist(), strict=True)),
     )
-    rows = [(row.user_id, row.product_id, row.rank, row.score, row.reason, row.because_product_id,
-             row.source.name, row.source.version) for row in assemble(mine, inputs)]
-    context.log.info(f"shard {shard} of {shards}: {len(mine):,} users ({len(active):,} with the champion), "
-                     f"{len(rows):,} rows")
-    return rows, thresholds
+    rows = ((row.user_id, row.product_id, row.rank, row.score, row.reason, row.because_product_id,
+             row.source.name, row.source.version) for row in assemble(mine, inputs))
+    context.log.info(f"shard {shard} of {shards}: scoring {len(mine):,} users ({len(active):,} with the champion)")
+    return ScoredRows(rows), thresholds
 
 
 scoring_shard_assets = [shard_asset(shard, SHARD_COUNT) for shard in range(SHARD_COUNT)]

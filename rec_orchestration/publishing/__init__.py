@@ -43,7 +43,7 @@ from rec_orchestration.publishing.catalog import (
 from rec_orchestration.publishing.layout import DEFAULT_KEEP, MIN_KEEP, STORE, TABLES, ensure_layout
 from rec_orchestration.publishing.retire import retire
 from rec_orchestration.publishing.rollback import rollback, unpin
-from rec_orchestration.publishing.swap import publish
+from rec_orchestration.publishing.swap import Query, publish
 
-__all__ = ["DEFAULT_KEEP", "MIN_KEEP", "STORE", "TABLES", "Publication", "PublishError", "ensure_layout",
+__all__ = ["DEFAULT_KEEP", "MIN_KEEP", "STORE", "TABLES", "Publication", "PublishError", "Query", "ensure_layout",
            "live_publication", "partitions", "publications", "publish", "retire", "rollback", "unpin"]

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +29,19 @@ from rec_orchestration.publishing.retire import retire
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Query:
+    """A table's rows as a query the database runs inside the publish transaction (``INSERT ... SELECT``),
+    for tables too big to pass through Python: ``statement`` selects the table's columns in order (without
+    ``publication_id``); ``params`` fill its placeholders."""
+
+    statement: sql.Composable
+    params: Sequence[Any] = ()
+
+
 def publish(
     conn: psycopg.Connection,
-    rows: Mapping[str, Iterable[Sequence[Any]]],
+    rows: Mapping[str, Iterable[Sequence[Any]] | Query],
     *,
     run_id: str,
     model_name: str,
@@ -48,7 +59,8 @@ def publish(
     """Write one publication of every table in ``TABLES`` and make it live (unless a rollback pinned
     the live one: then it is kept beside it).
 
-    ``rows`` maps each table name to its rows, columns in ``TABLES`` order. ``validate`` gets the
+    ``rows`` maps each table name to its rows, columns in ``TABLES`` order, or to a :class:`Query` that
+    selects them (rows are streamed either way: an iterable is consumed once). ``validate`` gets the
     connection and each table's new partition (not yet visible to readers) and raises to refuse the
     publication. ``conn`` must be in autocommit mode: the publication commits here, in two
     transactions (see ``settle``), then older publications beyond ``keep`` are retired. A crash
@@ -145,15 +157,21 @@ def settle(conn: psycopg.Connection, timeout_ms: int) -> None:
 
 
 def load_partition(conn: psycopg.Connection, table: PublishedTable, publication_id: int,
-                    rows: Iterable[Sequence[Any]]) -> int:
+                    rows: Iterable[Sequence[Any]] | Query) -> int:
     """Build the publication's partition as a standalone table: load, constrain, index, analyse."""
     name = table.partition(publication_id)
     target = sql.Identifier(STORE, name)
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
         target, sql.Identifier(STORE, table.name)))
-    written = copy_rows(conn, f"{STORE}.{name}", ["publication_id", *table.column_names],
-                        ["bigint", *(_copy_type(c.type) for c in table.columns)],
-                        ((publication_id, *row) for row in rows))
+    columns = ["publication_id", *table.column_names]
+    if isinstance(rows, Query):
+        written = conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT %s::bigint, q.* FROM ({}) AS q").format(
+            target, sql.SQL(", ").join(map(sql.Identifier, columns)), rows.statement),
+            (publication_id, *rows.params)).rowcount
+    else:
+        written = copy_rows(conn, f"{STORE}.{name}", columns,
+                            ["bigint", *(_copy_type(c.type) for c in table.columns)],
+                            ((publication_id, *row) for row in rows))
     conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (publication_id, {})").format(
         target, sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
     # The partition constraint, proved up front: ATTACH then skips its validation scan.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from rec_orchestration import publishing, settings
 from tests.support import query, scalar
@@ -216,6 +217,27 @@ def test_a_refused_publication_changes_nothing(warehouse_env):
         publish(db, 2, validate=refuse)
     assert live_tags(db) == [("run-1",)]
     assert scalar(db, "SELECT count(*) FROM recs.recommendation_runs") == 1
+
+
+def test_a_table_given_as_a_query_is_loaded_by_the_database_like_rows_given_in_python(warehouse_env):
+    """The pipeline passes its recommendations as a query over the scoring tables (ten rows per user do not
+    go through Python); the publication is the one the same rows given as tuples make."""
+    db = warehouse_env
+    publish(db, 1)
+    expected = query(db, "SELECT * FROM recs.user_recommendations ORDER BY user_id, rank")
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.scored AS SELECT user_id, product_id, rank, score, reason, "
+                     "because_product_id, model_name, model_version FROM recs.user_recommendations")
+        rows = make_rows(2) | {"user_recommendations": publishing.Query(
+            sql.SQL("SELECT s.*, %s::text, %s::timestamptz FROM public.scored AS s WHERE s.rank <= %s"),
+            ("run-1", expected[0][-1], K - 1))}
+        second = publishing.publish(conn, rows, run_id="run-2", model_name="popularity", model_version="v2",
+                                    evaluation={}, k=K, user_counts={}, started_at=datetime.now(UTC),
+                                    settle_timeout_ms=300, retire_timeout_ms=500)
+    assert second.live and second.row_counts["user_recommendations"] == USERS * (K - 1)
+    assert query(db, "SELECT * FROM recs.user_recommendations ORDER BY user_id, rank") == [
+        row for row in expected if row[2] <= K - 1]
+    assert scalar(db, "SELECT rows_written FROM recs.recommendation_runs WHERE is_live") == USERS * (K - 1)
 
 
 KILLED_BETWEEN_COMMITS = textwrap.dedent("""
