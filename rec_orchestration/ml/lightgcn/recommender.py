@@ -174,8 +174,8 @@ class _SpawnedRank(pl.Callback):
             callback.load_state_dict(state[name])
 
 
-MIN_BATCH = 2048          # BPR pairs per step, at least (MovieLens 100K's whole epoch: 44 steps of it)
-STEPS_PER_EPOCH = 64      # at most, on large graphs: every step propagates over the whole graph
+MIN_BATCH = 2048          # BPR pairs per step, at least
+STEPS_PER_EPOCH = 32      # at most, on large graphs: every step propagates over the whole graph
 
 
 # A fit warm-started from an earlier model (``warm_start``) starts near its optimum: it trains this many
@@ -188,8 +188,11 @@ def epoch_batch_size(pairs: int) -> int:
     """The batch of a fit without ``batch_size``: :data:`MIN_BATCH`, or bigger so an epoch takes at most
     :data:`STEPS_PER_EPOCH` steps. Each step propagates the embeddings over the whole graph (its cost grows
     with the graph, not the batch), so with a fixed batch an epoch's cost grew with the square of the data:
-    at 1M interactions 2,048 pairs a step meant ~450 full propagations and 106-152 s an epoch on 2 cores.
-    Graphs up to 131,072 training pairs (MovieLens 100K among them) keep 2,048 and train as before."""
+    at 1M interactions 2,048 pairs a step meant ~450 full propagations and 106-152 s an epoch on 2 cores;
+    64 steps took 40 s, 32 take half that. Graphs up to 65,536 training pairs keep 2,048 pairs a step.
+    On MovieLens 100K (67,500 training pairs on the published split) 32 steps of 2,111 pairs against 33 of
+    2,048 moved LightGCN's best validation nDCG@20 from 0.2115 to 0.2100 and its test nDCG@10 from
+    0.4563 to 0.4521 (-0.7 % and -0.9 %)."""
     return max(MIN_BATCH, -(-pairs // STEPS_PER_EPOCH))
 
 
