@@ -43,10 +43,15 @@ def say(message: str) -> None:
 
 
 def machine() -> str:
+    """The machine in a line, with the time of a fixed pure-Python loop: the same machine type has run 1.6x
+    slower or faster from one day to the next, so figures from different runs compare only beside it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = "GPU present" if shutil.which("nvidia-smi") else "no GPU"
+    started = time.perf_counter()
+    sum(range(10**7))
+    probe = time.perf_counter() - started
     return (f"{cores} CPU cores available ({os.cpu_count()} online), {gpu}, {platform.machine()} "
-            f"{platform.system()}, Python {platform.python_version()}")
+            f"{platform.system()}, Python {platform.python_version()}, sum(range(10**7)) {probe:.3f} s")
 
 
 def emit(report: list[str], figures: dict, as_json: bool) -> None:

@@ -20,7 +20,14 @@ Last line (the largest size): ``refresh_<size>_s=<x> worst_stage_exponent=<y> pe
 incremental_vs_full_<size>=<r>``. Goals (issue 13): full refresh at 10M <= 60 min, peak RSS <= 12 GB,
 exponent <= 1.15, incremental <= 0.15 x full.
 
-    .venv/bin/python -m bench.pipeline_scale [--sizes 1000000,10000000] [--keep]
+    .venv/bin/python -m bench.pipeline_scale [--sizes 1000000,10000000] [--keep] [--resume-dir DIR]
+
+With ``--resume-dir``, a run stopped part way (the full refresh at 10M takes hours on 2 cores) goes on from
+the last finished phase of each size when started again with the same directory: generated data, the
+full refresh, the refresh after 1 %. Each phase records the machine it ran on (phases run in different
+sittings may not be comparable: say so beside their figures). A refresh interrupted in the middle runs
+again, over what the interrupted one committed: its figures are then not those of a clean refresh (for
+those, delete the size's directory and start over).
 """
 
 from __future__ import annotations
@@ -124,39 +131,65 @@ def warehouse_figures(warehouse_url: str) -> tuple[dict[str, int], dict[str, flo
     return counts, ndcg
 
 
-def run_size(size: int, seed: int, keep: bool) -> dict:
-    home = Path(tempfile.mkdtemp(prefix=f"pipeline_scale_{size}_"))
+def run_size(size: int, seed: int, keep: bool, resume_dir: Path | None = None) -> dict:
+    """Generate, land, refresh, land 1 % more, refresh again. With ``resume_dir``, the size's instance lives
+    in ``resume_dir/size_<size>`` and is kept, each finished phase's figures are written to its
+    ``phases.json``, and a later run picks up after the last finished phase (a 10M run need not fit in one
+    sitting: the full refresh in one, the refresh after 1 % more in the next)."""
+    if resume_dir is not None:
+        home = resume_dir / f"size_{size}"
+        home.mkdir(parents=True, exist_ok=True)
+    else:
+        home = Path(tempfile.mkdtemp(prefix=f"pipeline_scale_{size}_"))
+    phases_file = home / "phases.json"
+    phases = json.loads(phases_file.read_text()) if phases_file.exists() else {}
+
+    def finished(phase: str, figures: dict) -> None:
+        phases[phase] = figures
+        if resume_dir is not None:
+            phases_file.write_text(json.dumps(phases))
+
     env, warehouse_url = throwaway_environment(home)
     landing = home / "landing"
-    landing.mkdir()
     try:
-        extra = max(1, size // 100)
-        say(f"[{size:,}] generating {size:,} + {extra:,} reviews")
-        reviews = generate_reviews(size + extra, seed, n_users=max(size // 10, 10), n_items=max(size // 50, 10),
-                                   taste_strength=TASTE_STRENGTH)
-        whole = home / "all.jsonl"
-        write_jsonl(reviews, whole)
-        with whole.open("rb") as source, (landing / "Bench.jsonl").open("wb") as first, \
-                (home / "Bench_more.jsonl").open("wb") as rest:
-            for number, line in enumerate(source):
-                (first if number < size else rest).write(line)
-        whole.unlink()
-        write_meta(reviews.parent_asin, landing / "meta_Bench.jsonl", seed, reviews.categories)
-        say(f"[{size:,}] full refresh")
-        full_s, full_rss = materialize(env)
-        full_steps = step_seconds(latest_run_events(env))
-        counts, ndcg = warehouse_figures(warehouse_url)
-        shutil.move(home / "Bench_more.jsonl", landing / "Bench_more.jsonl")
-        say(f"[{size:,}] full refresh {full_s:.0f} s; the refresh after 1 % more")
-        more_s, more_rss = materialize(env)
-        more_steps = step_seconds(latest_run_events(env))
-        more_counts, more_ndcg = warehouse_figures(warehouse_url)
-        return {"size": size, "full_s": full_s, "full_steps": full_steps, "full_rss": full_rss, "counts": counts,
-                "ndcg": ndcg, "more_s": more_s, "more_steps": more_steps, "more_rss": more_rss,
-                "more_counts": more_counts, "more_ndcg": more_ndcg}
+        if "generated" not in phases:
+            landing.mkdir(exist_ok=True)
+            extra = max(1, size // 100)
+            say(f"[{size:,}] generating {size:,} + {extra:,} reviews")
+            reviews = generate_reviews(size + extra, seed, n_users=max(size // 10, 10),
+                                       n_items=max(size // 50, 10), taste_strength=TASTE_STRENGTH)
+            whole = home / "all.jsonl"
+            write_jsonl(reviews, whole)
+            with whole.open("rb") as source, (landing / "Bench.jsonl").open("wb") as first, \
+                    (home / "Bench_more.jsonl").open("wb") as rest:
+                for number, line in enumerate(source):
+                    (first if number < size else rest).write(line)
+            whole.unlink()
+            write_meta(reviews.parent_asin, landing / "meta_Bench.jsonl", seed, reviews.categories)
+            del reviews
+            finished("generated", {"seed": seed})
+        if "full" not in phases:
+            say(f"[{size:,}] full refresh")
+            full_s, full_rss = materialize(env)
+            counts, ndcg = warehouse_figures(warehouse_url)
+            finished("full", {"s": full_s, "steps": step_seconds(latest_run_events(env)), "rss": full_rss,
+                              "counts": counts, "ndcg": ndcg, "machine": machine()})
+            say(f"[{size:,}] full refresh {full_s:.0f} s")
+        if "more" not in phases:
+            if (home / "Bench_more.jsonl").exists():  # not moved yet by an interrupted attempt
+                shutil.move(home / "Bench_more.jsonl", landing / "Bench_more.jsonl")
+            say(f"[{size:,}] the refresh after 1 % more")
+            more_s, more_rss = materialize(env)
+            counts, ndcg = warehouse_figures(warehouse_url)
+            finished("more", {"s": more_s, "steps": step_seconds(latest_run_events(env)), "rss": more_rss,
+                              "counts": counts, "ndcg": ndcg, "machine": machine()})
+        full, more = phases["full"], phases["more"]
+        return {"size": size, "full_s": full["s"], "full_steps": full["steps"], "full_rss": full["rss"],
+                "counts": full["counts"], "ndcg": full["ndcg"], "more_s": more["s"], "more_steps": more["steps"],
+                "more_rss": more["rss"], "more_counts": more["counts"], "more_ndcg": more["ndcg"]}
     finally:
         subprocess.run([sys.executable, "-m", "rec_orchestration.cli", "db", "stop"], env=env, capture_output=True)
-        if not keep:
+        if not keep and resume_dir is None:
             shutil.rmtree(home, ignore_errors=True)
 
 
@@ -179,12 +212,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep each size's REC_HOME")
+    parser.add_argument("--resume-dir", type=Path, default=None,
+                        help="keep each size's instance and finished phases here; a later run with the same "
+                             "directory goes on from the last finished phase (interrupted runs: Ctrl-C, a "
+                             "session's end)")
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
     say(machine())
     results = []
     for size in sizes:
-        results.append(run_size(size, args.seed, args.keep))
+        results.append(run_size(size, args.seed, args.keep, args.resume_dir))
         report(results[-1])
     small, large = results[0], results[-1]
     exponents = {}
