@@ -38,7 +38,7 @@ CODE_VERSIONS = {"popularity": "popularity-v1", "popularity_plain": "popularity_
                  "ease": "ease-v1",
                  "lightfm": "lightfm-v2",  # v2: LightFM's own arrays kept for warm starts
                  # v2: the batch sized from the graph, ego embeddings kept for warm starts; v3: at most 32
-                 # steps an epoch, not 64, and the validation split drawn by a hash of the pair
+                 # steps an epoch, not 64
                  "lightgcn": "lightgcn-v3"}
 # Models whose fit can start from the previous artifact (``Recommender.warm_start``) when the data grew a
 # little. LightFM and LightGCN (CONTINUED) train a few epochs on from its weights instead of hundreds from

@@ -59,8 +59,7 @@ def spawned_children() -> list[int]:
 def validation_ndcg(model: LightGCNRecommender, interactions: Interactions, k: int = 20) -> float:
     """nDCG@k of the model's own validation hold-out, training pairs excluded, as the module measures it."""
     users, items = positive_pairs(interactions)
-    held_out = holdout_mask(interactions.user_ids[users], interactions.item_ids[items], model.params["val_fraction"],
-                            model.params["seed"])
+    held_out = holdout_mask(users, items, model.params["val_fraction"], model.params["seed"])
 
     def by_user(mask: np.ndarray) -> dict[int, np.ndarray]:
         user_ids, item_ids = interactions.user_ids[users[mask]], interactions.item_ids[items[mask]]

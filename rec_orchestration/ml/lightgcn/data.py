@@ -1,8 +1,7 @@
 """What LightGCN trains and validates on: positive pairs, the validation hold-out, BPR batches, ranking blocks.
 
-Every interaction with weight > 0 is a positive (repeats of a pair count once). A fraction of each user's
-positives, drawn by a hash of the pair, is held out for validation (:func:`holdout_mask`); the rest are the
-graph's edges
+Every interaction with weight > 0 is a positive (repeats of a pair count once). A random fraction of
+each user's positives is held out for validation (:func:`holdout_mask`); the rest are the graph's edges
 and the BPR training pairs (:class:`BprEpochs`: every pair once per epoch, in a fresh random order, with
 one negative item drawn uniformly and redrawn, a few rounds, where it is one of the user's training
 positives).
@@ -16,7 +15,6 @@ would wait forever on the others in the gradient all-reduce.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -41,53 +39,26 @@ def positive_pairs(interactions: Interactions) -> tuple[np.ndarray, np.ndarray]:
 def holdout_mask(users: np.ndarray, items: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Which of the (distinct) positive pairs to hold out for validation: a boolean mask.
 
-    ``users`` and ``items`` identify each pair by the interactions' own ids (not their indices, which shift
-    as users and items arrive). Each pair is held out when a hash of ``(user, item, seed)`` falls below
-    ``fraction``, so a pair keeps its side as data grows: a fit warm-started from an earlier one
-    (``LightGCNRecommender.warm_start``) validates on pairs that its start did not train on either, and
-    its early stopping measures learning, not memory. (With a random draw per fit, nine in ten of the
-    warm fit's validation pairs were training pairs of the fit it started from.) The exception: a user
-    keeps at least one positive for training, so where every pair of a user is drawn, the one of highest
-    hash stays (a user with one positive keeps it); such a pair can move to validation when the user's
-    next positive arrives. (Not to be confused with ``ml.splits.validation_split``, which splits a frame
-    of interactions.)
+    Each user gives a random ``fraction`` of their positives (rounded stochastically, so small users
+    give one with probability ``fraction * n``), never all of them: a user with fewer than 2 keeps
+    everything in training. ``items`` only serves the shape; held-out pairs are always among the input.
+    (Not to be confused with ``ml.splits.validation_split``, which splits a frame of interactions.)
     """
     if len(users) != len(items):
         raise ValueError("users and items differ in length")
     mask = np.zeros(len(users), dtype=bool)
     if fraction <= 0 or len(users) == 0:
         return mask
-    draw = pair_hash(users, items, seed)
-    mask = draw < fraction
-    _, user_of, counts = np.unique(users, return_inverse=True, return_counts=True)
-    drawn = np.bincount(user_of, weights=mask, minlength=len(counts))
-    every = np.flatnonzero((drawn == counts)[user_of])         # pairs of users whose every pair was drawn
-    if len(every):
-        order = every[np.lexsort((draw[every], user_of[every]))]  # by user, then hash ascending
-        last = np.append(user_of[order][1:] != user_of[order][:-1], True)
-        mask[order[last]] = False
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(users)
+    wanted = counts * fraction
+    n_val = np.floor(wanted) + (rng.random(len(counts)) < wanted - np.floor(wanted))
+    n_val = np.minimum(n_val, np.maximum(counts - 1, 0)).astype(np.int64)
+    order = np.lexsort((rng.random(len(users)), users))       # by user, random within a user
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(users)) - starts[users[order]]    # rank of each pair within its user
+    mask[order] = position < n_val[users[order]]
     return mask
-
-
-def pair_hash(users: np.ndarray, items: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) for each ``(user, item)`` pair of ids, fixed by ``seed``: the splitmix64
-    finaliser of a mix of the two ids (ids that are not integers, such as strings, by their CRC-32)."""
-    with np.errstate(over="ignore"):
-        x = (_integers(users) * np.uint64(0x9E3779B97F4A7C15)
-             ^ (_integers(items) + np.uint64(seed) * np.uint64(0xD1B54A32D192ED03)))
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def _integers(ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        ids = np.array([zlib.crc32(str(value).encode()) for value in ids.tolist()], dtype=np.int64)
-    return ids.astype(np.uint64)
 
 
 def sample_negatives(rng: np.random.Generator, users: np.ndarray, positive_keys: np.ndarray,

@@ -1,9 +1,8 @@
 """The project's LightGCN recommender: fits the Lightning module with early stopping, keeps its embeddings.
 
 Model selection
-    :class:`LightGCNRecommender` carves a validation split out of the interactions it is given (about
-    ``val_fraction`` of each user's positives, drawn by a hash of the pair so a pair stays on its side as
-    data grows: ``data.holdout_mask``), measures nDCG@20 on it after every epoch (training
+    :class:`LightGCNRecommender` carves a validation split out of the interactions it is given (a random
+    ``val_fraction`` of each user's positives), measures nDCG@20 on it after every epoch (training
     positives excluded from the ranking), stops when it has not improved for ``patience`` epochs and
     keeps the best epoch's weights. No test data is ever seen: the caller's test split stays outside.
 
@@ -280,8 +279,7 @@ class LightGCNRecommender(Recommender):
             raise ValueError("cannot fit LightGCN on zero interactions with weight > 0")
         p = self.params
         n_users, n_items = interactions.n_users, interactions.n_items
-        held_out = holdout_mask(interactions.user_ids[users], interactions.item_ids[items], p["val_fraction"],
-                                p["seed"])
+        held_out = holdout_mask(users, items, p["val_fraction"], p["seed"])
         train_users, train_items = users[~held_out], items[~held_out]
 
         module = LightGCN(n_users, n_items, train_users, train_items, factors=p["factors"], layers=p["layers"],
