@@ -75,7 +75,7 @@ def _union(shard_count: int) -> sql.Composable:
 
 def shard_query(basis: str, shard_count: int, run_id: str, generated_at: datetime) -> publishing.Query:
     """The published recommendations as a query over the scoring shards, run by the database inside the publish
-    transaction: rows never pass through this process (ten million of them at a million users). A shard whose
+    transaction: rows never pass through this process (k per user: twenty million at a million users). A shard whose
     record names another basis by then (re-scored since :func:`shard_summary` looked) contributes no rows, and
     the check before the swap then refuses the publication for its users without recommendations. No ORDER BY:
     each shard's table holds its users' rows in the order it wrote them (by user, best first), and a sort of

@@ -91,7 +91,7 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
 
 
 class ScoredRows:
-    """A shard's rows, made as they are written (a list of them all would hold ten rows per user in memory),
+    """A shard's rows, made as they are written (a list of them all would hold k rows per user in memory),
     counting the users they cover."""
 
     def __init__(self, rows: Iterator[tuple]):
