@@ -54,12 +54,11 @@ def import_seconds(env: dict[str, str], repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def last_run_timings(env: dict[str, str]) -> tuple[float, float, int]:
-    """(sum of the last run's step work, its run start to success span, steps) from the event log."""
+def last_run_timings(env: dict[str, str]) -> tuple[dict[str, float], float]:
+    """(each step's work, the run's start to success span) of the last run, from the event log."""
     events = latest_run_events(env)
-    work = step_seconds(events)
     run = {kind.split("_")[1]: at for kind, _, at in events if kind.startswith(("RUN_", "PIPELINE_"))}
-    return sum(work.values()), run["SUCCESS"] - run["START"], len(work)
+    return step_seconds(events), run["SUCCESS"] - run["START"]
 
 
 def main() -> None:
@@ -81,10 +80,13 @@ def main() -> None:
         first = rec(env, "materialize", "--executor", "in_process", "--config", str(config))
         say(f"first refresh (fits the models, not timed): {first:.0f} s")
         wall = rec(env, "materialize", "--executor", "multiprocess", "--config", str(config))
-        work, span, steps = last_run_timings(env)
+        steps, span = last_run_timings(env)
+        work = sum(steps.values())
+        print("step work: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in
+                                        sorted(steps.items(), key=lambda pair: -pair[1])))
         print(f"definitions import: {imports:.2f} s")
         print(f"refresh with every model reused, multiprocess executor: {wall:.1f} s wall "
-              f"(run span {span:.1f} s), {steps} steps doing {work:.1f} s of work")
+              f"(run span {span:.1f} s), {len(steps)} steps doing {work:.1f} s of work")
         print(f"import_s={imports:.2f} refresh_reused_s={wall:.1f} step_work_s={work:.1f} "
               f"overhead_ratio={wall / work:.1f}")
     finally:

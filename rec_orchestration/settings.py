@@ -75,16 +75,21 @@ def embedded_port() -> int:
 
 
 EXECUTORS = ("multiprocess", "in_process", "dask", "k8s")
+# How the multiprocess executor starts a step's process: forked from a server process that imported the
+# code location once for the run, not a fresh interpreter per step (``spawn``, Dagster's default) that
+# imports Dagster, dagster-dbt and the definitions again before the step can start (about 7 s of a core
+# each; a refresh of the sample has 16 steps).
+MULTIPROCESS_CONFIG = {"start_method": {"forkserver": {"preload_modules": ["rec_orchestration.definitions"]}}}
 DEFAULT_DASK_WORKERS = 2
 
 
 def executor_name() -> str:
     """How a run executes its steps (``REC_EXECUTOR``): ``multiprocess`` (the default: a process per
-    step, steps side by side where the graph allows), ``in_process`` (every step in the run's own
-    process: one start-up instead of one per step, which is faster on a small machine), ``dask`` (each
-    step a task on a dask.distributed cluster, whose workers may be other machines: :func:`dask_cluster`)
-    or ``k8s`` (each step a Kubernetes Job, with the ``dagster-k8s`` extra and the Helm chart's run
-    launcher)."""
+    step, forked as :data:`MULTIPROCESS_CONFIG` says, steps side by side where the graph allows),
+    ``in_process`` (every step in the run's own process: one start-up instead of one per step, which is
+    faster on a small machine), ``dask`` (each step a task on a dask.distributed cluster, whose workers
+    may be other machines: :func:`dask_cluster`) or ``k8s`` (each step a Kubernetes Job, with the
+    ``dagster-k8s`` extra and the Helm chart's run launcher)."""
     name = os.environ.get("REC_EXECUTOR", "multiprocess").strip().lower().replace("-", "_")
     if name not in EXECUTORS:
         raise ValueError(f"REC_EXECUTOR={name!r}: expected one of {', '.join(EXECUTORS)}")

@@ -12,6 +12,7 @@ import sys
 
 import dagster as dg
 
+from rec_orchestration import settings
 from rec_orchestration.definitions import defs
 
 EXPECTED_ASSETS = {
@@ -147,7 +148,8 @@ def test_runs_use_the_executor_named_by_rec_executor():
         seen[value] = (done.returncode, done.stdout.split() if done.returncode == 0 else done.stderr)
     local = "multi_or_in_process_executor"
     assert seen["in_process"] == (0, [local, '{"in_process":{}}'] * 2)
-    assert seen["multiprocess"] == seen[None] == (0, [local, '{"multiprocess":{}}'] * 2)
+    forkserver = json.dumps({"multiprocess": settings.MULTIPROCESS_CONFIG}, sort_keys=True).replace(" ", "")
+    assert seen["multiprocess"] == seen[None] == (0, [local, forkserver] * 2)
     assert seen["threads"][0] != 0 and "expected one of multiprocess, in_process, dask, k8s" in seen["threads"][1]
     assert seen["dask"][0] == 0 and seen["dask"][1][0::2] == ["dask", "dask"]
     for default in seen["dask"][1][1::2]:  # the scheduler of REC_DASK_SCHEDULER, Dagster's retries on

@@ -1,12 +1,17 @@
-"""The refresh on a real dask.distributed cluster (REC_EXECUTOR=dask): a scheduler and two worker processes
-on 127.0.0.1, started and stopped here, run every step, the scoring in two shards; the published tables
-equal an in-process run's in one shard. The model store is given as a URL (``file://``), as a store that
-other machines reach (``s3://...``) would be."""
+"""Where the steps of a refresh run, and that it publishes the same wherever they do.
+
+- On a real dask.distributed cluster (REC_EXECUTOR=dask): a scheduler and two worker processes on
+  127.0.0.1, started and stopped here, run every step, the scoring in two shards; the published tables
+  equal an in-process run's in one shard. The model store is given as a URL (``file://``), as a store
+  that other machines reach (``s3://...``) would be.
+- Under the multiprocess executor (the default of a run launched from the UI or a schedule): a process per
+  step, forked from one server process that loaded the code location for the run."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +93,40 @@ def dask_cluster(tmp_path: Path):
     left = still_alive(started)
     kill_leftovers(left)
     assert not left, f"dask processes left running: {left}"
+
+
+def test_the_default_executor_forks_every_step_from_one_loaded_code_location_and_publishes_the_same(
+        warehouse_env, test_databases, tmp_path: Path):
+    """Each step gets a process of its own, forked from a server that imported the code location once for
+    the run: the definitions are imported twice per run (the run's process and that server), not again
+    by each step's process as with Dagster's default start (``spawn``). What it publishes is what a run
+    with every step in one process publishes."""
+    run_config = tmp_path / "quick.yaml"
+    run_config.write_text(yaml.safe_dump(QUICK_MODELS))
+    in_process_env = dict(os.environ) | {"REC_STEP_THREADS": "1"}  # the same numbers need the same threads
+    materialize(in_process_env, "in_process", run_config)
+    expected = published(warehouse_env)
+    assert expected["recs.user_recommendations"]
+
+    warehouse = test_databases.create("rec_multiprocess")
+    dagster_db = test_databases.create("rec_multiprocess_dagster")
+    env = in_process_env | {"REC_DATABASE_URL": warehouse.url(), "REC_DAGSTER_DATABASE_URL": dagster_db.url(),
+                            "REC_MODEL_STORE_DIR": str(tmp_path / "multiprocess_model_store"),
+                            "REC_HOME": str(tmp_path / "multiprocess_rec_home"),
+                            # every Python process of the run prints the modules it imports on stderr
+                            "PYTHONPROFILEIMPORTTIME": "1"}
+    output = materialize(env, "multiprocess", run_config)
+
+    steps, run_pid = step_pids(dagster_db)
+    assert {"publish_recommendations", "models__lightgcn", "dbt_warehouse"} & set(steps) and len(steps) >= 10
+    assert run_pid not in set(steps.values()) and len(set(steps.values())) == len(steps)
+    # A process that loads the code location imports rec_orchestration.schedules once (the definitions alone
+    # import it; Dagster's loader runs the definitions module itself without an import-time line of its own).
+    loads = re.findall(r"^import time:.*\|\s*rec_orchestration\.schedules$", output, re.MULTILINE)
+    assert len(loads) == 2, f"the code location was loaded {len(loads)} times for {len(steps)} steps"
+    got = published(warehouse)
+    assert same_rows(got.pop("recs.user_recommendations"), expected.pop("recs.user_recommendations"))
+    assert got == expected
 
 
 def worker_pids(address: str, expected: int) -> set[int]:
