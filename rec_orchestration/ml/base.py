@@ -45,6 +45,17 @@ class Recommendations:
         ]
 
 
+def stable_hash(ids: np.ndarray) -> np.ndarray:
+    """A uint64 hash of each integer id (splitmix64's finaliser): the same on every machine and Python
+    process (unlike ``hash``), spreading consecutive ids evenly."""
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the ``k`` largest entries of each row, best first; ``-inf`` never returned.
 

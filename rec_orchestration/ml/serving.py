@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rec_orchestration.ml.base import Recommendations, index_of
+from rec_orchestration.ml.base import Recommendations, index_of, stable_hash
 from rec_orchestration.ml.interactions import Interactions
 
 if TYPE_CHECKING:
@@ -309,14 +309,8 @@ def _round_robin(categories: list[int], inputs: ServingInputs, seen: set[int], c
 
 
 def user_shards(user_ids: np.ndarray, shards: int) -> np.ndarray:
-    """The scoring shard (0 to ``shards`` - 1) of each user: a stable hash of the id (splitmix64's finaliser),
+    """The scoring shard (0 to ``shards`` - 1) of each user: a stable hash of the id (:func:`stable_hash`),
     the same on every machine and Python process (unlike ``hash``), spreading consecutive ids evenly."""
     if shards < 1:
         raise ValueError("shards must be at least 1")
-    x = np.asarray(user_ids, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(shards)).astype(np.int64)
+    return (stable_hash(user_ids) % np.uint64(shards)).astype(np.int64)

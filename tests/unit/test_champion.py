@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rec_orchestration.ml import registry
+from rec_orchestration.ml import registry, training
 from rec_orchestration.ml.artifacts import ModelStore
 from rec_orchestration.ml.champion import (
     BASELINES,
@@ -28,6 +28,7 @@ from rec_orchestration.ml.training import (
     ModelInputs,
     category_features,
     data_version,
+    evaluation_sample,
     fit_and_evaluate,
     refit_on_everything,
     training_split,
@@ -199,6 +200,35 @@ def test_the_split_holds_out_each_users_latest_interaction():
     assert set(map(tuple, split.test[["user_id", "product_id"]].to_numpy())) == set(
         map(tuple, latest[["user_id", "product_id"]].to_numpy()))
     assert split.data_version == data_version(frame) != data_version(frame.iloc[1:])
+
+
+def test_models_are_evaluated_on_the_same_capped_sample_of_held_out_users(tmp_path, monkeypatch):
+    """Past EVAL_MAX_USERS held-out users, every model is ranked for the same EVAL_MAX_USERS of them (all
+    their held-out rows), and the manifest says how many were held out and how many evaluated."""
+    monkeypatch.setattr(training, "EVAL_MAX_USERS", 12)
+    store, split = ModelStore(str(tmp_path)), training_split(interactions_frame(n_users=30))
+    assert split.describe()["test_users"] == 30 and split.describe()["evaluated_users"] == 12
+    evaluated = {}
+    for name in ("itemknn", "popularity"):
+        manifest, _ = fit_and_evaluate(name, dict(registry.DEFAULTS.get(name, {})), split, store)
+        assert manifest["metrics"]["users"] == 12 and manifest["split"]["evaluated_users"] == 12
+        evaluated[name] = set(split.evaluated["user_id"])
+    assert evaluated["itemknn"] == evaluated["popularity"] and len(evaluated["itemknn"]) == 12
+    assert len(split.evaluated) == len(split.test[split.test["user_id"].isin(evaluated["itemknn"])])
+
+
+def test_the_evaluation_sample_keeps_its_users_as_users_are_added():
+    """The sample is the users whose ids hash lowest: new users can push some out, never bring an older
+    user in who was out; with no more users than the cap, it is the whole test set."""
+    rows = pd.DataFrame({"user_id": np.arange(1, 2001).repeat(2), "product_id": np.arange(4000) % 50})
+    small = set(evaluation_sample(rows, 300)["user_id"])
+    grown = pd.concat([rows, pd.DataFrame({"user_id": np.arange(2001, 2201), "product_id": 1})])
+    large = set(evaluation_sample(grown, 300)["user_id"])
+    assert len(small) == len(large) == 300
+    assert large & set(range(1, 2001)) <= small          # older users only leave
+    assert len(large & small) > 240                       # and few do: 200 new users of 2,200
+    assert evaluation_sample(rows, 300)["user_id"].value_counts().eq(2).all()  # every row of a chosen user
+    assert evaluation_sample(rows, 5000) is rows
 
 
 def test_a_model_is_fitted_once_per_data_params_and_code(tmp_path):
