@@ -203,8 +203,7 @@ def materialize(select: str | None, executor_name: str, config_file: str | None)
     # The code location's executor is REC_EXECUTOR's (jobs.run_executor); its default config is the one wanted.
     env = _dagster_env() | {"REC_EXECUTOR": executor_name}
     local = executor_name in ("in_process", "multiprocess")
-    executor_config = settings.MULTIPROCESS_CONFIG if executor_name == "multiprocess" else {}
-    run_config = {"execution": {"config": {executor_name: executor_config}}} if local else {}
+    run_config = {"execution": {"config": settings.local_executor_config(executor_name)}} if local else {}
     if config_file is not None:
         import yaml  # a dagster dependency
 

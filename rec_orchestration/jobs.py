@@ -68,8 +68,7 @@ def run_executor(name: str) -> dg.ExecutorDefinition:
         return k8s_job_executor
     base = dg.multi_or_in_process_executor
     # its selector (multiprocess | in_process, each with its own options), with another default
-    default = {name: settings.MULTIPROCESS_CONFIG if name == "multiprocess" else {}}
-    return _with_default(base, default, requirements=lambda config: (
+    return _with_default(base, settings.local_executor_config(name), requirements=lambda config: (
         dg.multiple_process_executor_requirements() if "multiprocess" in config else []))
 
 

@@ -80,6 +80,13 @@ EXECUTORS = ("multiprocess", "in_process", "dask", "k8s")
 # imports Dagster, dagster-dbt and the definitions again before the step can start (about 7 s of a core
 # each; a refresh of the sample has 16 steps).
 MULTIPROCESS_CONFIG = {"start_method": {"forkserver": {"preload_modules": ["rec_orchestration.definitions"]}}}
+
+
+def local_executor_config(name: str) -> dict[str, dict]:
+    """The config of Dagster's default executor that runs a run's steps as ``name`` (``multiprocess`` or
+    ``in_process``) says: what a run whose config names no executor gets, and what ``rec materialize``
+    passes."""
+    return {name: MULTIPROCESS_CONFIG if name == "multiprocess" else {}}
 DEFAULT_DASK_WORKERS = 2
 
 

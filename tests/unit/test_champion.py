@@ -208,13 +208,16 @@ def test_models_are_evaluated_on_the_same_capped_sample_of_held_out_users(tmp_pa
     monkeypatch.setattr(training, "EVAL_MAX_USERS", 12)
     store, split = ModelStore(str(tmp_path)), training_split(interactions_frame(n_users=30))
     assert split.describe()["test_users"] == 30 and split.describe()["evaluated_users"] == 12
-    evaluated = {}
+    given = []  # the held-out rows each evaluation was given (the real evaluate runs on them)
+    evaluate = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda model, train, test, k: given.append(test) or evaluate(
+        model, train, test, k=k))
     for name in ("itemknn", "popularity"):
         manifest, _ = fit_and_evaluate(name, dict(registry.DEFAULTS.get(name, {})), split, store)
         assert manifest["metrics"]["users"] == 12 and manifest["split"]["evaluated_users"] == 12
-        evaluated[name] = set(split.evaluated["user_id"])
-    assert evaluated["itemknn"] == evaluated["popularity"] and len(evaluated["itemknn"]) == 12
-    assert len(split.evaluated) == len(split.test[split.test["user_id"].isin(evaluated["itemknn"])])
+    evaluated = [set(test["user_id"]) for test in given]
+    assert len(evaluated) == 2 and evaluated[0] == evaluated[1] and len(evaluated[0]) == 12
+    assert len(given[0]) == len(split.test[split.test["user_id"].isin(evaluated[0])])
 
 
 def test_the_evaluation_sample_keeps_its_users_as_users_are_added():
