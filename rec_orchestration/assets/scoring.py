@@ -115,7 +115,7 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, model_st
     champion = champion_model(state.row, model_store)
     popular = popularity_model(state.ranked)
     interactions = Interactions.from_frame(state.interactions)
-    seen = interactions.items_by_user()
+    seen = interactions.items_by_user(mine)  # this shard's users' histories only
     active = np.array([user for user in mine.tolist() if len(seen.get(user, ())) >= serving.min_interactions],
                       dtype=np.int64)
     # The thresholds come from every neighbour pair, so every shard draws the same ones.

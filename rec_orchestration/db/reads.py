@@ -24,9 +24,12 @@ class EmptyInputError(RuntimeError):
 
 
 # One row per (user, product), weighted by dbt (var interaction_weights). Ordered, so the split (ties
-# in time broken by row order) and the data version are the same on every read.
+# in time broken by row order) and the data version are the same on every read. The time as integer
+# microseconds since the epoch (a timestamptz's exact value; extract returns numeric), so it travels as a
+# number (Queries.read_columns).
 INTERACTIONS_QUERY = sql.SQL("""
-    SELECT user_id, product_id, weight, last_at AS ts
+    SELECT user_id, product_id, weight::double precision AS weight,
+           (extract(epoch FROM last_at) * 1000000)::bigint AS ts
     FROM core.interactions
     ORDER BY user_id, last_at, product_id
 """)
@@ -35,11 +38,11 @@ INTERACTIONS_QUERY = sql.SQL("""
 def interactions_frame(db: Queries) -> pd.DataFrame:
     """``user_id, product_id, weight (float), ts (UTC)`` of every interaction; raises when there is none."""
     import pandas as pd
-    frame = db.read_dataframe(INTERACTIONS_QUERY)
+    frame = db.read_columns(INTERACTIONS_QUERY, {"user_id": "int64", "product_id": "int64", "weight": "float64",
+                                                 "ts": "int64"})
     if frame.empty:
         raise EmptyInputError("core.interactions is empty: nothing to train on")
-    frame["weight"] = frame["weight"].astype(float)
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["ts"] = pd.to_datetime(frame["ts"], unit="us", utc=True)
     return frame
 
 
@@ -122,7 +125,9 @@ def top_popular_products(db: Queries, n: int = 10) -> pd.DataFrame:
 
 def item_similarity(db: Queries) -> pd.DataFrame:
     """Every row of ``ml.item_similarity``."""
-    return db.read_dataframe(sql.SQL("SELECT item_id, neighbor_id, score, rank, method FROM ml.item_similarity"))
+    return db.read_columns(sql.SQL("SELECT item_id, neighbor_id, score, rank, method FROM ml.item_similarity"),
+                           {"item_id": "int64", "neighbor_id": "int64", "score": "float64", "rank": "int64",
+                            "method": "object"})
 
 
 def neighbours_of_most_interacted_product(db: Queries, ranks: int = 3) -> pd.DataFrame:

@@ -6,7 +6,12 @@ Same shape as benfred/implicit's ``RecommenderBase``: a model is fitted on :clas
 
 A subclass implements ``fit``, ``score_users`` (dense scores of every item for some users),
 ``state_dict`` and ``from_state_dict``; ``recommend``, ``similar_items`` (from ``item_vectors``),
-``save`` and ``load`` come from here.
+``save`` and ``load`` come from here. A model whose scores are mostly the same value overrides
+``candidate_scores`` so that ``recommend`` ranks only the items that can win: EASE's modelled items (the
+rest score ``-inf``), item-kNN's sparse neighbour sums (the rest score 0). The top k are the same as a
+ranking of every item's dense score (``tests/unit/test_candidates.py`` holds them to that); the work
+per user is the candidates', not the catalogue's, which at 200,000 products is what keeps scoring every
+user linear in the data.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.progress import Report
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 USER_BATCH = 256  # users scored per dense block in recommend(): 20 MB of float32 scores at 20,000 items. Small
 # enough to stay in cache: with 1,024 (80 MB) two scoring processes on two cores were bound by memory
@@ -96,6 +104,15 @@ class Recommender(ABC):
     def score_users(self, user_index: np.ndarray) -> np.ndarray:
         """Dense ``(len(user_index), n_items)`` float scores, higher is better, for users given by index."""
 
+    def candidate_scores(self, user_index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | sp.csr_matrix:
+        """The scores ``recommend`` ranks, for users given by index; the same top k as ``score_users``'.
+
+        Either ``(scores, columns)``: dense ``(len(user_index), len(columns))`` scores of the item indices
+        ``columns`` (ascending; None: every item), every other item scoring ``-inf``; or a CSR
+        ``(len(user_index), n_items)`` matrix whose unstored entries score 0. By default every item's
+        dense score."""
+        return self.score_users(user_index), None
+
     def item_vectors(self) -> np.ndarray | None:
         """One vector per item index whose cosine is the model's item similarity; None if it has none."""
         return None
@@ -120,23 +137,28 @@ class Recommender(ABC):
 
         A user the model never saw gets no items (the caller falls back to popularity).
         """
+        import scipy.sparse as sp
+
         user_ids = np.asarray(user_ids)
         index = self.user_index_of(user_ids)
         items_out: list[np.ndarray] = [self.item_ids[:0]] * len(user_ids)
         scores_out: list[np.ndarray] = [np.empty(0)] * len(user_ids)
         known = np.flatnonzero(index >= 0)
+        no_items = np.empty(0, dtype=np.int64)
         for start in range(0, len(known), USER_BATCH):
             rows = known[start:start + USER_BATCH]
-            scores = np.array(self.score_users(index[rows]), dtype=np.float32, copy=None)
-            if not scores.flags.writeable:
-                scores = scores.copy()
+            seen = [no_items] * len(rows)  # item indices to leave out, per row of the block
             if exclude is not None:
                 for row_in_block, row in enumerate(rows):
-                    seen = exclude.get(user_ids[row])
-                    if seen is not None and len(seen):
-                        seen_index = index_of(self.item_ids, np.asarray(seen))
-                        scores[row_in_block, seen_index[seen_index >= 0]] = -np.inf
-            best, best_scores = top_k(scores, k)
+                    excluded = exclude.get(user_ids[row])
+                    if excluded is not None and len(excluded):
+                        seen_index = index_of(self.item_ids, np.asarray(excluded))
+                        seen[row_in_block] = seen_index[seen_index >= 0]
+            candidates = self.candidate_scores(index[rows])
+            if sp.issparse(candidates):
+                best, best_scores = top_k_sparse(candidates, k, seen)
+            else:
+                best, best_scores = _top_k_dense(*candidates, k, seen)
             for row_in_block, row in enumerate(rows):
                 keep = np.isfinite(best_scores[row_in_block])
                 items_out[row] = self.item_ids[best[row_in_block][keep]]
@@ -181,6 +203,72 @@ class Recommender(ABC):
 
         state = torch.load(io.BytesIO(Path(path).read_bytes()), map_location=map_location, weights_only=True)
         return cls.from_state_dict(state)
+
+
+def _top_k_dense(scores: np.ndarray, columns: np.ndarray | None, k: int,
+                 seen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` of dense candidate scores over the item indices ``columns`` (None: every item), the
+    ``seen`` item indices of each row left out; item indices back."""
+    scores = np.array(scores, dtype=np.float32, copy=None)
+    if not scores.flags.writeable:
+        scores = scores.copy()
+    for row, items in enumerate(seen):
+        if len(items):
+            if columns is not None:
+                items = index_of(columns, items)
+                items = items[items >= 0]
+            scores[row, items] = -np.inf
+    best, best_scores = top_k(scores, k)
+    return (best if columns is None else columns[best]), best_scores
+
+
+def top_k_sparse(scores: sp.csr_matrix, k: int, seen: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What :func:`top_k` gives for the dense rows of ``scores`` (unstored entries 0), each row's ``seen``
+    columns set to ``-inf``, without making them dense: a row's stored positive scores best first (ties:
+    lower column), then its zeros by column (the lowest columns neither stored nor seen, a dense row's
+    tie-break), then its negative scores. The work is the stored entries', plus a row's seen columns and k
+    where a row has fewer than k positive entries."""
+    import scipy.sparse as sp
+
+    scores = sp.csr_matrix(scores)
+    scores.sum_duplicates()
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    lengths = np.diff(scores.indptr)
+    row = np.repeat(np.arange(n_rows), lengths)
+    col, value = scores.indices.astype(np.int64), scores.data.astype(np.float32)
+    excluded = np.concatenate([np.asarray(items, dtype=np.int64) + r * n_cols for r, items in enumerate(seen)] or
+                              [np.empty(0, dtype=np.int64)])
+    keep = ~np.isin(row * n_cols + col, excluded) if len(excluded) else np.ones(len(col), dtype=bool)
+    positive = keep & (value > 0)
+    order = np.flatnonzero(positive)[np.lexsort((col[positive], -value[positive], row[positive]))]
+    counts = np.bincount(row[order], minlength=n_rows)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    order = order[np.arange(len(order)) - first < k]      # each row's best k positives
+    starts = np.searchsorted(row[order], np.arange(n_rows + 1))
+    best_out, scores_out = [], []
+    for r in range(n_rows):
+        items, values = col[order[starts[r]:starts[r + 1]]], value[order[starts[r]:starts[r + 1]]]
+        if len(items) < k:  # then zeros by column, then negatives: what a dense row ranks next
+            stored = slice(scores.indptr[r], scores.indptr[r + 1])
+            row_keep = keep[stored]
+            nonzero = col[stored][row_keep & (value[stored] != 0)]
+            zeros = _lowest_columns_not_in(np.concatenate([nonzero, np.asarray(seen[r], dtype=np.int64)]),
+                                           k - len(items), n_cols)
+            negative = row_keep & (value[stored] < 0)
+            neg_cols, neg_values = col[stored][negative], value[stored][negative]
+            neg_order = np.lexsort((neg_cols, -neg_values))[:k - len(items) - len(zeros)]
+            items = np.concatenate([items, zeros, neg_cols[neg_order]])
+            values = np.concatenate([values, np.zeros(len(zeros), dtype=np.float32), neg_values[neg_order]])
+        best_out.append(items)
+        scores_out.append(values)
+    return best_out, scores_out
+
+
+def _lowest_columns_not_in(taken: np.ndarray, n: int, n_cols: int) -> np.ndarray:
+    """The ``n`` lowest of ``0 .. n_cols - 1`` not in ``taken`` (fewer if there are not so many)."""
+    window = np.arange(min(n_cols, n + len(taken)))  # holds n free columns, if there are n
+    return window[~np.isin(window, taken)][:n]
 
 
 def index_of(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -86,15 +86,24 @@ class EASERecommender(Recommender):
                              "items": len(now)}
         return self
 
-    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+    def _modelled_scores(self, user_index: np.ndarray) -> np.ndarray:
         if self._history_of_modelled is None:  # users x modelled items, sliced once, not per block
             self._history_of_modelled = self.user_items[:, self.modelled].tocsr()
-        modelled_scores = np.asarray(self._history_of_modelled[user_index] @ self.weights, dtype=np.float32)
+        return np.asarray(self._history_of_modelled[user_index] @ self.weights, dtype=np.float32)
+
+    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+        modelled_scores = self._modelled_scores(user_index)
         if len(self.modelled) == len(self.item_ids):
             return modelled_scores
         scores = np.full((len(user_index), len(self.item_ids)), UNMODELLED_SCORE, dtype=np.float32)
         scores[:, self.modelled] = modelled_scores
         return scores
+
+    def candidate_scores(self, user_index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Only the modelled items' scores (every other item's is -inf): at 200,000 products and 10,000
+        modelled, a twentieth of the dense ranking's work."""
+        whole = len(self.modelled) == len(self.item_ids)
+        return self._modelled_scores(user_index), (None if whole else self.modelled)
 
     def item_vectors(self) -> np.ndarray:
         """An item's column of B over the modelled items (zero for unmodelled items)."""

@@ -213,7 +213,7 @@ def evaluate(model: Recommender, train: Interactions, test: pd.DataFrame, k: int
     truth = items_by_user(test)
     users = np.asarray(list(truth))
     started = time.perf_counter()
-    recommendations = model.recommend(users, k, exclude=train.items_by_user())
+    recommendations = model.recommend(users, k, exclude=train.items_by_user(users))
     seconds = time.perf_counter() - started
     results: dict[str, float] = ranking_metrics(recommendations, truth, k)
     results["coverage"] = catalogue_coverage(recommendations, train.n_items, k)

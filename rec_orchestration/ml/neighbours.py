@@ -58,7 +58,12 @@ class ItemKNNRecommender(Recommender):
         return self
 
     def score_users(self, user_index: np.ndarray) -> np.ndarray:
-        return (self.user_items[user_index] @ self.similarity).toarray()
+        return self.candidate_scores(user_index).toarray()
+
+    def candidate_scores(self, user_index: np.ndarray) -> sp.csr_matrix:
+        """The summed similarities, sparse: only the neighbours of a user's items score above 0, a few
+        hundred of 200,000 products at 10M interactions."""
+        return (self.user_items[user_index] @ self.similarity).tocsr()
 
     def similar_items(self, item_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Neighbours straight from the stored similarity rows (padded with -1 / NaN)."""

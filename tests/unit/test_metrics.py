@@ -129,3 +129,16 @@ def test_invalid_k_and_catalogue_are_refused():
         precision_at_k(RECS, TRUTH, k=0)
     with pytest.raises(ValueError):
         catalogue_coverage(RECS, 0)
+
+
+def test_the_histories_of_some_users_are_theirs_in_full_and_nobody_elses():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"user_id": 3 * rng.integers(0, 300, 5000), "product_id": rng.integers(0, 100, 5000),
+                          "weight": 1.0, "ts": rng.random(5000)})
+    data = Interactions.from_frame(frame)
+    everyone = data.items_by_user()
+    asked = np.array([0, 3, 1, 897, 5, 2000, -1])  # some known, some never seen
+    some = data.items_by_user(asked)
+    assert set(some) == {user for user in asked.tolist() if user in everyone} and len(some) >= 2
+    for user, items in some.items():
+        assert np.array_equal(items, everyone[user])
