@@ -71,6 +71,9 @@ class LightFMConfig(dg.Config):
     epochs: int = Field(default=registry.DEFAULTS["lightfm"]["epochs"], ge=1)
     learning_rate: float = Field(default=registry.DEFAULTS["lightfm"]["learning_rate"], gt=0)
     use_categories: bool = Field(default=True, description="Category paths as item features.")
+    max_minutes: float = Field(default=20.0, gt=0, description=(
+        "Training time budget: no epoch starts that would end past it (the mean epoch so far says), so the "
+        "hourly refresh ends within the hour on a CPU; the run log and the artifact say how many epochs ran."))
 
 
 class LightGCNConfig(dg.Config):
@@ -143,6 +146,8 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
         metadata["warm_start_from"] = manifest["warm_start_from"]
         metadata["warm_chain"] = int(manifest["warm_chain"])
         metadata["warm_started"] = dg.MetadataValue.json(manifest.get("warm_started") or {})
+    if "epochs_trained" in manifest:  # fewer than params' epochs: stopped by its time budget
+        metadata["epochs_trained"] = int(manifest["epochs_trained"])
     if "device_used" in manifest:
         metadata["device"] = manifest["device_used"]
         metadata["seconds_per_epoch"] = float(manifest["seconds_per_epoch"])

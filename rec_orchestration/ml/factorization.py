@@ -9,6 +9,7 @@ fit can continue from them (``warm_start``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,7 +77,7 @@ class LightFMRecommender(Recommender):
                  learning_rate: float = LIGHTFM["learning_rate"],
                  item_alpha: float = 1e-6, user_alpha: float = 1e-6, max_sampled: int = 10,
                  item_features: Mapping[Any, Sequence[str]] | None = None, feature_weight: float = 1.0,
-                 num_threads: int | None = None, seed: int = 42) -> None:
+                 num_threads: int | None = None, seed: int = 42, max_minutes: float | None = None) -> None:
         self.params = {"factors": factors, "epochs": epochs, "learning_rate": learning_rate,
                        "item_alpha": item_alpha, "user_alpha": user_alpha, "max_sampled": max_sampled,
                        "feature_weight": feature_weight, "seed": seed}
@@ -84,6 +85,12 @@ class LightFMRecommender(Recommender):
         # None: the step's thread budget (rec_orchestration.threads). More than one thread trains Hogwild
         # style, so two fits of the same data differ slightly; one thread is reproducible.
         self.num_threads = num_threads
+        # Wall-clock budget of one fit's training: no epoch starts that the mean epoch so far says would end
+        # past it (at 10M interactions an epoch took 122 s on one core, 30 of them an hour), so a scheduled
+        # refresh still ends on time; ``epochs_trained`` says how many ran. Not part of the model: like
+        # LightGCN's, a fit stopped by it is the model after that many epochs.
+        self.max_minutes = max_minutes
+        self.epochs_trained: int | None = None
         self.user_ids = np.array([], dtype=np.int64)
         self.item_ids = np.array([], dtype=np.int64)
         self.user_vectors = np.empty((0, factors), dtype=np.float32)
@@ -124,24 +131,32 @@ class LightFMRecommender(Recommender):
             epochs = min(epochs, WARM_EPOCHS)
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
         self._threads = self.num_threads or step_threads()
-        if self.progress is None:
+        if self.progress is None and self.max_minutes is None:
             model.fit_partial(positives, item_features=features, epochs=epochs, num_threads=self._threads)
+            self.epochs_trained = epochs
             self._take_representations(model, features)
         else:
-            self._fit_reporting(model, positives, features, epochs)
+            self._fit_by_epoch(model, positives, features, epochs)
         return self
+
+    def _another_epoch_fits(self, started: float, epochs_done: int) -> bool:
+        """Whether one more epoch, as long as the mean one so far, ends within ``max_minutes``."""
+        if self.max_minutes is None or epochs_done == 0:
+            return True
+        elapsed = time.perf_counter() - started
+        return elapsed + elapsed / epochs_done <= self.max_minutes * 60
 
     def _take_representations(self, model: Any, features: sp.csr_matrix) -> None:
         self.item_biases, self.item_factors = model.get_item_representations(features)
         _, self.user_vectors = model.get_user_representations()
         self.raw = {name: getattr(model, name) for name in (*USER_ARRAYS, *ITEM_ARRAYS)}
 
-    def _fit_reporting(self, model: Any, positives: sp.coo_matrix, features: sp.csr_matrix,
-                       epochs: int) -> None:
-        """The same fit, one epoch at a time, reporting each: ``epochs`` calls of ``fit_partial(epochs=1)``
-        train the same model as one ``fit_partial(epochs)``. LightFM reports no loss; the line gives the BPR
-        loss, ``mean(softplus(s_neg - s_pos))``, of fixed sampled (user, positive, random item) triples of
-        the training data, and the nDCG@10 on ``monitor`` (the evaluation's held-out rows) where it is set."""
+    def _fit_by_epoch(self, model: Any, positives: sp.coo_matrix, features: sp.csr_matrix, epochs: int) -> None:
+        """The same fit, one epoch at a time, within ``max_minutes`` and reporting each epoch where a progress
+        report is set: ``epochs`` calls of ``fit_partial(epochs=1)`` train the same model as one
+        ``fit_partial(epochs)``. LightFM reports no loss; the line gives the BPR loss,
+        ``mean(softplus(s_neg - s_pos))``, of fixed sampled (user, positive, random item) triples of the
+        training data, and the nDCG@10 on ``monitor`` (the evaluation's held-out rows) where it is set."""
         from rec_orchestration.ml.metrics import evaluate
         from rec_orchestration.progress import EpochProgress
 
@@ -157,10 +172,21 @@ class LightFMRecommender(Recommender):
             if len(sampled) > MONITOR_USERS:
                 sampled = rng.choice(sampled, MONITOR_USERS, replace=False)
             monitor = (monitor[0], held_out[held_out["user_id"].isin(sampled)])
-        reporter = EpochProgress(self.name, epochs, self.progress)
+        budget = self.max_minutes * 60 if self.max_minutes is not None else None
+        reporter = EpochProgress(self.name, epochs, self.progress, budget_seconds=budget) if self.progress else None
         self.history = []
+        started = time.perf_counter()
+        self.epochs_trained = 0
         for epoch in range(epochs):
+            if not self._another_epoch_fits(started, epoch):
+                if self.progress is not None:
+                    self.progress(f"{self.name}: stopped after {epoch} of {epochs} epochs, the next would end past "
+                                  f"the budget of {self.max_minutes:g} min")
+                break
             model.fit_partial(positives, item_features=features, epochs=1, num_threads=self._threads)
+            self.epochs_trained = epoch + 1
+            if reporter is None:
+                continue
             margin = (model.predict(users, neg, item_features=features, num_threads=self._threads)
                       - model.predict(users, pos, item_features=features, num_threads=self._threads))
             row = {"epoch": epoch, "train_loss": float(np.logaddexp(0.0, margin).mean()),

@@ -68,8 +68,10 @@ EVAL_MAX_USERS = 20_000
 EVALUATION_VERSION = (f"time-holdout-{HOLDOUT_LATEST}-min{HOLDOUT_MIN_INTERACTIONS}-k{EVAL_K}"
                       f"-users{EVAL_MAX_USERS}-v2")
 TRAINING_CURVE = "training_curve.png"
-# Attributes a fitted model may have that go into its manifest (LightGCN's device and timing).
-REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "batch_size_used", "warm_started")
+# Attributes a fitted model may have that go into its manifest (LightGCN's device and timing, the epochs
+# LightFM trained within its time budget).
+REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "batch_size_used", "warm_started",
+                       "epochs_trained")
 
 
 def data_version(frame: pd.DataFrame) -> str:

@@ -49,6 +49,25 @@ def test_lightfm_reports_each_epoch_and_trains_the_same_model(interactions):
     assert losses[-1] < losses[0]  # the sampled BPR loss falls as WARP trains
 
 
+def test_a_lightfm_time_budget_stops_before_an_epoch_that_would_overrun_it(interactions):
+    """Within the budget, the same model as without one; with a budget a few epochs long, training stops
+    there, says so, and keeps what those epochs trained (the same as a fit of that many epochs)."""
+    unbounded = LightFMRecommender(factors=8, epochs=3, num_threads=1, max_minutes=60).fit(interactions)
+    plain = LightFMRecommender(factors=8, epochs=3, num_threads=1).fit(interactions)
+    np.testing.assert_array_equal(unbounded.item_factors, plain.item_factors)
+    assert unbounded.epochs_trained == plain.epochs_trained == 3
+
+    lines: list[str] = []
+    bounded = LightFMRecommender(factors=8, epochs=100_000, num_threads=1, max_minutes=0.02)
+    bounded.progress = lines.append
+    bounded.fit(interactions)
+    trained = bounded.epochs_trained
+    assert 0 < trained < 100_000 and len(bounded.history) == trained  # stopped by the 1.2 s budget
+    assert lines[-1].startswith(f"lightfm: stopped after {trained} of 100000 epochs")
+    same_epochs = LightFMRecommender(factors=8, epochs=trained, num_threads=1).fit(interactions)
+    np.testing.assert_array_equal(bounded.item_factors, same_epochs.item_factors)
+
+
 def test_lightgcn_reports_each_epoch_through_its_callback(interactions):
     from rec_orchestration.ml.lightgcn.recommender import LightGCNRecommender
 
