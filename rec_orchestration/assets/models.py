@@ -148,6 +148,8 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
         metadata["warm_started"] = dg.MetadataValue.json(manifest.get("warm_started") or {})
     if "epochs_trained" in manifest:  # fewer than params' epochs: stopped by its time budget
         metadata["epochs_trained"] = int(manifest["epochs_trained"])
+    if manifest.get("budget_minutes") is not None:  # max_minutes, or a share of it for a warm start
+        metadata["budget_minutes"] = float(manifest["budget_minutes"])
     if "device_used" in manifest:
         metadata["device"] = manifest["device_used"]
         metadata["seconds_per_epoch"] = float(manifest["seconds_per_epoch"])

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender, shared_rows
+from rec_orchestration.ml.base import Recommender, fit_budget_minutes, shared_rows
 from rec_orchestration.ml.defaults import LIGHTFM
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.threads import step_threads
@@ -90,6 +90,7 @@ class LightFMRecommender(Recommender):
         # refresh still ends on time; ``epochs_trained`` says how many ran. Not part of the model: like
         # LightGCN's, a fit stopped by it is the model after that many epochs.
         self.max_minutes = max_minutes
+        self.budget_minutes = max_minutes  # this fit's: a share of it for a warm start (fit_budget_minutes)
         self.epochs_trained: int | None = None
         self.user_ids = np.array([], dtype=np.int64)
         self.item_ids = np.array([], dtype=np.int64)
@@ -131,7 +132,8 @@ class LightFMRecommender(Recommender):
             epochs = min(epochs, WARM_EPOCHS)
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
         self._threads = self.num_threads or step_threads()
-        if self.progress is None and self.max_minutes is None:
+        self.budget_minutes = fit_budget_minutes(self.max_minutes, self._warm is not None)
+        if self.progress is None and self.budget_minutes is None:
             model.fit_partial(positives, item_features=features, epochs=epochs, num_threads=self._threads)
             self.epochs_trained = epochs
             self._take_representations(model, features)
@@ -140,11 +142,11 @@ class LightFMRecommender(Recommender):
         return self
 
     def _another_epoch_fits(self, started: float, epochs_done: int) -> bool:
-        """Whether one more epoch, as long as the mean one so far, ends within ``max_minutes``."""
-        if self.max_minutes is None or epochs_done == 0:
+        """Whether one more epoch, as long as the mean one so far, ends within this fit's budget."""
+        if self.budget_minutes is None or epochs_done == 0:
             return True
         elapsed = time.perf_counter() - started
-        return elapsed + elapsed / epochs_done <= self.max_minutes * 60
+        return elapsed + elapsed / epochs_done <= self.budget_minutes * 60
 
     def _take_representations(self, model: Any, features: sp.csr_matrix) -> None:
         self.item_biases, self.item_factors = model.get_item_representations(features)
@@ -172,7 +174,7 @@ class LightFMRecommender(Recommender):
             if len(sampled) > MONITOR_USERS:
                 sampled = rng.choice(sampled, MONITOR_USERS, replace=False)
             monitor = (monitor[0], held_out[held_out["user_id"].isin(sampled)])
-        budget = self.max_minutes * 60 if self.max_minutes is not None else None
+        budget = self.budget_minutes * 60 if self.budget_minutes is not None else None
         reporter = EpochProgress(self.name, epochs, self.progress, budget_seconds=budget) if self.progress else None
         self.history = []
         started = time.perf_counter()
@@ -181,7 +183,7 @@ class LightFMRecommender(Recommender):
             if not self._another_epoch_fits(started, epoch):
                 if self.progress is not None:
                     self.progress(f"{self.name}: stopped after {epoch} of {epochs} epochs, the next would end past "
-                                  f"the budget of {self.max_minutes:g} min")
+                                  f"the budget of {self.budget_minutes:g} min")
                 break
             model.fit_partial(positives, item_features=features, epochs=1, num_threads=self._threads)
             self.epochs_trained = epoch + 1

@@ -69,9 +69,9 @@ EVALUATION_VERSION = (f"time-holdout-{HOLDOUT_LATEST}-min{HOLDOUT_MIN_INTERACTIO
                       f"-users{EVAL_MAX_USERS}-v2")
 TRAINING_CURVE = "training_curve.png"
 # Attributes a fitted model may have that go into its manifest (LightGCN's device and timing, the epochs
-# LightFM trained within its time budget).
+# LightFM trained within its time budget, the budget a fit had: a share of max_minutes for a warm start).
 REPORTED_ATTRIBUTES = ("device_used", "seconds_per_epoch", "best_val_ndcg", "batch_size_used", "warm_started",
-                       "epochs_trained")
+                       "epochs_trained", "budget_minutes")
 
 
 def data_version(frame: pd.DataFrame) -> str:

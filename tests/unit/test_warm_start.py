@@ -110,6 +110,19 @@ def test_lightfm_continues_from_the_previous_artifact_for_a_few_epochs(store):
     assert warm["metrics"]["ndcg@10"] >= 0.9 * cold["metrics"]["ndcg@10"] > 0.3
 
 
+def test_a_warm_start_has_a_quarter_of_the_time_budget(store):
+    """At 10M interactions a warm start's few epochs would otherwise take the whole budget of a cold fit,
+    and every hourly refresh after a little more data as long as the first."""
+    params = {**LIGHTFM, "max_minutes": 40.0}
+    base = planted(300, seed=1)
+    cold, _ = fit_and_evaluate("lightfm", params, training_split(base), store)
+    grown = pd.concat([base, planted(3, seed=2, start_user=301)], ignore_index=True)
+    warm, _ = fit_and_evaluate("lightfm", params, training_split(grown), store)
+    assert "warm_start_from" in warm
+    assert (cold["budget_minutes"], warm["budget_minutes"]) == (40.0, 10.0)
+    assert cold["epochs_trained"] == params["epochs"] and warm["epochs_trained"] == factorization.WARM_EPOCHS
+
+
 def test_lightfm_carries_users_items_and_feature_names_over_to_their_new_rows():
     from lightfm import LightFM
 

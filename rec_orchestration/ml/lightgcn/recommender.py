@@ -41,7 +41,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy
 
-from rec_orchestration.ml.base import Recommender, shared_rows
+from rec_orchestration.ml.base import Recommender, fit_budget_minutes, shared_rows
 from rec_orchestration.ml.defaults import LIGHTGCN
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.lightgcn.data import BprEpochs, holdout_mask, positive_pairs, validation_batches
@@ -247,8 +247,10 @@ class LightGCNRecommender(Recommender):
         self.num_threads = num_threads
         self.devices, self.num_nodes, self.strategy = int(devices), int(num_nodes), strategy
         # Wall-clock budget of one fit (Lightning's max_time): training stops there and keeps the best
-        # epoch so far, so a scheduled refresh on a slow machine still ends on time.
+        # epoch so far, so a scheduled refresh on a slow machine still ends on time; a warm start gets a
+        # share of it (fit_budget_minutes).
         self.max_minutes = max_minutes
+        self.budget_minutes: float | None = max_minutes  # the last fit's
         self.user_ids = np.array([], dtype=np.int64)
         self.item_ids = np.array([], dtype=np.int64)
         self.user_factors = np.empty((0, factors), dtype=np.float32)
@@ -288,6 +290,7 @@ class LightGCNRecommender(Recommender):
         if self._warm is not None:
             self.warm_started = _carry_over(module, self._warm, interactions)
             max_epochs, patience = min(max_epochs, WARM_EPOCHS), min(patience, WARM_PATIENCE)
+        budget = self.budget_minutes = fit_budget_minutes(self.max_minutes, self._warm is not None)
         self.batch_size_used = p["batch_size"] or epoch_batch_size(len(train_users))
         train_loader = torch.utils.data.DataLoader(
             BprEpochs(train_users, train_items, n_items, self.batch_size_used, p["seed"]), batch_size=None)
@@ -311,7 +314,7 @@ class LightGCNRecommender(Recommender):
                 report = stack.enter_context(_relayed(self.progress)) if spawned else self.progress
                 callbacks.append(ReportEpochs(history, EpochProgress(
                     self.name, max_epochs, report, early_stopping=val_loader is not None,
-                    budget_seconds=self.max_minutes * 60 if self.max_minutes else None)))
+                    budget_seconds=budget * 60 if budget else None)))
             early_stopping = checkpoint = None
             if val_loader is not None:
                 early_stopping = EarlyStopping(monitor="val_ndcg", mode="max", patience=patience)
@@ -328,7 +331,7 @@ class LightGCNRecommender(Recommender):
             trainer = pl.Trainer(
                 accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                 strategy=DDPStrategy(start_method="spawn", broadcast_buffers=False) if spawned else "auto",
-                max_epochs=max_epochs, max_time=timedelta(minutes=self.max_minutes) if self.max_minutes else None,
+                max_epochs=max_epochs, max_time=timedelta(minutes=budget) if budget else None,
                 precision="16-mixed" if _uses_cuda(self.accelerator) else "32-true",
                 callbacks=callbacks, logger=False, enable_checkpointing=checkpoint is not None,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
