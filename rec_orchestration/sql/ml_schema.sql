@@ -65,3 +65,14 @@ CREATE TABLE IF NOT EXISTS ml.scoring_shards (
     scored_at       timestamptz NOT NULL,
     PRIMARY KEY (shard_count, shard)
 );
+
+-- What ml.item_similarity was computed from (assets/similarity.py): a hash of the interactions, the
+-- products' texts, the LightGCN version, the neighbours kept and the similarity code. One row, replaced
+-- with the table in one transaction; a step whose inputs hash the same keeps the table as it is.
+CREATE TABLE IF NOT EXISTS ml.item_similarity_basis (
+    only_row     boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    basis        text NOT NULL,
+    run_id       text NOT NULL,
+    row_count    bigint NOT NULL,
+    computed_at  timestamptz NOT NULL
+);

@@ -189,12 +189,21 @@ def test_similarity_has_three_methods_with_sensible_neighbours(trained):
 
 
 def test_retraining_is_skipped_when_nothing_changed(trained):
-    db, _ = trained
+    db, first = trained
+    similarity_before = query(db, "SELECT * FROM ml.item_similarity ORDER BY item_id, method, rank")
+    basis_before = query(db, "SELECT basis, run_id, row_count, computed_at FROM ml.item_similarity_basis")
+    assert len(basis_before) == 1 and basis_before[0][2] == len(similarity_before) > 0
+    assert basis_before[0][1] == first.run_id  # computed by the first refresh
     result = materialize_everything()
     assert_success(result)
     reused = {tuple(e.asset_key.path): e.step_materialization_data.materialization.metadata["reused_artifact"].value
               for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "models"}
     assert reused == {("models", name): True for name in (*registry.MODEL_NAMES, "champion")}
+    # Nothing the similarity is computed from changed: the table is kept, not computed again.
+    similarity = result.asset_materializations_for_node("ml__item_similarity")[0].metadata
+    assert similarity["reused"].value is True and similarity["rows"].value == len(similarity_before)
+    assert query(db, "SELECT basis, run_id, row_count, computed_at FROM ml.item_similarity_basis") == basis_before
+    assert query(db, "SELECT * FROM ml.item_similarity ORDER BY item_id, method, rank") == similarity_before
     assert scalar(db, "SELECT count(DISTINCT model_version) FROM ml.model_evaluations") == len(
         registry.EVALUATED_NAMES)
 
@@ -275,3 +284,20 @@ def test_evaluation_reads_the_versions_materialized_by_dagster_not_the_stores_la
     assert query(db, "SELECT model_version FROM ml.model_evaluations WHERE model_name = 'itemknn'") == [(real,)]
     assert scalar(db, "SELECT model_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1") != \
         "anotherrunsfit"
+
+
+def test_the_similarity_basis_changes_with_each_thing_the_table_is_computed_from():
+    import pandas as pd
+
+    from rec_orchestration.assets.similarity import similarity_basis
+
+    frame = pd.DataFrame({"user_id": [1, 1, 2], "product_id": [10, 11, 10], "weight": [1.0, 2.0, 1.0],
+                          "ts": pd.to_datetime([1, 2, 3], unit="s", utc=True)})
+    products = pd.DataFrame({"product_id": [10, 11], "text": ["red shoe", "blue shoe"]})
+    base = similarity_basis(frame, products, "v1", 20)
+    assert similarity_basis(frame.copy(), products.copy(), "v1", 20) == base
+    changed = [similarity_basis(frame.assign(weight=[1.0, 2.0, 3.0]), products, "v1", 20),
+               similarity_basis(frame, products.assign(text=["red shoe", "green shoe"]), "v1", 20),
+               similarity_basis(frame, products, "v2", 20),
+               similarity_basis(frame, products, "v1", 5)]
+    assert len({base, *changed}) == 5
