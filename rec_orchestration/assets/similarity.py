@@ -108,6 +108,9 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
 
     similarity = pd.concat(frames, ignore_index=True)
     rows = similarity[["item_id", "neighbor_id", "score", "rank", "method"]].itertuples(index=False, name=None)
+    with warehouse.connection() as conn:  # its own transaction: not under replace_table's exclusive lock
+        ensure_roles(conn)
+        conn.execute(packaged_sql("ml_schema.sql"))
     with warehouse.connection() as conn:  # the rows and their basis: both or neither
         written = replace_table(
             conn, "ml.item_similarity",
@@ -151,8 +154,6 @@ def kept_rows(warehouse: PostgresResource, basis: str) -> int | None:
 
 
 def record_basis(conn, basis: str, run_id: str, rows: int) -> None:
-    ensure_roles(conn)
-    conn.execute(packaged_sql("ml_schema.sql"))
     conn.execute("""INSERT INTO ml.item_similarity_basis (basis, run_id, row_count, computed_at)
                     VALUES (%s, %s, %s, now())
                     ON CONFLICT (only_row) DO UPDATE SET basis = excluded.basis, run_id = excluded.run_id,

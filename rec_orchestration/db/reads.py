@@ -72,7 +72,7 @@ def product_texts(db: Queries) -> pd.DataFrame:
     return db.read_dataframe(sql.SQL("""
         SELECT p.product_id,
                concat_ws(' ', p.title, p.description, p.main_category,
-                         string_agg(array_to_string(c.path, ' '), ' ')) AS text
+                         string_agg(array_to_string(c.path, ' '), ' ' ORDER BY c.path)) AS text
         FROM core.products p
         LEFT JOIN core.product_categories pc USING (product_id)
         LEFT JOIN core.categories c USING (category_id)

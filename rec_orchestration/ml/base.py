@@ -65,17 +65,25 @@ def stable_hash(ids: np.ndarray) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of the ``k`` largest entries of each row, best first; ``-inf`` never returned.
-
-    Ties are broken by the lower column index, so results are deterministic.
-    """
+    """Column indices and values of the ``k`` largest entries of each row, best first: a stable sort's first k
+    (ties, at the cut-off too, go to the lower column). NaN ranks as ``-inf``; a row with fewer than k finite
+    entries is filled with ``-inf`` ones (``recommend`` drops those)."""
     n_rows, n_cols = scores.shape
     k = min(k, n_cols)
     if k <= 0:
         empty = np.empty((n_rows, 0))
         return empty.astype(np.int64), empty
+    if np.isnan(scores).any():  # a diverged model's NaN ranks as -inf: never returned
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     if k < n_cols:
+        # argpartition keeps an arbitrary k of the entries that tie at the cut-off: keep every entry above
+        # the k-th largest value, then the tied ones by lower column, so the result is a stable sort's.
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        threshold = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+        above = scores > threshold
+        tied = scores == threshold
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+        part = np.nonzero(chosen)[1].reshape(n_rows, k)
     else:
         part = np.tile(np.arange(n_cols), (n_rows, 1))
     part_scores = np.take_along_axis(scores, part, axis=1)

@@ -70,15 +70,16 @@ class Interactions:
         """External user id -> sorted array of the external item ids they interacted with: of every user, or
         of ``users`` (external ids) only, which costs their interactions, not everyone's (the evaluation
         needs 20,000 users' histories, not a million)."""
-        rows = np.arange(len(self.user_index))
-        if users is not None:
+        if users is None:
+            order = np.argsort(self.user_index, kind="stable")
+        else:
             users = np.asarray(users)
             wanted = np.zeros(self.n_users, dtype=bool)
             if self.n_users:
                 position = np.minimum(np.searchsorted(self.user_ids, users), self.n_users - 1)
                 wanted[position[self.user_ids[position] == users]] = True
             rows = np.flatnonzero(wanted[self.user_index])
-        order = rows[np.argsort(self.user_index[rows], kind="stable")]
+            order = rows[np.argsort(self.user_index[rows], kind="stable")]
         users_sorted = self.user_index[order]
         items_sorted = self.item_ids[self.item_index[order]]
         bounds = np.flatnonzero(np.diff(users_sorted)) + 1

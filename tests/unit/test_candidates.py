@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from rec_orchestration.ml.base import Recommender, top_k_sparse
+from rec_orchestration.ml.base import Recommender, top_k, top_k_sparse
 from rec_orchestration.ml.ease import EASERecommender
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.neighbours import ItemKNNRecommender
@@ -123,3 +123,18 @@ def test_a_row_with_every_item_seen_gets_nothing():
     best, values = top_k_sparse(scores, 3, [np.array([0, 1, 2]), np.array([1])])
     assert best[0].tolist() == [] and values[0].tolist() == []
     assert best[1].tolist() == [0, 2] and values[1].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 15])
+def test_dense_ranking_breaks_ties_at_the_cut_off_by_the_lower_column(k):
+    """argpartition alone keeps an arbitrary few of the entries tied at the k-th place."""
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 3, size=(200, 16)).astype(np.float32)  # every row full of ties
+    scores[::7, ::3] = np.nan
+    scores[::5, 1::2] = -np.inf
+    best, values = top_k(scores, k)
+    for row in range(len(scores)):
+        plain = [-np.inf if np.isnan(value) else float(value) for value in scores[row]]
+        ranked = sorted(range(16), key=lambda col: (-plain[col], col))[:k]
+        assert best[row].tolist() == ranked, row
+        assert not np.isnan(values[row]).any()
