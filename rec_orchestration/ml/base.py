@@ -292,8 +292,9 @@ def index_of(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 # A warm-started fit's share of the model's time budget (``max_minutes``). A warm start trains on from the
-# previous weights after a little data landed; on a CPU at 10M interactions one LightGCN epoch is minutes
-# and a LightFM epoch two, so the whole budget would make every hourly refresh as long as a cold one.
+# previous weights after a little data landed; on a 2-core CPU at 10M interactions a LightGCN epoch took
+# about 5 minutes (its 20-minute budget: 4 epochs), so the whole budget would make every hourly refresh as
+# long as a cold one.
 WARM_BUDGET_SHARE = 0.25
 
 
