@@ -16,8 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from rec_orchestration.db import reads
-from rec_orchestration.db.roles import ensure_roles
-from rec_orchestration.db.tables import packaged_sql
+from rec_orchestration.db.tables import ensure_ml_schema
 from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.failpoints import failpoint
 from rec_orchestration.ml import registry
@@ -66,8 +65,7 @@ def model_evaluations(context: dg.AssetExecutionContext, config: EvaluationConfi
                      m[f"ndcg@{EVAL_K}"], m["map"], m["coverage"], int(m["users"]), manifest["fit_seconds"],
                      manifest["data_version"], json.dumps(manifest["split"]), json.dumps(manifest["params"]), now))
     with warehouse.connection() as conn:
-        ensure_roles(conn)
-        conn.execute(packaged_sql("ml_schema.sql"))
+        ensure_ml_schema(conn)
         with conn.cursor() as cur:
             cur.executemany("""
                 INSERT INTO ml.model_evaluations VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)

@@ -22,8 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from rec_orchestration.db import reads
-from rec_orchestration.db.roles import ensure_roles
-from rec_orchestration.db.tables import packaged_sql, replace_table
+from rec_orchestration.db.tables import ensure_ml_schema, replace_table
 from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
@@ -109,8 +108,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
     similarity = pd.concat(frames, ignore_index=True)
     rows = similarity[["item_id", "neighbor_id", "score", "rank", "method"]].itertuples(index=False, name=None)
     with warehouse.connection() as conn:  # its own transaction: not under replace_table's exclusive lock
-        ensure_roles(conn)
-        conn.execute(packaged_sql("ml_schema.sql"))
+        ensure_ml_schema(conn)
     with warehouse.connection() as conn:  # the rows and their basis: both or neither
         written = replace_table(
             conn, "ml.item_similarity",

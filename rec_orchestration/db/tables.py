@@ -19,6 +19,14 @@ def packaged_sql(name: str) -> str:
     return resources.files("rec_orchestration").joinpath("sql", name).read_text()
 
 
+def ensure_ml_schema(conn: psycopg.Connection) -> None:
+    """The model stage's tables in schema ml (``sql/ml_schema.sql``), with the roles they are granted to."""
+    from rec_orchestration.db.roles import ensure_roles
+
+    ensure_roles(conn)
+    conn.execute(packaged_sql("ml_schema.sql"))
+
+
 def qualified(name: str) -> sql.Composable:
     """``"schema"."table"`` from ``"schema.table"``, safely quoted."""
     return sql.Identifier(*name.split("."))

@@ -55,12 +55,12 @@ class Queries:
 
     def read_columns(self, query: sql.Composable, dtypes: dict[str, str]) -> pd.DataFrame:
         """A query's rows as a DataFrame of the columns ``dtypes`` names (every one of them, in the query's
-        order), through ``COPY (query) TO STDOUT`` as CSV parsed by pandas: no Python object per value. At
-        10M interactions a plain fetch built 40 million Python objects and took minutes; this reads a
-        column of numbers as one array. The query takes no parameters (COPY does not); floats come back
-        exactly (PostgreSQL writes the shortest text that reads back to the same double, pandas 3 reads it
-        back exactly). A NULL arrives as NaN (give nullable columns a float or object dtype); an empty text
-        stays empty, but a text of exactly ``\\N`` (COPY's NULL marker here) would read as NULL."""
+        order), through ``COPY (query) TO STDOUT`` as CSV parsed by pandas: no Python object per value (a
+        plain fetch of 10M interactions builds 40 million of them); a column of numbers arrives as one
+        array. The query takes no parameters (COPY does not); floats come back exactly (PostgreSQL writes
+        the shortest text that reads back to the same double, pandas 3 reads it back exactly). A NULL
+        arrives as NaN (give nullable columns a float or object dtype); an empty text stays empty, but a
+        text of exactly ``\\N`` (COPY's NULL marker here) would read as NULL."""
         import io
 
         import pandas as pd

@@ -73,11 +73,7 @@ class Interactions:
         if users is None:
             order = np.argsort(self.user_index, kind="stable")
         else:
-            users = np.asarray(users)
-            wanted = np.zeros(self.n_users, dtype=bool)
-            if self.n_users:
-                position = np.minimum(np.searchsorted(self.user_ids, users), self.n_users - 1)
-                wanted[position[self.user_ids[position] == users]] = True
+            wanted = np.isin(self.user_ids, np.asarray(users))  # per user index
             rows = np.flatnonzero(wanted[self.user_index])
             order = rows[np.argsort(self.user_index[rows], kind="stable")]
         users_sorted = self.user_index[order]
