@@ -221,3 +221,69 @@ def test_content_of_empty_texts_is_empty():
     assert len(content_top_n(["the", "and"], 3)) == 0
     frame = content_top_n([], 3).to_external(np.array([]))
     assert isinstance(frame, pd.DataFrame) and frame.empty
+
+
+# -- content similarity past its exact budget: champion lists ------------------------------------------
+
+def unit_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    return sp.csr_matrix(sp.diags(np.where(norms > 0, 1 / np.where(norms > 0, norms, 1), 0)) @ matrix,
+                         dtype=np.float32)
+
+
+def test_champion_lists_as_long_as_the_longest_posting_give_the_exact_answer():
+    rows = unit_rows(random_ratings(300, 120, 0.05, seed=11))  # items x features
+    longest = int(np.bincount(rows.indices).max())
+    result = similarity.top_n_by_champions(rows, 7, longest)
+    assert_same(result, brute_force(rows.T.toarray().astype(np.float64), 7))
+
+
+def test_champion_lists_score_exactly_what_they_keep():
+    rows = unit_rows(random_ratings(400, 60, 0.2, seed=5))
+    dense = rows.toarray().astype(np.float64)
+    result = similarity.top_n_by_champions(rows, 5, 3)
+    assert len(result) > 0
+    np.testing.assert_allclose(result.score, np.einsum("ij,ij->i", dense[result.item], dense[result.neighbor]),
+                               rtol=1e-5)
+    assert not np.any(result.item == result.neighbor)
+    # within an item, best first, ties to the lower index
+    for item in np.unique(result.item):
+        mine = result.item == item
+        assert np.array_equal(np.lexsort((result.neighbor[mine], -result.score[mine])), np.arange(mine.sum()))
+
+
+def test_champion_list_length_is_the_largest_within_budget():
+    rng = np.random.default_rng(3)
+    df = rng.integers(1, 500, size=200)
+
+    def cost(r: int) -> float:
+        return float(np.sum(df * np.minimum(df, r)))
+
+    assert similarity.champion_list_length(df, float(df @ df)) is None  # everything fits: exact
+    for budget in (float(df.sum()), 1e5, 1e6, float(df @ df) - 1):
+        r = similarity.champion_list_length(df, budget)
+        assert r == 1 or cost(r) <= budget
+        assert cost(r + 1) > budget or r + 1 > df.max()
+
+
+def test_content_past_its_budget_still_finds_neighbours_by_rare_words():
+    # "widget" is in every title, so every pair shares a term; the exact budget is exceeded.
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    texts = [f"widget gadget {' '.join(rng.choice(words, 3, replace=False))}" for _ in range(400)]
+    texts[17] += " zanzibar quokka"
+    texts[333] += " zanzibar quokka"
+    exact = content_top_n(texts, 5)
+    assert len(exact) == 400 * 5
+    pruned = content_top_n(texts, 5, candidates_per_item=40)
+    assert len(pruned) == 400 * 5
+    got = as_lists(pruned)
+    assert got[17][0][0] == 333 and got[333][0][0] == 17  # the rare shared words: never pruned
+
+    def recall(candidates_per_item: int) -> float:
+        found = content_top_n(texts, 5, candidates_per_item=candidates_per_item)
+        pairs = set(zip(found.item.tolist(), found.neighbor.tolist(), strict=True))
+        return len(pairs & set(zip(exact.item.tolist(), exact.neighbor.tolist(), strict=True))) / len(exact)
+
+    # More budget, more of the exact neighbours; the whole cost (sum of df ** 2 / items: 800 here), all.
+    assert recall(20) < recall(40) < recall(100) < recall(800) == 1.0
