@@ -287,3 +287,46 @@ def test_content_past_its_budget_still_finds_neighbours_by_rare_words():
 
     # More budget, more of the exact neighbours; the whole cost (sum of df ** 2 / items: 800 here), all.
     assert recall(20) < recall(40) < recall(100) < recall(800) == 1.0
+
+
+# -- dense vectors past the exact size: clustered candidates ---------------------------------------------
+
+def planted_vectors(n_items: int, n_groups: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_groups, 16))
+    return centres[rng.integers(0, n_groups, n_items)] + 0.3 * rng.standard_normal((n_items, 16))
+
+
+def test_clustered_dense_neighbours_are_exact_scores_and_mostly_the_exact_ones(monkeypatch):
+    monkeypatch.setattr(similarity, "CLUSTER_SIZE", 32)
+    vectors = planted_vectors(4_000, 40, seed=2)
+    exact, exact_scores = cosine_top_n_dense(vectors, 10, candidates_per_item=10**6)
+    found, found_scores = cosine_top_n_dense(vectors, 10, candidates_per_item=400)  # a tenth of the items
+    assert found.shape == (4_000, 10) and not np.any(found == np.arange(4_000)[:, None])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(found_scores, np.einsum("id,ijd->ij", unit, unit[found]), rtol=1e-10)
+    assert np.all(np.diff(found_scores, axis=1) <= 0)
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), exact.tolist(), strict=True)]))
+
+    assert recall(found) > 0.95  # the planted groups are well apart: the nearest clusters hold them
+    # Fewer candidates (the item's own cluster and about one more) miss more of the exact neighbours.
+    assert recall(cosine_top_n_dense(vectors, 10, candidates_per_item=40)[0]) < 0.9
+
+
+def test_clustered_dense_rows_are_those_of_the_whole_catalogue(monkeypatch):
+    monkeypatch.setattr(similarity, "CLUSTER_SIZE", 32)
+    vectors = planted_vectors(2_000, 20, seed=4)
+    everyone, _ = cosine_top_n_dense(vectors, 5, candidates_per_item=200)
+    rows = np.array([1_999, 3, 3, 700])
+    some, _ = cosine_top_n_dense(vectors, 5, rows=rows, candidates_per_item=200)
+    assert np.array_equal(some, everyone[rows])
+
+
+def test_clustered_dense_neighbours_fill_every_row_even_with_few_candidates(monkeypatch):
+    monkeypatch.setattr(similarity, "CLUSTER_SIZE", 8)
+    vectors = planted_vectors(1_000, 200, seed=6)
+    found, scores = cosine_top_n_dense(vectors, 30, candidates_per_item=2)
+    assert found.shape == (1_000, 30) and np.all(found >= 0) and np.all(np.isfinite(scores))
+    assert all(len(set(row)) == 30 for row in found.tolist())
