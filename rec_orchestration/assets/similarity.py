@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from rec_orchestration.ml.similarity import ItemNeighbours
 
 
-SIMILARITY_VERSION = "similarity-v1"  # bumped when the code computes other rows from the same inputs
+SIMILARITY_VERSION = "similarity-v2"  # bumped when the code computes other rows from the same inputs
 BASIS_TABLE = "ml.item_similarity_basis"
 
 
