@@ -152,7 +152,7 @@ def cosine_top_n_dense(vectors: np.ndarray, n: int, rows: np.ndarray | None = No
     about ``CLUSTER_SIZE`` items, seeded by ``seed``; the clusters whose centroids are nearest the item's
     cluster's are searched until ``candidates_per_item`` items are covered). Every score returned is
     exact; a true neighbour in a cluster not searched is missed (see :func:`clustered_candidates`).
-    Selection within a block of scores is :func:`rec_orchestration.ml.base.top_k` (``torch.topk``).
+    Selection within a block of scores is :func:`rec_orchestration.ml.selection.top_k_rows`.
     """
     vectors = np.asarray(vectors)
     if vectors.ndim != 2:
@@ -220,8 +220,10 @@ def _score_against(unit: np.ndarray, queries: np.ndarray, candidates: np.ndarray
                    neighbours: np.ndarray, scores: np.ndarray, out: np.ndarray) -> None:
     """Top ``n`` of each of ``queries`` (item indices) among ``candidates`` (ascending item indices), itself
     excluded, written to rows ``out`` of ``neighbours`` and ``scores``."""
-    from rec_orchestration.ml.base import top_k
+    from rec_orchestration.ml.selection import top_k_rows
+    from rec_orchestration.threads import step_threads
 
+    threads = step_threads()
     if chunk is None:
         chunk = DEFAULT_MEMORY_BUDGET // 4 // (unit.itemsize * len(candidates))
     chunk = max(1, int(chunk))
@@ -232,7 +234,7 @@ def _score_against(unit: np.ndarray, queries: np.ndarray, candidates: np.ndarray
         own = np.searchsorted(candidates, these)
         here = (own < len(candidates)) & (candidates[np.minimum(own, len(candidates) - 1)] == these)
         block[np.flatnonzero(here), own[here]] = -np.inf
-        best, values = top_k(block, n)
+        best, values = top_k_rows(block, n, threads)
         neighbours[out[start:start + chunk]] = candidates[best]
         scores[out[start:start + chunk]] = values
 

@@ -138,3 +138,20 @@ def test_dense_ranking_breaks_ties_at_the_cut_off_by_the_lower_column(k):
         ranked = sorted(range(16), key=lambda col: (-plain[col], col))[:k]
         assert best[row].tolist() == ranked, row
         assert not np.isnan(values[row]).any()
+
+
+@pytest.mark.parametrize("k", [1, 10, 333])
+def test_dense_ranking_of_long_rows_is_a_stable_sorts_on_any_number_of_threads(k):
+    """Rows longer than the spans the selection skips whole, full of ties, NaN and -inf."""
+    from rec_orchestration.ml.selection import top_k_rows
+
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 40, size=(60, 333)).astype(np.float32)
+    scores[::4, ::5] = np.nan
+    scores[::3, 7::2] = -np.inf
+    scores[5] = np.nan  # a row of NaN only: -inf values, the lowest columns
+    expected = np.argsort(-np.where(np.isnan(scores), -np.inf, scores), axis=1, kind="stable")[:, :k]
+    for threads in (1, 2):
+        best, values = top_k_rows(scores, k, threads=threads)
+        assert np.array_equal(best, expected)
+        assert np.array_equal(values, np.take_along_axis(np.where(np.isnan(scores), -np.inf, scores), expected, 1))
