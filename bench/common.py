@@ -54,6 +54,22 @@ def machine() -> str:
             f"{platform.system()}, Python {platform.python_version()}, sum(range(10**7)) {probe:.3f} s")
 
 
+def code_commit() -> str:
+    """The commit of the code being measured (the checkout this module is in), ``+dirty`` when tracked files
+    differ from it, or ``unknown`` outside a git checkout: figures name the code they were measured on."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def emit(report: list[str], figures: dict, as_json: bool) -> None:
     """The report on stdout; with ``--json`` the figures as JSON on stdout and the report on stderr."""
     text = "\n".join(report)

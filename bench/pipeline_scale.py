@@ -24,8 +24,9 @@ exponent <= 1.15, incremental <= 0.15 x full.
 
 With ``--resume-dir``, a run stopped part way (the full refresh at 10M takes hours on 2 cores) goes on from
 the last finished phase of each size when started again with the same directory: generated data, the
-full refresh, the refresh after 1 %. Each phase records the machine it ran on (phases run in different
-sittings may not be comparable: say so beside their figures). A refresh interrupted in the middle runs
+full refresh, the refresh after 1 %. Each phase records the machine it ran on and the commit of the code
+(``+dirty`` when it differed from it): phases run in different sittings may not be comparable, say so
+beside their figures. A refresh interrupted in the middle runs
 again, over what the interrupted one committed: its figures are then not those of a clean refresh (for
 those, delete the size's directory and start over).
 """
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from bench.common import (
     argument_parser,
+    code_commit,
     generate_reviews,
     latest_run_events,
     machine,
@@ -167,13 +169,13 @@ def run_size(size: int, seed: int, keep: bool, resume_dir: Path | None = None) -
             whole.unlink()
             write_meta(reviews.parent_asin, landing / "meta_Bench.jsonl", seed, reviews.categories)
             del reviews
-            finished("generated", {"seed": seed})
+            finished("generated", {"seed": seed, "commit": code_commit()})
         if "full" not in phases:
             say(f"[{size:,}] full refresh")
             full_s, full_rss = materialize(env)
             counts, ndcg = warehouse_figures(warehouse_url)
             finished("full", {"s": full_s, "steps": step_seconds(latest_run_events(env)), "rss": full_rss,
-                              "counts": counts, "ndcg": ndcg, "machine": machine()})
+                              "counts": counts, "ndcg": ndcg, "machine": machine(), "commit": code_commit()})
             say(f"[{size:,}] full refresh {full_s:.0f} s")
         if "more" not in phases:
             if (home / "Bench_more.jsonl").exists():  # not moved yet by an interrupted attempt
@@ -182,11 +184,13 @@ def run_size(size: int, seed: int, keep: bool, resume_dir: Path | None = None) -
             more_s, more_rss = materialize(env)
             counts, ndcg = warehouse_figures(warehouse_url)
             finished("more", {"s": more_s, "steps": step_seconds(latest_run_events(env)), "rss": more_rss,
-                              "counts": counts, "ndcg": ndcg, "machine": machine()})
+                              "counts": counts, "ndcg": ndcg, "machine": machine(), "commit": code_commit()})
         full, more = phases["full"], phases["more"]
-        return {"size": size, "full_s": full["s"], "full_steps": full["steps"], "full_rss": full["rss"],
-                "counts": full["counts"], "ndcg": full["ndcg"], "more_s": more["s"], "more_steps": more["steps"],
-                "more_rss": more["rss"], "more_counts": more["counts"], "more_ndcg": more["ndcg"]}
+        commits = {phase: figures.get("commit", "unrecorded") for phase, figures in phases.items()}
+        return {"size": size, "commits": commits, "full_s": full["s"], "full_steps": full["steps"],
+                "full_rss": full["rss"], "counts": full["counts"], "ndcg": full["ndcg"], "more_s": more["s"],
+                "more_steps": more["steps"], "more_rss": more["rss"], "more_counts": more["counts"],
+                "more_ndcg": more["ndcg"]}
     finally:
         subprocess.run([sys.executable, "-m", "rec_orchestration.cli", "db", "stop"], env=env, capture_output=True)
         if not keep and resume_dir is None:
@@ -197,6 +201,7 @@ def report(result: dict) -> None:
     """One size's figures, printed as soon as it is done."""
     print(f"\n{result['size']:,} reviews: full refresh {result['full_s']:.0f} s, after +1 % "
           f"{result['more_s']:.0f} s ({result['more_s'] / result['full_s']:.2f} x)")
+    print(f"  code per phase: {json.dumps(result['commits'])}")
     print(f"  rows: {json.dumps(result['counts'])}; after +1 %: {json.dumps(result['more_counts'])}")
     for label, ndcg in (("full", result["ndcg"]), ("after +1 %", result["more_ndcg"])):
         print(f"  nDCG@10 ({label}): {json.dumps({k: round(v, 4) for k, v in sorted(ndcg.items())})}")
