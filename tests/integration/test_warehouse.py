@@ -212,3 +212,34 @@ def test_rows_that_failed_a_test_are_tested_again_until_they_are_fixed(warehouse
         conn.execute(f"UPDATE core.interactions SET weight = %s WHERE (user_id, product_id) = {bad_pair}", (weight,))
     assert_success(build_warehouse())
     assert failed_checks(build_warehouse()) == set()
+
+
+FACT_FOREIGN_KEYS = {(table, column, parent) for table in ("reviews", "events", "interactions")
+                     for column, parent in (("user_id", "users"), ("product_id", "products"))}
+
+
+def fact_foreign_keys(db) -> set[tuple[str, str, str]]:
+    """(table, column, referenced table) of the validated foreign keys of core.reviews, events, interactions."""
+    return {tuple(row) for row in query(db, """
+        SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text
+        FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.contype = 'f' AND c.convalidated
+          AND c.conrelid IN ('core.reviews'::regclass, 'core.events'::regclass, 'core.interactions'::regclass)""")}
+
+
+def test_the_fact_tables_keep_their_foreign_keys_through_full_and_incremental_builds(warehouse_env):
+    """The keys are added after a full build has loaded the rows (checked in one pass, not per row): a
+    build from scratch, an incremental one and a full refresh all leave each key once, validated, and a
+    row naming an unknown user is refused."""
+    expected = {(f"core.{table}", column, f"core.{parent}") for table, column, parent in FACT_FOREIGN_KEYS}
+    assert_success(materialize_everything())
+    assert fact_foreign_keys(warehouse_env) == expected
+    assert_success(materialize_everything())  # incremental: nothing new, nothing added twice
+    rebuild_warehouse_from_scratch()
+    assert fact_foreign_keys(warehouse_env) == expected
+    assert scalar(warehouse_env, """SELECT count(*) FROM pg_constraint WHERE contype = 'f'
+                                    AND conrelid = 'core.interactions'::regclass""") == 2
+    with psycopg.connect(warehouse_env.conninfo()) as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("""INSERT INTO core.interactions (user_id, product_id, weight, signal_count, review_count,
+                                                      rating_sum, first_at, last_at, load_seq, refreshed_at)
+                        SELECT -1, product_id, 1, 1, 0, 0, now(), now(), 0, now() FROM core.products LIMIT 1""")

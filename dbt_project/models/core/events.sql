@@ -3,7 +3,7 @@
     incremental_strategy='merge',
     unique_key=['user_id', 'product_id', 'event_type', 'occurred_at'],
     on_schema_change='fail',
-    post_hook=["{{ record_progress(['users', 'products']) }}"],
+    post_hook=["{{ ensure_foreign_keys({'user_id': ref('users'), 'product_id': ref('products')}) }}", "{{ record_progress(['users', 'products']) }}"],
     indexes=[{'columns': ['product_id']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
 ) }}
 -- One row per (user, product, event type, time) from the generic events files; a re-delivered event

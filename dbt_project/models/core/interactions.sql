@@ -4,7 +4,7 @@
     unique_key=['user_id', 'product_id'],
     on_schema_change='fail',
     indexes=[{'columns': ['product_id']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
-    post_hook=["{{ refresh_activity_stats() }}", "{{ record_progress(['reviews', 'events']) }}"],
+    post_hook=["{{ ensure_foreign_keys({'user_id': ref('users'), 'product_id': ref('products')}) }}", "{{ refresh_activity_stats() }}", "{{ record_progress(['reviews', 'events']) }}"],
 ) }}
 -- The training input: one row per (user, product) with an implicit-feedback weight, the sum over
 -- every signal of the pair (var interaction_weights): a view 1, a click 2, a like 2.5, a purchase 3,

@@ -3,7 +3,7 @@
     incremental_strategy='merge',
     unique_key=['user_id', 'product_id', 'reviewed_at'],
     on_schema_change='fail',
-    post_hook=["{{ record_progress(['users', 'products']) }}"],
+    post_hook=["{{ ensure_foreign_keys({'user_id': ref('users'), 'product_id': ref('products')}) }}", "{{ record_progress(['users', 'products']) }}"],
     indexes=[{'columns': ['product_id']}, {'columns': ['reviewed_at']}, {'columns': ['load_seq']}, {'columns': ['refreshed_at']}],
 ) }}
 -- One row per (user, product, review time) with surrogate keys and the calendar parts (UTC) that
