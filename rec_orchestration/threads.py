@@ -9,8 +9,10 @@ core busy; 1 thread: 0.70 s and 0.90 s). So a step takes its share of the cores:
 
 ``REC_STEP_THREADS`` overrides the result; ``OMP_NUM_THREADS``, when set (dask's worker nanny sets it to 1
 for each worker process), is taken as the share already decided. Steps that may run at once follow
-``REC_EXECUTOR``: one with ``in_process``, and with ``multiprocess`` as many as the refresh has model
-steps side by side (:data:`PARALLEL_MODEL_STEPS`), at most one per core.
+``REC_EXECUTOR``: one with ``in_process``, and with ``multiprocess`` as many as the refresh has steps side
+by side where the step runs, at most one per core: the model steps' level is the widest
+(:data:`PARALLEL_MODEL_STEPS`, the default); the scoring shards run by themselves, as many as there are
+shards (``assets/scoring.py``), so one shard on a 2-core machine takes both cores.
 
 No Dagster import: the model code and the benchmarks use it too.
 """
@@ -34,19 +36,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def steps_at_once(executor: str | None = None) -> int:
-    """How many steps of a run may compete for this machine's cores under ``executor`` (REC_EXECUTOR's)."""
+def steps_at_once(executor: str | None = None, width: int = PARALLEL_MODEL_STEPS) -> int:
+    """How many steps of a run may compete for this machine's cores under ``executor`` (REC_EXECUTOR's) where
+    ``width`` steps of the graph may run side by side."""
     if executor is None:
         from rec_orchestration.settings import executor_name
 
         executor = executor_name()
     if executor == "in_process":
         return 1
-    return max(1, min(usable_cores(), PARALLEL_MODEL_STEPS))
+    return max(1, min(usable_cores(), width))
 
 
-def step_threads(executor: str | None = None) -> int:
-    """Threads one step may use: REC_STEP_THREADS, else OMP_NUM_THREADS, else its share of the cores."""
+def step_threads(executor: str | None = None, width: int = PARALLEL_MODEL_STEPS) -> int:
+    """Threads one step may use: REC_STEP_THREADS, else OMP_NUM_THREADS, else its share of the cores with
+    ``width`` steps side by side (the model steps' level by default)."""
     for variable in ("REC_STEP_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(variable, "").strip()
         if value:
@@ -54,7 +58,7 @@ def step_threads(executor: str | None = None) -> int:
             if threads < 1:
                 raise ValueError(f"{variable}={value}: expected at least 1")
             return threads
-    return max(1, usable_cores() // steps_at_once(executor))
+    return max(1, usable_cores() // steps_at_once(executor, width))
 
 
 @contextmanager

@@ -146,7 +146,7 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
         metadata["warm_start_from"] = manifest["warm_start_from"]
         metadata["warm_chain"] = int(manifest["warm_chain"])
         metadata["warm_started"] = dg.MetadataValue.json(manifest.get("warm_started") or {})
-    if "epochs_trained" in manifest:  # LightFM: fewer than params' epochs after a warm start or its time budget
+    if "epochs_trained" in manifest:  # fewer than params' epochs after a warm start, early stopping or the budget
         metadata["epochs_trained"] = int(manifest["epochs_trained"])
     if manifest.get("budget_minutes") is not None:  # max_minutes, or a share of it for a warm start
         metadata["budget_minutes"] = float(manifest["budget_minutes"])

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 USER_BATCH = 256  # users scored per dense block in recommend(): 20 MB of float32 scores at 20,000 items. Small
 # enough to stay in cache: with 1,024 (80 MB) two scoring processes on two cores were bound by memory
 # bandwidth (bench/scale_out.py: 1.41x the speed of one, 1.86x with 256).
+FACTORED_BATCH = 65_536  # users ranked per call of ml.selection.top_k_dot (it holds k scores per user, not n_items)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,12 @@ class Recommender(ABC):
         """One vector per item index whose cosine is the model's item similarity; None if it has none."""
         return None
 
+    def factor_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """``(user_vectors, item_vectors, item_bias)`` when ``score_users`` is ``user_vectors[user_index] @
+        item_vectors.T + item_bias`` (bias None: 0), so ``recommend`` can rank without every score of a block of
+        users at once (``ml.selection.top_k_dot``); None for other models."""
+        return None
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Tensors (and plain numbers) that fully describe the fitted model; safe for weights_only loads."""
@@ -146,6 +153,9 @@ class Recommender(ABC):
         items_out: list[np.ndarray] = [self.item_ids[:0]] * len(user_ids)
         scores_out: list[np.ndarray] = [np.empty(0)] * len(user_ids)
         known = np.flatnonzero(index >= 0)
+        if (factors := self.factor_form()) is not None:
+            self._recommend_factored(factors, user_ids, index, known, k, exclude, items_out, scores_out)
+            return Recommendations(user_ids, items_out, scores_out)
         no_items = np.empty(0, dtype=np.int64)
         for start in range(0, len(known), USER_BATCH):
             rows = known[start:start + USER_BATCH]
@@ -166,6 +176,44 @@ class Recommender(ABC):
                 items_out[row] = self.item_ids[best[row_in_block][keep]]
                 scores_out[row] = best_scores[row_in_block][keep]
         return Recommendations(user_ids, items_out, scores_out)
+
+    def _recommend_factored(self, factors: tuple[np.ndarray, np.ndarray, np.ndarray | None], user_ids: np.ndarray,
+                            index: np.ndarray, known: np.ndarray, k: int, exclude: Mapping[Any, np.ndarray] | None,
+                            items_out: list[np.ndarray], scores_out: list[np.ndarray]) -> None:
+        """``recommend`` of a factor model: ``known`` users' top k by ``ml.selection.top_k_dot``, FACTORED_BATCH
+        users at a time, on as many threads as torch may use here (the step's budget)."""
+        import torch
+
+        from rec_orchestration.ml.selection import top_k_dot
+
+        user_vectors, item_vectors, item_bias = factors
+        for start in range(0, len(known), FACTORED_BATCH):
+            rows = known[start:start + FACTORED_BATCH]
+            seen_ptr, seen_idx = self._seen_rows(user_ids[rows], exclude)
+            best, best_scores = top_k_dot(user_vectors[index[rows]], item_vectors, item_bias, k, seen_ptr, seen_idx,
+                                          threads=torch.get_num_threads())
+            for row_in_block, row in enumerate(rows.tolist()):
+                keep = best[row_in_block] >= 0
+                items_out[row] = self.item_ids[best[row_in_block][keep]]
+                scores_out[row] = best_scores[row_in_block][keep]
+
+    def _seen_rows(self, user_ids: np.ndarray, exclude: Mapping[Any, np.ndarray] | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The item indices of ``exclude[user]`` for each of ``user_ids`` as CSR rows (``indptr``, ascending
+        ``indices``); items the model never saw are dropped."""
+        lists = [exclude.get(user) for user in user_ids.tolist()] if exclude is not None else []
+        lengths = np.array([0 if items is None else len(items) for items in lists], dtype=np.int64)
+        if not lengths.sum():
+            return np.zeros(len(user_ids) + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+        ids = np.concatenate([np.asarray(items) for items in lists if items is not None and len(items)])
+        columns = index_of(self.item_ids, ids)
+        rows = np.repeat(np.arange(len(user_ids)), lengths)
+        keep = columns >= 0
+        rows, columns = rows[keep], columns[keep]
+        order = np.lexsort((columns, rows))
+        indptr = np.zeros(len(user_ids) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(user_ids)), out=indptr[1:])
+        return indptr, columns[order]
 
     def similar_items(self, item_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most similar items (cosine of ``item_vectors``) to each item, itself excluded.

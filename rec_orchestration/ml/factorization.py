@@ -208,6 +208,9 @@ class LightFMRecommender(Recommender):
     def item_vectors(self) -> np.ndarray:
         return self.item_factors
 
+    def factor_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.user_vectors, self.item_factors, self.item_biases
+
     def state_dict(self) -> dict[str, Any]:
         import torch
 

@@ -155,3 +155,71 @@ def test_dense_ranking_of_long_rows_is_a_stable_sorts_on_any_number_of_threads(k
         best, values = top_k_rows(scores, k, threads=threads)
         assert np.array_equal(best, expected)
         assert np.array_equal(values, np.take_along_axis(np.where(np.isnan(scores), -np.inf, scores), expected, 1))
+
+
+class FixedFactors(Recommender):
+    """A factor model with given user and item vectors and item bias (as LightFM and LightGCN are)."""
+
+    name = "fixed_factors"
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, bias: np.ndarray | None):
+        self.users, self.items, self.bias = users, items, bias
+        self.user_ids = np.arange(len(users), dtype=np.int64) * 3 + 5
+        self.item_ids = np.arange(len(items), dtype=np.int64) * 2 + 100
+
+    def fit(self, interactions: Interactions) -> "FixedFactors":
+        return self
+
+    def score_users(self, user_index: np.ndarray) -> np.ndarray:
+        return self.users[user_index] @ self.items.T + (0.0 if self.bias is None else self.bias)
+
+    def factor_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return self.users, self.items, self.bias
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "FixedFactors":
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_factor_models_rank_tile_by_tile_as_the_dense_ranking_does(with_bias, threads):
+    """More users and items than one tile of ``ml.selection.top_k_dot`` holds, small integer factors so every
+    score is exact in float32 and ties are everywhere: the same items, order and scores as the dense ranking,
+    on one thread or two; a user with fewer unseen items than k gets only those."""
+    import torch
+
+    rng = np.random.default_rng(threads)
+    n_users, n_items, k = 600, 4_500, 12
+    users = rng.integers(-2, 3, size=(n_users, 4)).astype(np.float32)
+    items = rng.integers(-2, 3, size=(n_items, 4)).astype(np.float32)
+    bias = rng.integers(-1, 2, size=n_items).astype(np.float32) if with_bias else None
+    model = FixedFactors(users, items, bias)
+    exclude = {int(user): model.item_ids[rng.choice(n_items, rng.integers(0, 40), replace=False)]
+               for user in model.user_ids}
+    exclude[int(model.user_ids[7])] = model.item_ids[3:]  # three items left to recommend
+    asked = np.concatenate([model.user_ids, [4]])  # an unknown user gets nothing
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = model.recommend(asked, k, exclude=exclude)
+    finally:
+        torch.set_num_threads(before)
+    assert len(got.items[7]) == 3 and len(got.items[-1]) == 0
+    for user, items_got, scores, (want_items, want_scores) in zip(
+            asked.tolist(), got.items, got.scores, reference(model, asked, k, exclude), strict=True):
+        assert items_got.tolist() == want_items, f"user {user}"
+        assert scores.tolist() == want_scores, f"user {user}"
+
+
+def test_a_factor_model_never_recommends_an_item_scoring_nan_and_still_reads_its_neighbours():
+    """An item whose vector holds NaN (a diverged fit) ranks as -inf; the best item sits right after it."""
+    items = np.arange(100, dtype=np.float32)[:, None] % 7
+    items[0], items[1] = np.nan, 9.0
+    model = FixedFactors(np.ones((1, 1), dtype=np.float32), items, None)
+    got = model.recommend(model.user_ids, 3)
+    assert got.items[0].tolist() == model.item_ids[[1, 6, 13]].tolist()
+    assert got.scores[0].tolist() == [9.0, 6.0, 6.0]

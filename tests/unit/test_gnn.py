@@ -176,6 +176,7 @@ def test_epoch_history_takes_the_validation_metric_and_leaves_validation_time_ou
 def test_keeps_the_weights_of_the_best_validation_epoch(data, early_stopped):
     history = early_stopped.history
     assert early_stopped.stopped_early and len(history) < 200
+    assert early_stopped.epochs_trained == len(history)  # what the artifact's manifest records
     ndcgs = [row["val_ndcg"] for row in history]
     assert early_stopped.best_epoch == int(np.argmax(ndcgs)) < len(history) - 1
     assert early_stopped.best_val_ndcg == pytest.approx(max(ndcgs))

@@ -26,6 +26,16 @@ def test_a_step_gets_its_share_of_the_cores(two_cores, monkeypatch):
     assert threads.step_threads() == 16                  # REC_EXECUTOR's executor when none is named
 
 
+def test_a_step_that_runs_alone_at_its_level_takes_every_core(two_cores, monkeypatch):
+    """The scoring shards run by themselves: one shard gets both cores, two get one each."""
+    assert threads.step_threads("multiprocess", width=1) == 2
+    assert threads.step_threads("multiprocess", width=2) == 1
+    monkeypatch.setattr(threads, "usable_cores", lambda: 16)
+    assert threads.step_threads("multiprocess", width=4) == 4
+    monkeypatch.setenv("REC_STEP_THREADS", "1")          # an explicit budget still wins
+    assert threads.step_threads("multiprocess", width=1) == 1
+
+
 def test_an_explicit_budget_wins(two_cores, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")           # what dask's nanny gives each worker process
     assert threads.step_threads("in_process") == 1

@@ -261,6 +261,7 @@ class LightGCNRecommender(Recommender):
         self.stopped_early = False
         self.device_used = "cpu"
         self.seconds_per_epoch = float("nan")
+        self.epochs_trained: int | None = None  # the last fit's (early stopping and the time budget end it)
         self.batch_size_used: int | None = None
         self._warm: dict[str, Any] | None = None
         self.warm_started: dict[str, int] | None = None
@@ -360,6 +361,7 @@ class LightGCNRecommender(Recommender):
         self.item_ego = module.item_embedding.detach().numpy().astype(np.float32)
         self.user_ids, self.item_ids = interactions.user_ids, interactions.item_ids
         self.history = [{key: row[key] for key in HISTORY_KEYS} for row in history.rows]
+        self.epochs_trained = len(history.rows)
         self.seconds_per_epoch = statistics.median(row["seconds"] for row in history.rows)
         return self
 
@@ -368,6 +370,9 @@ class LightGCNRecommender(Recommender):
 
     def item_vectors(self) -> np.ndarray:
         return self.item_factors
+
+    def factor_form(self) -> tuple[np.ndarray, np.ndarray, None]:
+        return self.user_factors, self.item_factors, None
 
     def state_dict(self) -> dict[str, Any]:
         return {
