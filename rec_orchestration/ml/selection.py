@@ -159,6 +159,8 @@ def top_k_dot(users: np.ndarray, items: np.ndarray, bias: np.ndarray | None, k: 
     seen_ptr = np.ascontiguousarray(seen_ptr, dtype=np.int64)
     seen_idx = np.ascontiguousarray(seen_idx, dtype=np.int64)
     k = min(k, n_items)
+    if k <= 0 or n_users == 0:
+        return np.empty((n_users, max(k, 0)), dtype=np.int64), np.empty((n_users, max(k, 0)), dtype=np.float32)
     values = np.full(n_users * k, -np.inf, dtype=np.float32)
     # k padding entries per user, all -inf: the highest column at the root makes a valid heap
     columns = np.tile(np.arange(n_items + k - 1, n_items - 1, -1, dtype=np.int64), n_users)

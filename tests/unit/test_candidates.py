@@ -223,3 +223,4 @@ def test_a_factor_model_never_recommends_an_item_scoring_nan_and_still_reads_its
     got = model.recommend(model.user_ids, 3)
     assert got.items[0].tolist() == model.item_ids[[1, 6, 13]].tolist()
     assert got.scores[0].tolist() == [9.0, 6.0, 6.0]
+    assert model.recommend(model.user_ids, 0).items[0].tolist() == []  # k = 0: nothing, not an error
