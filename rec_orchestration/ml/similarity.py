@@ -188,13 +188,13 @@ def clustered_candidates(unit: np.ndarray, rows: np.ndarray, candidates_per_item
     n_clusters = max(1, round(n_items / CLUSTER_SIZE))
     rng = np.random.default_rng(seed)
     centroids = unit[np.sort(rng.choice(n_items, n_clusters, replace=False))].astype(np.float32)
-    sample = unit.astype(np.float32, copy=False)
+    vectors = unit.astype(np.float32, copy=False)  # every item, float32 for the products below
     for _ in range(iterations + 1):
         assignment = np.empty(n_items, dtype=np.int64)
         for start in range(0, n_items, 65_536):  # items x clusters scores, a slice at a time
-            assignment[start:start + 65_536] = np.argmax(sample[start:start + 65_536] @ centroids.T, axis=1)
+            assignment[start:start + 65_536] = np.argmax(vectors[start:start + 65_536] @ centroids.T, axis=1)
         sums = sp.csr_matrix((np.ones(n_items, dtype=np.float32), (assignment, np.arange(n_items))),
-                             shape=(n_clusters, n_items)) @ sample  # each cluster's sum of its members
+                             shape=(n_clusters, n_items)) @ vectors  # each cluster's sum of its members
         lengths = np.linalg.norm(sums, axis=1)
         moved = lengths > 0  # an empty cluster keeps its centroid
         centroids[moved] = sums[moved] / lengths[moved, None]
