@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 USER_BATCH = 256  # users scored per dense block in recommend(): 20 MB of float32 scores at 20,000 items. Small
 # enough to stay in cache: with 1,024 (80 MB) two scoring processes on two cores were bound by memory
 # bandwidth (bench/scale_out.py: 1.41x the speed of one, 1.86x with 256).
-FACTORED_BATCH = 65_536  # users ranked per call of ml.selection.top_k_dot (it holds k scores per user, not n_items)
+FACTORED_BATCH = 65_536  # users per call of ml.selection.top_k_dot for a factor model (k scores held per user)
 
 
 @dataclass(frozen=True)
@@ -153,49 +153,31 @@ class Recommender(ABC):
         items_out: list[np.ndarray] = [self.item_ids[:0]] * len(user_ids)
         scores_out: list[np.ndarray] = [np.empty(0)] * len(user_ids)
         known = np.flatnonzero(index >= 0)
-        if (factors := self.factor_form()) is not None:
-            self._recommend_factored(factors, user_ids, index, known, k, exclude, items_out, scores_out)
-            return Recommendations(user_ids, items_out, scores_out)
-        no_items = np.empty(0, dtype=np.int64)
-        for start in range(0, len(known), USER_BATCH):
-            rows = known[start:start + USER_BATCH]
-            seen = [no_items] * len(rows)  # item indices to leave out, per row of the block
-            if exclude is not None:
-                for row_in_block, row in enumerate(rows):
-                    excluded = exclude.get(user_ids[row])
-                    if excluded is not None and len(excluded):
-                        seen_index = index_of(self.item_ids, np.asarray(excluded))
-                        seen[row_in_block] = seen_index[seen_index >= 0]
-            candidates = self.candidate_scores(index[rows])
-            if sp.issparse(candidates):
-                best, best_scores = top_k_sparse(candidates, k, seen)
+        factors = self.factor_form()  # a factor model is ranked tile by tile (ml.selection.top_k_dot)
+        batch = USER_BATCH if factors is None else FACTORED_BATCH
+        for start in range(0, len(known), batch):
+            rows = known[start:start + batch]
+            seen_ptr, seen_idx = self._seen_rows(user_ids[rows], exclude)  # item indices to leave out
+            if factors is not None:
+                import torch
+
+                from rec_orchestration.ml.selection import top_k_dot
+
+                user_vectors, item_vectors, item_bias = factors
+                best, best_scores = top_k_dot(user_vectors[index[rows]], item_vectors, item_bias, k, seen_ptr,
+                                              seen_idx, threads=torch.get_num_threads())
             else:
-                best, best_scores = _top_k_dense(*candidates, k, seen)
-            for row_in_block, row in enumerate(rows):
+                seen = np.split(seen_idx, seen_ptr[1:-1])
+                candidates = self.candidate_scores(index[rows])
+                if sp.issparse(candidates):
+                    best, best_scores = top_k_sparse(candidates, k, seen)
+                else:
+                    best, best_scores = _top_k_dense(*candidates, k, seen)
+            for row_in_block, row in enumerate(rows.tolist()):
                 keep = np.isfinite(best_scores[row_in_block])
                 items_out[row] = self.item_ids[best[row_in_block][keep]]
                 scores_out[row] = best_scores[row_in_block][keep]
         return Recommendations(user_ids, items_out, scores_out)
-
-    def _recommend_factored(self, factors: tuple[np.ndarray, np.ndarray, np.ndarray | None], user_ids: np.ndarray,
-                            index: np.ndarray, known: np.ndarray, k: int, exclude: Mapping[Any, np.ndarray] | None,
-                            items_out: list[np.ndarray], scores_out: list[np.ndarray]) -> None:
-        """``recommend`` of a factor model: ``known`` users' top k by ``ml.selection.top_k_dot``, FACTORED_BATCH
-        users at a time, on as many threads as torch may use here (the step's budget)."""
-        import torch
-
-        from rec_orchestration.ml.selection import top_k_dot
-
-        user_vectors, item_vectors, item_bias = factors
-        for start in range(0, len(known), FACTORED_BATCH):
-            rows = known[start:start + FACTORED_BATCH]
-            seen_ptr, seen_idx = self._seen_rows(user_ids[rows], exclude)
-            best, best_scores = top_k_dot(user_vectors[index[rows]], item_vectors, item_bias, k, seen_ptr, seen_idx,
-                                          threads=torch.get_num_threads())
-            for row_in_block, row in enumerate(rows.tolist()):
-                keep = best[row_in_block] >= 0
-                items_out[row] = self.item_ids[best[row_in_block][keep]]
-                scores_out[row] = best_scores[row_in_block][keep]
 
     def _seen_rows(self, user_ids: np.ndarray, exclude: Mapping[Any, np.ndarray] | None
                    ) -> tuple[np.ndarray, np.ndarray]:

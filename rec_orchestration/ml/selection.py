@@ -86,7 +86,11 @@ def top_k_rows(scores: np.ndarray, k: int, threads: int = 1) -> tuple[np.ndarray
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda a, b: _top_k_rows(scores[a:b], k, values[a * k:b * k], columns[a * k:b * k]),
                           bounds[:-1], bounds[1:]))
-    values, columns = values.reshape(n_rows, k), columns.reshape(n_rows, k)
+    return _best_first(columns.reshape(n_rows, k), values.reshape(n_rows, k))
+
+
+def _best_first(columns: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's heap entries in ranking order: value descending, then column ascending."""
     order = np.lexsort((columns, -values), axis=1)
     return np.take_along_axis(columns, order, axis=1), np.take_along_axis(values, order, axis=1)
 
@@ -190,8 +194,6 @@ def top_k_dot(users: np.ndarray, items: np.ndarray, bias: np.ndarray | None, k: 
         bounds = np.linspace(0, n_users, threads + 1).astype(int)
         with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
             list(pool.map(score, bounds[:-1], bounds[1:]))
-    values, columns = values.reshape(n_users, k), columns.reshape(n_users, k)
-    order = np.lexsort((columns, -values), axis=1)
-    columns, values = np.take_along_axis(columns, order, axis=1), np.take_along_axis(values, order, axis=1)
+    columns, values = _best_first(columns.reshape(n_users, k), values.reshape(n_users, k))
     columns[values == -np.inf] = -1  # padding: a score enters a heap only if it beats -inf
     return columns, values
