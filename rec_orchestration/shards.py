@@ -3,8 +3,14 @@ shards' names and tables, and the inputs both read with the *basis* they make.
 
 The basis is a hash of every input of a shard's rows: the champion's version (which names its artifact),
 the popularity ranking, the users, the interactions, the similarity rows, the product titles and
-categories, the category rankings and the serving settings. A shard records the basis it scored on, and
-publishing takes only shards of the basis it sees itself.
+categories, the category rankings and the serving settings. A shard records the basis it was brought up to
+date with, and publishing takes only shards of the basis it sees itself.
+
+The *serving key* is the part of it that every user's rows depend on: the champion's version, the serving
+settings, the shard count and the scoring code (SCORING_VERSION). While it stays the same (models/champion
+keeps serving its fit while the data grew little, ``ml.training.keep_deployed``), a shard rescores only
+the users whose histories changed (``ml.serving.history_digests``); the other users keep the rows they were
+scored with, popular products and reasons included, until the next full scoring.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SHARD_COUNT = settings.scoring_shards()
+# Bumped when the code that makes a user's rows changes (ml.serving.assemble, the reasons): part of the serving
+# key, so the next scoring rescores every user instead of keeping rows the old code made.
+SCORING_VERSION = "scoring-v1"
 SHARD_RECORDS = "ml.scoring_shards"
 SHARD_COLUMNS = (("user_id", "bigint"), ("product_id", "bigint"), ("rank", "integer"), ("score", "double precision"),
                  ("reason", "text"), ("because_product_id", "bigint"), ("model_name", "text"),
@@ -46,6 +55,11 @@ SERVING_DEPS = [dg.AssetKey(["models", "champion"]), dg.AssetKey(["ml", "popular
 
 def shard_table(shard: int, shards: int) -> str:
     return f"ml.scored_users_{shard}_of_{shards}"
+
+
+def history_table(shard: int, shards: int) -> str:
+    """The history digest (``ml.serving.history_digests``) each of a shard's users was last scored with."""
+    return f"{shard_table(shard, shards)}_histories"
 
 
 def shard_key(shard: int, shards: int) -> dg.AssetKey:
@@ -92,6 +106,7 @@ class ServingState:
     by_category: pd.DataFrame
     item_categories: dict[int, list[int]]
     basis: str
+    serving_key: str                 # what every user's rows depend on (see the module's docstring)
 
 
 def _frame_digest(frame: pd.DataFrame) -> bytes:
@@ -118,8 +133,10 @@ def serving_state(context: dg.AssetExecutionContext, warehouse: PostgresResource
     for part in (users.tobytes(), _frame_digest(ranked), _frame_digest(similarity),
                  _frame_digest(products[["product_id", "title"]]), _frame_digest(by_category)):
         digest.update(part)
+    serving_key = hashlib.sha256(json.dumps([SCORING_VERSION, champion.name, champion.version, shards,
+                                             serving.settings_key()]).encode()).hexdigest()[:16]
     return ServingState(row, champion, popularity, ranked, users, interactions, similarity, products, by_category,
-                        item_categories, digest.hexdigest()[:16])
+                        item_categories, digest.hexdigest()[:16], serving_key)
 
 
 def scoring_tags() -> dict:

@@ -22,7 +22,15 @@ from rec_orchestration.failpoints import failpoint
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.champion import DEFAULT_BASELINE, choose_champion, require_same_data
 from rec_orchestration.ml.plots import inline_bars, markdown_image, metric_comparison
-from rec_orchestration.ml.training import EVAL_K, ModelInputs, category_features, refit_on_everything
+from rec_orchestration.ml.training import (
+    EVAL_K,
+    SERVING_MAX_AGE_HOURS,
+    SERVING_MAX_GROWTH,
+    ModelInputs,
+    category_features,
+    keep_deployed,
+    refit_on_everything,
+)
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
@@ -33,6 +41,15 @@ class EvaluationConfig(dg.Config):
     min_lift: float = Field(default=0.0, ge=0.0, description=(
         "The champion must beat the stronger popularity baseline's nDCG@k by more than this fraction "
         "(0.05 = 5 %) to be published."))
+
+
+class ChampionConfig(dg.Config):
+    max_growth: float = Field(default=SERVING_MAX_GROWTH, ge=0.0, description=(
+        "Keep serving the champion's fit on every interaction while the interactions grew by at most this share "
+        "since it was fitted (0.05 = 5 %), the same model with the same parameters: the scoring then rescores only "
+        "the users whose histories changed. 0 refits on every change of the data."))
+    max_age_hours: float = Field(default=SERVING_MAX_AGE_HOURS, gt=0.0, description=(
+        "Refit, however little the data grew, once the served fit is this old."))
 
 
 @dg.asset(
@@ -137,17 +154,33 @@ def champion_beats_popularity(context: dg.AssetCheckExecutionContext,
     deps=[model_evaluations],
 )
 @retry_transient_db_errors()
-def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
+def champion(context: dg.AssetExecutionContext, config: ChampionConfig, warehouse: PostgresResource,
              model_store: ModelStoreResource) -> dg.MaterializeResult:
     """The champion refitted, with the parameters it was evaluated with, on every interaction (its
-    evaluation held out each user's latest one): what ``recs/user_recommendations`` publishes."""
+    evaluation held out each user's latest one): what ``recs/user_recommendations`` publishes. The fit already
+    served is kept instead while the data grew by at most ``max_growth`` since and it is younger than
+    ``max_age_hours`` (``ml.training.keep_deployed``): the metadata says which, and why."""
+    from datetime import UTC, datetime
+
     row = approved_champion(context, warehouse)
     store = model_store.store()
     evaluated = store.manifest(row["model_name"], row["model_version"])
-    # The refit gets the inputs the evaluated fit had: category features where it used them.
-    inputs = category_features(reads.item_categories(warehouse)) if evaluated.get("item_features") else ModelInputs()
-    manifest, reused = refit_on_everything(evaluated, reads.interactions_frame(warehouse), store, inputs,
-                                           progress=context.log.info)
+    served = reads.deployed_champion(warehouse, other_than_run=row["run_id"])
+    served_manifest = (store.manifest(served["model_name"], served["deployed_version"])
+                       if served is not None and store.exists(served["model_name"], served["deployed_version"])
+                       else None)
+    keep, why = keep_deployed(served_manifest, evaluated, reads.interaction_count(warehouse),
+                              max_growth=config.max_growth, max_age_hours=config.max_age_hours, now=datetime.now(UTC))
+    if keep:
+        context.log.info(f"keeping the served fit {served_manifest['version']}: {why}")
+        manifest, reused = served_manifest, True
+    else:
+        context.log.info(f"refitting {row['model_name']} on every interaction: {why}")
+        # The refit gets the inputs the evaluated fit had: category features where it used them.
+        inputs = (category_features(reads.item_categories(warehouse)) if evaluated.get("item_features")
+                  else ModelInputs())
+        manifest, reused = refit_on_everything(evaluated, reads.interactions_frame(warehouse), store, inputs,
+                                               progress=context.log.info)
     with warehouse.connection() as conn:
         conn.execute("UPDATE ml.model_champions SET deployed_version = %s WHERE run_id = %s",
                      (manifest["version"], row["run_id"]))
@@ -156,6 +189,9 @@ def champion(context: dg.AssetExecutionContext, warehouse: PostgresResource,
         "model_version": manifest["version"],
         "evaluated_version": row["model_version"],
         "reused_artifact": reused,
+        "kept_served_fit": keep,  # within max_growth and max_age_hours of the fit served before: not refitted
+        "why": why,
+        "refit_of": manifest.get("refit_of", ""),  # the evaluated fit it was refitted from
         # The artifact the refit continued from (LightFM, LightGCN: the evaluated fit), if any.
         "warm_start_from": manifest.get("warm_start_from", ""),
         "n_interactions": manifest["n_interactions"],

@@ -8,25 +8,38 @@ replaced atomically, with a record in ``ml.scoring_shards``: the *basis* it was 
 champion's version, the popularity ranking's, the similarity rows, the users, the product titles and the
 serving settings). Nothing passes through memory or local disk, so the workers may be other machines.
 
+A shard rescores only the users whose histories changed (``ml.serving.history_digests``, kept per user in
+``ml.scored_users_<i>_of_<n>_histories``) while the *serving key* it last scored every user with stays the
+same: the champion's version, the serving settings, the shard count and the scoring code (``shards.py``).
+models/champion keeps serving its fit while the interactions grew by at most 5 % and it is under a day old,
+so the hourly refresh after a few new reviews rewrites their users' rows, not every user's. The other users
+keep their rows (popular products and reasons as they were scored) until the champion is refitted; the
+reason thresholds stay those of the last full scoring, so every user's reasons pass the same bar.
+
 Publishing (``assets/publish.py``) assembles every shard of the same basis into one publication and
 swaps it in atomically, as one step always did: a shard that is missing or was scored on other inputs
 fails the publish with the shards to materialize, and the live recommendations stay as they are.
 """
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
+import psycopg
 from psycopg import sql
 
-from rec_orchestration.db.tables import qualified, replace_table
+from rec_orchestration.db.tables import copy_rows, ensure_ml_schema, qualified, replace_table
+from rec_orchestration.ml.base import index_of
 from rec_orchestration.ml.interactions import Interactions
 from rec_orchestration.ml.serving import (
     ReasonThresholds,
     ServingInputs,
     assemble,
     blend_similarities,
+    history_digests,
     neighbour_evidence,
     reason_thresholds,
     strong_neighbours,
@@ -44,6 +57,7 @@ from rec_orchestration.shards import (
     SHARD_RECORDS,
     ServingState,
     champion_model,
+    history_table,
     popularity_model,
     scoring_tags,
     serving_state,
@@ -52,66 +66,161 @@ from rec_orchestration.shards import (
 )
 from rec_orchestration.threads import limited, step_threads
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # ---------------------------------------------------------------------------------------------- a shard
 
 def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
     @dg.asset(key=shard_key(shard, shards), group_name="publish", kinds={"python", "postgres"}, deps=SERVING_DEPS,
               pool=REFRESH_POOL, op_tags=scoring_tags(),
               description=f"The champion's top k with reasons for shard {shard} of {shards} of the users (by a "
-                          f"stable hash of the user id), in {shard_table(shard, shards)}; "
+                          f"stable hash of the user id), in {shard_table(shard, shards)}; only the users whose "
+                          "histories changed while the champion's fit and the serving settings stay the same. "
                           "recs/user_recommendations publishes every shard together.")
     @retry_transient_db_errors()
     def _shard(context: dg.AssetExecutionContext, warehouse: PostgresResource, model_store: ModelStoreResource,
                serving: ServingResource) -> dg.MaterializeResult:
         started = time.perf_counter()
         state = serving_state(context, warehouse, serving, shards)
-        rows, thresholds_used = score_users(context, state, model_store, serving, shard, shards)
-        with warehouse.connection() as conn:  # rows and record in one transaction: both or neither
-            written = replace_table(conn, shard_table(shard, shards), SHARD_COLUMNS, rows,
-                                    primary_key=("user_id", "rank"), nullable=("because_product_id",))
-            users = rows.users_seen()
+        mine = state.users[user_shards(state.users, shards) == shard]
+        digests = user_digests(state.interactions, mine)
+        table, histories = shard_table(shard, shards), history_table(shard, shards)
+        with warehouse.connection() as conn:
+            ensure_ml_schema(conn)
+        with warehouse.connection() as conn:
+            previous = previous_scoring(conn, shard, shards, state.serving_key)
+            removed = np.empty(0, dtype=np.int64)
+            if previous is None:
+                rescore, thresholds = mine, None
+            else:
+                rescore, removed = changed_users(conn, histories, mine, digests)
+                thresholds = previous.thresholds
+        if previous is not None and not len(rescore):  # no history changed: nothing to rank, not even reasons
+            rows, thresholds_used = iter(()), previous.thresholds
+        else:
+            rows, thresholds_used = score_users(context, state, model_store, serving, rescore, shards, thresholds)
+        scored = dict(zip(rescore.tolist(), digests[np.searchsorted(mine, rescore)].tolist(), strict=True))
+        # Rows, histories and record in one transaction: all or nothing, so a failure or a kill leaves the shard
+        # as it was. The record is locked first and must still be the one the changed users were found from.
+        with warehouse.connection() as conn:
+            current = scoring_record(conn, shard, shards, lock=True)
+            if previous is not None and current != previous.record:
+                raise dg.Failure(f"shard {shard} of {shards} was scored by another run meanwhile ({current}): "
+                                 "materialize it again")
+            if previous is None:
+                written = replace_table(conn, table, SHARD_COLUMNS, rows, primary_key=("user_id", "rank"),
+                                        nullable=("because_product_id",))
+                replace_table(conn, histories, HISTORY_COLUMNS, scored.items(), primary_key=("user_id",))
+                row_count = written
+            else:
+                deleted, written = replace_users(conn, table, histories, np.union1d(rescore, removed), rows,
+                                                 scored)
+                row_count = previous.row_count - deleted + written
             conn.execute(sql.SQL("""
                 INSERT INTO {records} (shard_count, shard, basis, run_id, user_count, row_count, min_support,
-                                       min_similarity, scored_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+                                       min_similarity, scored_at, serving_key, rescored_users, scored_fully_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, coalesce(%s, now()))
                 ON CONFLICT (shard_count, shard) DO UPDATE SET
                     basis = excluded.basis, run_id = excluded.run_id, user_count = excluded.user_count,
                     row_count = excluded.row_count,
                     min_support = excluded.min_support, min_similarity = excluded.min_similarity,
-                    scored_at = excluded.scored_at""").format(records=qualified(SHARD_RECORDS)),
-                (shards, shard, state.basis, context.run.run_id if context.run else "", users, written,
-                 thresholds_used.min_support, float(thresholds_used.min_similarity)))
-        context.log.info(f"shard {shard} of {shards}: {users:,} users, {written:,} rows")
+                    scored_at = excluded.scored_at, serving_key = excluded.serving_key,
+                    rescored_users = excluded.rescored_users,
+                    scored_fully_at = excluded.scored_fully_at""").format(records=qualified(SHARD_RECORDS)),
+                (shards, shard, state.basis, context.run.run_id if context.run else "", len(mine), row_count,
+                 thresholds_used.min_support, float(thresholds_used.min_similarity), state.serving_key,
+                 len(rescore), previous.scored_fully_at if previous else None))
+        how = ("every user" if previous is None else
+               f"{len(rescore):,} users whose histories changed or who are new, {len(removed):,} gone")
+        context.log.info(f"shard {shard} of {shards}: {len(mine):,} users, {row_count:,} rows; rescored {how}")
         return dg.MaterializeResult(metadata={
-            "basis": state.basis, "users": users, "rows": written,
-            "table": shard_table(shard, shards), "model": f"{state.champion.name} {state.champion.version}",
+            "basis": state.basis, "serving_key": state.serving_key, "users": len(mine), "rows": row_count,
+            "scoring": "full" if previous is None else "changed users",
+            "rescored_users": len(rescore), "users_gone": len(removed), "rows_written": written,
+            "table": table, "model": f"{state.champion.name} {state.champion.version}",
             "seconds": round(time.perf_counter() - started, 2)})
 
     return _shard
 
 
-class ScoredRows:
-    """A shard's rows, made as they are written (a list of them all would hold k rows per user in memory),
-    counting the users they cover."""
+HISTORY_COLUMNS = (("user_id", "bigint"), ("history", "bigint"))
 
-    def __init__(self, rows: Iterator[tuple]):
-        self._rows = rows
-        self._users: set[int] = set()
 
-    def __iter__(self) -> Iterator[tuple]:
-        for row in self._rows:
-            self._users.add(row[0])
-            yield row
+@dataclass(frozen=True)
+class PreviousScoring:
+    """A shard's record from a scoring with the same serving key: what its rows were made with."""
 
-    def users_seen(self) -> int:
-        return len(self._users)
+    thresholds: ReasonThresholds
+    row_count: int
+    scored_fully_at: object  # a timestamptz: when every user was last scored
+    record: tuple            # its run and time (scoring_record)
+
+
+def scoring_record(conn: psycopg.Connection, shard: int, shards: int, lock: bool = False) -> tuple | None:
+    """The run and time of the shard's last scoring, None if none; ``lock`` locks its record until the
+    transaction ends."""
+    row = conn.execute(sql.SQL("SELECT run_id, scored_at FROM {} WHERE shard_count = %s AND shard = %s{}").format(
+        qualified(SHARD_RECORDS), sql.SQL(" FOR UPDATE" if lock else "")), (shards, shard)).fetchone()
+    return tuple(row) if row else None
+
+
+def previous_scoring(conn: psycopg.Connection, shard: int, shards: int, serving_key: str) -> PreviousScoring | None:
+    """The shard's last scoring if its rows may be kept for users whose histories did not change: same serving
+    key, and its table and history digests there."""
+    record = conn.execute(sql.SQL("""
+        SELECT serving_key, min_support, min_similarity, row_count, scored_fully_at, run_id, scored_at,
+               to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL
+        FROM {} WHERE shard_count = %s AND shard = %s""").format(qualified(SHARD_RECORDS)),
+        (shard_table(shard, shards), history_table(shard, shards), shards, shard)).fetchone()
+    if record is None or record[0] != serving_key or not record[7]:
+        return None
+    return PreviousScoring(ReasonThresholds(min_similarity=float(record[2]), min_support=int(record[1])),
+                           int(record[3]), record[4], (record[5], record[6]))
+
+
+def user_digests(interactions: "pd.DataFrame", users: np.ndarray) -> np.ndarray:
+    """The history digest of each of ``users`` (ascending), 0 for a user without interactions."""
+    known, digests = history_digests(interactions)
+    position = index_of(known, users)
+    return np.where(position >= 0, digests[np.maximum(position, 0)], 0)
+
+
+def changed_users(conn: psycopg.Connection, histories: str, users: np.ndarray, digests: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Of ``users`` (ascending, with their ``digests``), those whose digest differs from the one stored in
+    ``histories`` or who have none there; and the users stored there who are no longer among them."""
+    stored = np.array(conn.execute(sql.SQL("SELECT user_id, history FROM {} ORDER BY user_id").format(
+        qualified(histories))).fetchall(), dtype=np.int64).reshape(-1, 2)
+    position = index_of(stored[:, 0], users)
+    changed = (position < 0) | (stored[np.maximum(position, 0), 1] != digests) if len(stored) else np.ones(
+        len(users), dtype=bool)
+    return users[changed], stored[~np.isin(stored[:, 0], users), 0]
+
+
+def replace_users(conn: psycopg.Connection, table: str, histories: str, users: np.ndarray, rows: Iterable[tuple],
+                  scored: dict[int, int]) -> tuple[int, int]:
+    """Delete every row of ``users`` from the shard's ``table`` and ``histories``, then add ``rows`` and the
+    ``scored`` users' digests, inside the connection's transaction. Returns the rows deleted and written."""
+    conn.execute("CREATE TEMP TABLE rescored_users (user_id bigint PRIMARY KEY) ON COMMIT DROP")
+    copy_rows(conn, "rescored_users", ["user_id"], ["bigint"], ((user,) for user in users.tolist()))
+    conn.execute("ANALYZE rescored_users")
+    deleted = conn.execute(sql.SQL("DELETE FROM {} AS t USING rescored_users AS r WHERE t.user_id = r.user_id")
+                           .format(qualified(table))).rowcount
+    conn.execute(sql.SQL("DELETE FROM {} AS h USING rescored_users AS r WHERE h.user_id = r.user_id")
+                 .format(qualified(histories)))
+    written = copy_rows(conn, table, [name for name, _ in SHARD_COLUMNS], [kind for _, kind in SHARD_COLUMNS], rows)
+    copy_rows(conn, histories, [name for name, _ in HISTORY_COLUMNS], [kind for _, kind in HISTORY_COLUMNS],
+              scored.items())
+    return deleted, written
 
 
 def score_users(context: dg.AssetExecutionContext, state: ServingState, model_store: ModelStoreResource,
-                serving: ServingResource, shard: int, shards: int) -> tuple[ScoredRows, ReasonThresholds]:
-    """The rows of this shard's users (``SHARD_COLUMNS``), made from ``state`` alone as they are consumed, and
-    the reason thresholds they are made with."""
-    mine = state.users[user_shards(state.users, shards) == shard]
+                serving: ServingResource, mine: np.ndarray, shards: int, thresholds: ReasonThresholds | None = None
+                ) -> tuple[Iterator[tuple], ReasonThresholds]:
+    """The rows of the users ``mine`` (``SHARD_COLUMNS``) of one of ``shards`` shards, made from ``state`` alone as
+    they are consumed, and the reason thresholds they are made with: ``thresholds``, else drawn from every
+    neighbour pair."""
     champion = champion_model(state.row, model_store)
     popular = popularity_model(state.ranked)
     interactions = Interactions.from_frame(state.interactions)
@@ -121,7 +230,7 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, model_st
     # The thresholds come from every neighbour pair, so every shard draws the same ones.
     blended = blend_similarities(state.similarity, serving.similar_products)
     evidence = neighbour_evidence(blended, interactions)
-    thresholds = reason_thresholds(evidence)
+    thresholds = thresholds or reason_thresholds(evidence)
     category_groups = state.by_category.groupby("category_id", sort=False)
     # The champion's scoring: the step's share of the cores. Nothing but the shards runs at this level of the
     # refresh (publish waits for them all), so they share the cores among themselves alone: the one shard of
@@ -140,8 +249,8 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, model_st
     )
     rows = ((row.user_id, row.product_id, row.rank, row.score, row.reason, row.because_product_id,
              row.source.name, row.source.version) for row in assemble(mine, inputs))
-    context.log.info(f"shard {shard} of {shards}: scoring {len(mine):,} users ({len(active):,} with the champion)")
-    return ScoredRows(rows), thresholds
+    context.log.info(f"scoring {len(mine):,} users ({len(active):,} with the champion)")
+    return rows, thresholds
 
 
 scoring_shard_assets = [shard_asset(shard, SHARD_COUNT) for shard in range(SHARD_COUNT)]

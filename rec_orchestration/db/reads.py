@@ -154,6 +154,22 @@ def champion_row(db: Queries, run_id: str | None) -> dict[str, Any] | None:
     return None if frame.empty else frame.iloc[0].to_dict()
 
 
+def deployed_champion(db: Queries, other_than_run: str) -> dict[str, Any] | None:
+    """The latest champion row of another run than ``other_than_run`` whose fit on every interaction was
+    deployed (``deployed_version`` set by models/champion): the fit being served; None if none."""
+    if not db.table_exists("ml.model_champions"):
+        return None
+    frame = db.read_dataframe(sql.SQL("""
+        SELECT * FROM ml.model_champions WHERE deployed_version IS NOT NULL AND run_id <> %s
+        ORDER BY chosen_at DESC LIMIT 1"""), (other_than_run,))
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def interaction_count(db: Queries) -> int:
+    """The rows of ``core.interactions``."""
+    return int(db.fetch_all("SELECT count(*) FROM core.interactions")[0][0])
+
+
 def evaluation_metrics(db: Queries, model_name: str, model_version: str, k: int) -> dict[str, float]:
     """A model version's evaluation row (precision, recall, nDCG, MAP, coverage at k); {} if none."""
     frame = db.read_dataframe(sql.SQL("""

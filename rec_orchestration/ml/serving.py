@@ -314,3 +314,23 @@ def user_shards(user_ids: np.ndarray, shards: int) -> np.ndarray:
     if shards < 1:
         raise ValueError("shards must be at least 1")
     return (stable_hash(user_ids) % np.uint64(shards)).astype(np.int64)
+
+
+def history_digests(interactions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's history as one number: ``(users ascending, digests as int64)`` of ``interactions``
+    (``user_id, product_id, weight, ts``). The digest is the sum, modulo 2**64, of a hash of each of the
+    user's rows, so it does not depend on their order and changes with any added, removed or changed row
+    (two different histories share one with probability about 2**-64). What a user's recommendations are
+    made from besides the models: a user whose digest is unchanged needs no new rows while the models are."""
+    import pandas as pd
+    columns = interactions[["user_id", "product_id", "weight", "ts"]]
+    hashes = pd.util.hash_pandas_object(columns, index=False).to_numpy(dtype=np.uint64)
+    users = columns["user_id"].to_numpy(dtype=np.int64)
+    order = np.argsort(users, kind="stable")
+    users, hashes = users[order], hashes[order]
+    if not len(users):
+        return users, np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    with np.errstate(over="ignore"):
+        digests = np.add.reduceat(hashes, starts)
+    return users[starts], digests.view(np.int64)

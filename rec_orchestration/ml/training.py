@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,12 @@ WARM_STARTED = ("itemknn", "ease", *CONTINUED)
 WARM_CHAIN_MAX = 24
 WARM_MIN_KNOWN = 0.9
 REUSED_MAX_GROWTH = 0.05
+# The champion's fit on every interaction (``refit_on_everything``) that is being served is kept, not refitted,
+# while the interactions grew by at most SERVING_MAX_GROWTH since it was fitted and it is younger than
+# SERVING_MAX_AGE_HOURS (``keep_deployed``): the hourly refresh after a few new reviews then rescores only the
+# users whose histories changed (assets/scoring.py), with the fit every other user's rows were made with.
+SERVING_MAX_GROWTH = 0.05
+SERVING_MAX_AGE_HOURS = 24.0
 EVAL_K = 10                   # metrics at k, for every model
 HOLDOUT_LATEST = 1            # each user's latest interaction is the test set
 HOLDOUT_MIN_INTERACTIONS = 3  # users with fewer interactions are only trained on
@@ -253,12 +260,47 @@ def refit_on_everything(evaluated: Mapping[str, Any], frame: pd.DataFrame, store
             warm, version = {"warm_start_from": evaluated["version"]}, warm_version
             model.warm_start(state)
     started = time.perf_counter()
+    fitted_at = datetime.now().astimezone()
     model.progress = progress
     with threads.limited() as budget:
         model.fit(interactions)
     store.save(name, version, model.state_dict(), {
         "params": evaluated["params"], "refit_of": evaluated["version"], "metrics": evaluated["metrics"],
+        "code_version": CODE_VERSIONS[name], "item_features": bool(inputs.version), "fitted_at": fitted_at.isoformat(),
         "data_version": frame_version, "n_interactions": len(frame),
         "fit_seconds": round(time.perf_counter() - started, 3), "threads": budget, **warm,
         **({"warm_started": model.warm_started} if getattr(model, "warm_started", None) else {})})
     return store.manifest(name, version), False
+
+
+def keep_deployed(deployed: Mapping[str, Any] | None, evaluated: Mapping[str, Any], n_interactions: int, *,
+                  max_growth: float = SERVING_MAX_GROWTH, max_age_hours: float = SERVING_MAX_AGE_HOURS,
+                  now: datetime) -> tuple[bool, str]:
+    """Whether the fit being served, ``deployed`` (the manifest of a :func:`refit_on_everything` artifact, None
+    when there is none), may go on serving in place of refitting ``evaluated`` (the manifest of this run's
+    champion) on ``n_interactions`` interactions; and why, in words for the run log.
+
+    It may when it is the same model with the same parameters, code and inputs, was fitted on at most
+    ``n_interactions`` and at least ``n_interactions / (1 + max_growth)`` of them, and ``fitted_at`` at most
+    ``max_age_hours`` before ``now`` (an aware datetime). ``max_growth`` 0 refits on every change of the data.
+    Fewer interactions than it was fitted on means data was taken away: that refits, whatever the share."""
+    if max_growth <= 0:
+        return False, "no staleness allowed (max_growth 0): refitted on every change of the interactions"
+    if deployed is None:
+        return False, "no fit of the champion on every interaction is served yet"
+    name = evaluated["model_name"]
+    if deployed.get("model_name") != name:
+        return False, f"the champion is now {name}, the served fit is {deployed.get('model_name')}"
+    if (deployed.get("params") != evaluated["params"] or deployed.get("code_version") != CODE_VERSIONS[name]
+            or bool(deployed.get("item_features")) != bool(evaluated.get("item_features"))):
+        return False, "the served fit has other parameters, inputs or code than the champion evaluated now"
+    if not deployed.get("fitted_at"):
+        return False, "the served fit does not record when it was fitted"
+    fitted = int(deployed["n_interactions"])
+    if n_interactions < fitted:
+        return False, f"{n_interactions:,} interactions, fewer than the {fitted:,} the served fit saw: data was removed"
+    growth = n_interactions / fitted - 1.0 if fitted else float("inf")
+    age_hours = (now - datetime.fromisoformat(deployed["fitted_at"])).total_seconds() / 3600
+    said = (f"the interactions grew {growth:.2%} since the served fit (at most {max_growth:.2%}), which is "
+            f"{age_hours:.1f} h old (at most {max_age_hours:g} h)")
+    return growth <= max_growth and age_hours <= max_age_hours, said

@@ -66,6 +66,21 @@ CREATE TABLE IF NOT EXISTS ml.scoring_shards (
     PRIMARY KEY (shard_count, shard)
 );
 
+-- What every user's rows depend on (shards.py: the champion's version, the serving settings, the shard count,
+-- the scoring code), how many users the latest scoring rescored, and when every user last was: while the
+-- serving key stays, a shard rescores only the users whose history digest (ml.scored_users_<shard>_of_<n>
+-- _histories) changed. Added to warehouses made before; a NULL serving key rescores every user.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'ml.scoring_shards'::regclass
+                   AND attname = 'serving_key' AND NOT attisdropped) THEN
+        ALTER TABLE ml.scoring_shards ADD COLUMN IF NOT EXISTS serving_key text,
+                                      ADD COLUMN IF NOT EXISTS rescored_users bigint,
+                                      ADD COLUMN IF NOT EXISTS scored_fully_at timestamptz;
+    END IF;
+END
+$$;
+
 -- What ml.item_similarity was computed from (assets/similarity.py): a hash of the interactions, the
 -- products' texts, the LightGCN version, the neighbours kept and the similarity code. One row, replaced
 -- with the table in one transaction; a step whose inputs hash the same keeps the table as it is.

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
+import psycopg
 
+from rec_orchestration import settings
 from rec_orchestration.ml.serving import user_shards
 from tests.support import assert_success, materialize_everything, query, same_rows, scalar
 
@@ -86,8 +88,6 @@ def test_publish_refuses_shards_scored_on_other_settings(warehouse_env):
     assert "ml/scored_users_0_of_2, ml/scored_users_1_of_2" in outcome["failures"][0]
 
     # Interactions changed since the shards were scored (the warehouse rebuilt alone, say): refused too.
-    import psycopg
-
     with psycopg.connect(db.conninfo()) as conn:
         conn.execute("UPDATE core.interactions SET weight = weight + 1 WHERE (user_id, product_id) = "
                      "(SELECT user_id, product_id FROM core.interactions ORDER BY 1, 2 LIMIT 1)")
@@ -99,3 +99,62 @@ def test_publish_refuses_shards_scored_on_other_settings(warehouse_env):
     outcome = publish_with_shards(1, "all", {"resources": {"serving": {"config": {"k": 5}}}})
     assert outcome["success"], outcome["failures"]
     assert scalar(db, "SELECT max(rank) FROM recs.user_recommendations") == 5
+
+
+CHAMPION_ROWS = """SELECT user_id, product_id, rank, score, model_version FROM recs.user_recommendations
+                   WHERE model_name = (SELECT model_name FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1)
+                   ORDER BY user_id, rank"""
+
+
+def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehouse_env):
+    """The hourly refresh after a few new reviews: the champion keeps the fit it serves (the data grew by far
+    less than 5 %), the scoring rewrites only the rows of the users who reviewed (one new to the shop), every
+    other user keeps the rows of the last refresh, and the champion's rows then equal a full scoring's."""
+    import json
+
+    db = warehouse_env
+    assert_success(materialize_everything())
+    served = scalar(db, "SELECT deployed_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")
+    before = query(db, PUBLISHED)
+    (rescored_first,) = query(db, "SELECT rescored_users FROM ml.scoring_shards WHERE shard_count = 1")[0]
+    assert rescored_first == scalar(db, "SELECT count(*) FROM core.users")
+
+    # An existing user reviews the product at the top of their recommendations; a new user reviews it too.
+    landing = settings.landing_dir()
+    reviewer, top_product = query(db, """
+        SELECT u.user_key, p.product_key FROM recs.user_recommendations r JOIN core.users u USING (user_id)
+        JOIN core.products p USING (product_id) WHERE r.rank = 1 AND r.model_name <> 'popularity'
+        ORDER BY r.user_id LIMIT 1""")[0]
+    template = json.loads((landing / "reviews.jsonl").open().readline())
+    new_reviews = [{**template, "user_id": user, "parent_asin": top_product, "asin": top_product, "rating": 5.0,
+                    "timestamp": 1_760_000_000_000} for user in (reviewer, "NEWUSER1")]
+    (landing / "reviews_hour2.jsonl").write_text("".join(json.dumps(review) + "\n" for review in new_reviews))
+    assert_success(materialize_everything())
+
+    # The champion was evaluated again, but the fit it serves stays: no refit for 2 more reviews.
+    assert scalar(db, "SELECT deployed_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1") == served
+    assert scalar(db, "SELECT count(*) FROM ml.model_champions") == 2
+    changed = {user_id for (user_id,) in query(db, "SELECT user_id FROM core.users WHERE user_key = ANY(%s)",
+                                                 ([reviewer, "NEWUSER1"],))}
+    assert len(changed) == 2
+    rescored, user_count = query(db, "SELECT rescored_users, user_count FROM ml.scoring_shards")[0]
+    assert (rescored, user_count) == (2, scalar(db, "SELECT count(*) FROM core.users"))
+
+    after = query(db, PUBLISHED)
+    kept = [row for row in after if row[0] not in changed]
+    assert kept == [row for row in before if row[0] not in changed]
+    (reviewer_id,) = changed & {row[0] for row in before}
+    top_id = scalar(db, "SELECT product_id FROM core.products WHERE product_key = %s", (top_product,))
+    assert top_id not in {row[1] for row in after if row[0] == reviewer_id}  # reviewed now: not recommended
+    assert all(row[7] == served for row in after if row[0] == reviewer_id and row[6] != "popularity")
+    k = scalar(db, "SELECT k FROM recs.recommendation_runs WHERE is_live")
+    assert len([row for row in after if row[0] in changed - {reviewer_id}]) == k  # the new user has k rows
+
+    # A full scoring (the shard's history digests gone) with the same fit gives the same champion rows.
+    delta = query(db, CHAMPION_ROWS)
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP TABLE ml.scored_users_0_of_1_histories")
+    outcome = publish_with_shards(1, "all")
+    assert outcome["success"], outcome["failures"]
+    assert scalar(db, "SELECT rescored_users FROM ml.scoring_shards WHERE shard_count = 1") == user_count
+    assert same_rows(query(db, CHAMPION_ROWS), delta)

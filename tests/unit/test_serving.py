@@ -18,6 +18,7 @@ from rec_orchestration.ml.serving import (
     assemble,
     blend_similarities,
     co_occurrence,
+    history_digests,
     neighbour_evidence,
     neighbour_lists,
     reason_thresholds,
@@ -212,3 +213,25 @@ def test_user_shards_are_a_stable_hash_spread_evenly():
     # Consecutive ids (how a database hands them out) land evenly: each of 4 shards within 2 % of a quarter.
     counts = np.bincount(user_shards(np.arange(100_000, dtype=np.int64), 4), minlength=4)
     assert (np.abs(counts - 25_000) < 500).all(), counts
+
+
+def test_a_users_history_digest_changes_with_any_of_their_rows_and_only_theirs():
+    frame = pd.DataFrame({"user_id": [3, 1, 3, 2, 2], "product_id": [10, 11, 12, 10, 13],
+                          "weight": [1.0, 2.0, 1.0, 1.0, 0.6],
+                          "ts": pd.to_datetime([5, 6, 7, 8, 9], unit="s", utc=True)})
+    users, digests = history_digests(frame)
+    assert users.tolist() == [1, 2, 3] and digests.dtype == np.int64
+    # Row order does not matter.
+    assert np.array_equal(history_digests(frame.iloc[::-1])[1], digests)
+
+    def digest_after(changed: pd.DataFrame) -> dict[int, int]:
+        return dict(zip(*(array.tolist() for array in history_digests(changed)), strict=True))
+
+    before = dict(zip(users.tolist(), digests.tolist(), strict=True))
+    for change in (lambda f: f.assign(weight=np.where(f["product_id"] == 13, 0.8, f["weight"])),  # a weight
+                   lambda f: f.assign(ts=f["ts"].where(f["product_id"] != 13, f["ts"] + pd.Timedelta("1s"))),
+                   lambda f: f[f["product_id"] != 13],                                              # a row gone
+                   lambda f: pd.concat([f, f.iloc[[3]].assign(product_id=14)])):                    # a row more
+        after = digest_after(change(frame))
+        assert after[2] != before[2], change
+        assert after[1] == before[1] and after[3] == before[3]

@@ -271,3 +271,40 @@ def test_lightfm_with_categories_scores_the_same_after_a_round_trip_through_its_
     again = LightFMRecommender.from_state_dict(state)
     users = np.arange(10)
     assert np.array_equal(again.score_users(users), model.score_users(users))
+
+
+def test_the_served_fit_is_kept_while_the_data_grew_little_and_it_is_young(store):
+    """models/champion's rule (``keep_deployed``) on real artifacts: the fit on every interaction that is
+    served goes on serving after 1 % more interactions, not after 6 %, not once a day old, not for another
+    champion or other parameters, not when interactions were removed, and never with max_growth 0."""
+    from datetime import UTC, datetime, timedelta
+
+    from rec_orchestration.ml.training import keep_deployed
+
+    frame = planted(300, seed=1)
+    evaluated, _ = fit_and_evaluate("lightfm", LIGHTFM, training_split(frame), store)
+    served, _ = refit_on_everything(evaluated, frame, store)
+    fitted = datetime.fromisoformat(served["fitted_at"])
+    n = served["n_interactions"]
+    assert n == len(frame)
+    now = fitted + timedelta(hours=1)
+
+    def kept(manifest=served, champion=evaluated, count=n, **rule):
+        return keep_deployed(manifest, champion, count, now=rule.pop("now", now), **rule)[0]
+
+    assert kept(count=int(n * 1.01)) and kept(count=n)
+    assert not kept(count=int(n * 1.06))
+    assert not kept(count=n - 1)  # data was removed: refit
+    assert not kept(now=fitted + timedelta(hours=25))
+    assert kept(count=int(n * 1.06), max_growth=0.1) and not kept(count=n, max_growth=0.0)
+    assert not kept(manifest=None)
+    # The next evaluation's champion: another fit of the same model and parameters keeps it; another model
+    # or other parameters do not.
+    grown = pd.concat([frame, planted(3, seed=2, start_user=301)], ignore_index=True)
+    next_evaluated, _ = fit_and_evaluate("lightfm", LIGHTFM, training_split(grown), store)
+    assert next_evaluated["version"] != evaluated["version"] and kept(champion=next_evaluated, count=len(grown))
+    assert not kept(champion={**next_evaluated, "params": {**LIGHTFM, "factors": 4}})
+    knn, _ = fit_and_evaluate("itemknn", {"neighbours": 5, "shrink_power": 1.0}, training_split(frame), store)
+    assert not kept(champion=knn)
+    why = keep_deployed(served, evaluated, int(n * 1.01), now=now.astimezone(UTC))[1]
+    assert "grew 1.0" in why and "1.0 h old" in why
