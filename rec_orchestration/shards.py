@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 SHARD_COUNT = settings.scoring_shards()
 # Bumped when the code that makes a user's rows changes (ml.serving.assemble, the reasons): part of the serving
 # key, so the next scoring rescores every user instead of keeping rows the old code made.
-SCORING_VERSION = "scoring-v1"
+# v2: a user the champion's fit does not know gets their categories' popular products, as any user it does not rank.
+SCORING_VERSION = "scoring-v2"
 SHARD_RECORDS = "ml.scoring_shards"
 SHARD_COLUMNS = (("user_id", "bigint"), ("product_id", "bigint"), ("rank", "integer"), ("score", "double precision"),
                  ("reason", "text"), ("because_product_id", "bigint"), ("model_name", "text"),

@@ -10,7 +10,10 @@ The table is recomputed only when what it is computed from changed: ``ml.item_si
 hash of the interactions, the products' texts, the LightGCN version, the neighbours kept and
 :data:`SIMILARITY_VERSION`, written with the table in one transaction. A refresh with nothing new (a run
 launched again from the UI, an hourly tick before data landed) keeps the table: at 10M interactions
-computing it is minutes.
+computing it is minutes. After new interactions it is kept too while they grew by at most ``max_growth``
+(5 %) since it was computed and it is younger than ``max_age_hours`` (24), with the same settings: the rule
+models/champion keeps its fit by (``ml.training.within_staleness``). Products new since then have no
+neighbours until it is recomputed.
 """
 
 import hashlib
@@ -27,7 +30,7 @@ from rec_orchestration.deployment import k8s_step_tags
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.interactions import Interactions
-from rec_orchestration.ml.training import data_version
+from rec_orchestration.ml.training import SERVING_MAX_AGE_HOURS, SERVING_MAX_GROWTH, data_version, within_staleness
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
@@ -45,6 +48,11 @@ BASIS_TABLE = "ml.item_similarity_basis"
 
 class SimilarityConfig(dg.Config):
     neighbours: int = Field(default=20, ge=1, le=500, description="Neighbours kept per product and method.")
+    max_growth: float = Field(default=SERVING_MAX_GROWTH, ge=0.0, description=(
+        "Keep the table while the interactions grew by at most this share since it was computed (0.05 = 5 %); 0 "
+        "recomputes on every change of the data."))
+    max_age_hours: float = Field(default=SERVING_MAX_AGE_HOURS, gt=0.0, description=(
+        "Recompute, however little the data grew, once the table is this old."))
 
 
 def _frame(neighbours: "ItemNeighbours", item_ids: np.ndarray, method: str) -> "pd.DataFrame":
@@ -82,6 +90,12 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
 
     from rec_orchestration.ml.similarity import content_top_n, cosine_top_n_sparse
 
+    settings = similarity_settings(config.neighbours)
+    kept, why = kept_within_staleness(warehouse, settings, config.max_growth, config.max_age_hours)
+    if kept is not None:
+        context.log.info(f"keeping ml.item_similarity ({kept:,} rows): {why}")
+        return dg.MaterializeResult(metadata={"rows": kept, "reused": True, "kept_within_staleness": True,
+                                              "why": why})
     frame = reads.interactions_frame(warehouse)
     products = reads.product_texts(warehouse)
     version = materialized_model_versions(context, ["lightgcn"])["lightgcn"]
@@ -94,6 +108,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
                                               "lightgcn_version": version})
 
     interactions = Interactions.from_frame(frame)
+    n_interactions = len(frame)
     del frame
     matrix = (interactions.user_item_matrix() > 0).astype(np.float32).tocsr()
     frames = [_frame(cosine_top_n_sparse(matrix, config.neighbours), interactions.item_ids, "collaborative")]
@@ -117,7 +132,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
             rows=((int(a), int(b), float(s), int(r), m) for a, b, s, r, m in rows),
             primary_key=["item_id", "method", "rank"],
         )
-        record_basis(conn, basis, context.run.run_id if context.run else "", written)
+        record_basis(conn, basis, context.run.run_id if context.run else "", written, n_interactions, settings)
     per_method = similarity.groupby("method").agg(rows=("item_id", "size"), products=("item_id", "nunique"),
                                                   mean_score=("score", "mean")).reset_index()
     example = reads.neighbours_of_most_interacted_product(warehouse, 3)
@@ -151,9 +166,38 @@ def kept_rows(warehouse: PostgresResource, basis: str) -> int | None:
     return int(row[1]) if row is not None and row[0] == basis else None
 
 
-def record_basis(conn, basis: str, run_id: str, rows: int) -> None:
-    conn.execute("""INSERT INTO ml.item_similarity_basis (basis, run_id, row_count, computed_at)
-                    VALUES (%s, %s, %s, now())
+def similarity_settings(neighbours: int) -> str:
+    """What the table's rows depend on besides its inputs: the similarity code and the neighbours kept."""
+    return json.dumps([SIMILARITY_VERSION, int(neighbours)])
+
+
+def kept_within_staleness(warehouse: PostgresResource, settings: str, max_growth: float,
+                          max_age_hours: float) -> tuple[int | None, str]:
+    """The row count of ml.item_similarity when it may stand for today's (computed with ``settings`` from
+    interactions that grew by at most ``max_growth`` since, at most ``max_age_hours`` ago), else None; and why."""
+    from datetime import UTC, datetime
+
+    if max_growth <= 0:
+        return None, "no staleness allowed (max_growth 0)"
+    with warehouse.connection() as conn:
+        if not conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass('ml.item_similarity') IS NOT NULL",
+                            (BASIS_TABLE,)).fetchone()[0]:
+            return None, "no table yet"
+        ensure_ml_schema(conn)  # a warehouse from before the staleness columns gains them (NULL: recompute)
+        row = conn.execute("SELECT row_count, n_interactions, settings, computed_at FROM ml.item_similarity_basis"
+                           ).fetchone()
+    if row is None or row[1] is None or row[2] != settings:
+        return None, "computed with other settings, or before the interactions it saw were recorded"
+    within, why = within_staleness(int(row[1]), row[3], reads.interaction_count(warehouse), max_growth=max_growth,
+                                   max_age_hours=max_age_hours, now=datetime.now(UTC))
+    return (int(row[0]) if within else None), why
+
+
+def record_basis(conn, basis: str, run_id: str, rows: int, n_interactions: int, settings: str) -> None:
+    conn.execute("""INSERT INTO ml.item_similarity_basis (basis, run_id, row_count, computed_at, n_interactions,
+                                                         settings)
+                    VALUES (%s, %s, %s, now(), %s, %s)
                     ON CONFLICT (only_row) DO UPDATE SET basis = excluded.basis, run_id = excluded.run_id,
-                        row_count = excluded.row_count, computed_at = excluded.computed_at""",
-                 (basis, run_id, rows))
+                        row_count = excluded.row_count, computed_at = excluded.computed_at,
+                        n_interactions = excluded.n_interactions, settings = excluded.settings""",
+                 (basis, run_id, rows, n_interactions, settings))

@@ -250,7 +250,8 @@ def assemble(users: Sequence[int], inputs: ServingInputs) -> Iterator[Row]:
     - Users with at least ``min_interactions`` and a champion ranking: the champion's items, each
       with "because you liked <title>" when one of their products is among the item's strong
       neighbours (``because_product_id``: the strongest such), else ``personalized``.
-    - Everyone else: popular products of the categories they interacted with, round robin from their
+    - Everyone else (a user the champion's fit does not know, say one new since it was fitted, included):
+      popular products of the categories they interacted with, round robin from their
       most frequent category, then overall popularity (reason ``popular`` for both; ``model_name``
       tells ``popularity_by_category`` from ``popularity``).
     - Any list still short of k is topped up from overall popularity.
@@ -272,7 +273,7 @@ def assemble(users: Sequence[int], inputs: ServingInputs) -> Iterator[Row]:
             chosen.add(item)
             taken.append(Row(user, item, len(taken) + 1, score, reason, because, source))
 
-        if len(history) >= inputs.min_interactions and user in personal:
+        if len(history) >= inputs.min_interactions and len(personal.get(user, ((),))[0]):
             seen = set(history.tolist())
             for item, score in zip(*(array.tolist() for array in personal[user]), strict=True):
                 because = because_you_liked(item, seen, inputs.strong_neighbours)

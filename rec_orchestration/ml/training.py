@@ -59,6 +59,7 @@ REUSED_MAX_GROWTH = 0.05
 # while the interactions grew by at most SERVING_MAX_GROWTH since it was fitted and it is younger than
 # SERVING_MAX_AGE_HOURS (``keep_deployed``): the hourly refresh after a few new reviews then rescores only the
 # users whose histories changed (assets/scoring.py), with the fit every other user's rows were made with.
+# ml/item_similarity keeps its table by the same rule (``within_staleness``).
 SERVING_MAX_GROWTH = 0.05
 SERVING_MAX_AGE_HOURS = 24.0
 EVAL_K = 10                   # metrics at k, for every model
@@ -296,11 +297,20 @@ def keep_deployed(deployed: Mapping[str, Any] | None, evaluated: Mapping[str, An
         return False, "the served fit has other parameters, inputs or code than the champion evaluated now"
     if not deployed.get("fitted_at"):
         return False, "the served fit does not record when it was fitted"
-    fitted = int(deployed["n_interactions"])
-    if n_interactions < fitted:
-        return False, f"{n_interactions:,} interactions, fewer than the {fitted:,} the served fit saw: data was removed"
-    growth = n_interactions / fitted - 1.0 if fitted else float("inf")
-    age_hours = (now - datetime.fromisoformat(deployed["fitted_at"])).total_seconds() / 3600
-    said = (f"the interactions grew {growth:.2%} since the served fit (at most {max_growth:.2%}), which is "
-            f"{age_hours:.1f} h old (at most {max_age_hours:g} h)")
+    return within_staleness(int(deployed["n_interactions"]), datetime.fromisoformat(deployed["fitted_at"]),
+                            n_interactions, max_growth=max_growth, max_age_hours=max_age_hours, now=now)
+
+
+def within_staleness(made_from: int, made_at: datetime, n_interactions: int, *, max_growth: float,
+                     max_age_hours: float, now: datetime) -> tuple[bool, str]:
+    """Whether something made from ``made_from`` interactions at ``made_at`` may stand for one made from today's
+    ``n_interactions``: at least as many as it saw (fewer: data was removed), at most ``1 + max_growth`` times
+    them, and at most ``max_age_hours`` old at ``now``; and why, in figures."""
+    if n_interactions < made_from:
+        return False, (f"{n_interactions:,} interactions, fewer than the {made_from:,} it was made from: data was "
+                       "removed")
+    growth = n_interactions / made_from - 1.0 if made_from else float("inf")
+    age_hours = (now - made_at).total_seconds() / 3600
+    said = (f"the interactions grew {growth:.2%} since it was made (at most {max_growth:.2%}), "
+            f"{age_hours:.1f} h ago (at most {max_age_hours:g} h)")
     return growth <= max_growth and age_hours <= max_age_hours, said

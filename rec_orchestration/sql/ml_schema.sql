@@ -91,3 +91,16 @@ CREATE TABLE IF NOT EXISTS ml.item_similarity_basis (
     row_count    bigint NOT NULL,
     computed_at  timestamptz NOT NULL
 );
+
+-- The interactions the table was computed from and the settings it was computed with (the similarity code and
+-- the neighbours kept): while they grew little and the table is young, a step keeps it (assets/similarity.py).
+-- Added to warehouses made before; NULL recomputes.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'ml.item_similarity_basis'::regclass
+                   AND attname = 'n_interactions' AND NOT attisdropped) THEN
+        ALTER TABLE ml.item_similarity_basis ADD COLUMN IF NOT EXISTS n_interactions bigint,
+                                             ADD COLUMN IF NOT EXISTS settings text;
+    END IF;
+END
+$$;

@@ -107,9 +107,10 @@ CHAMPION_ROWS = """SELECT user_id, product_id, rank, score, model_version FROM r
 
 
 def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehouse_env):
-    """The hourly refresh after a few new reviews: the champion keeps the fit it serves (the data grew by far
-    less than 5 %), the scoring rewrites only the rows of the users who reviewed (one new to the shop), every
-    other user keeps the rows of the last refresh, and the champion's rows then equal a full scoring's."""
+    """The hourly refresh after a few new reviews: the champion keeps the fit it serves and the similarity
+    table stays (the data grew by far less than 5 %), the scoring rewrites only the rows of the users who
+    reviewed (one new to the shop), every other user keeps the rows of the last refresh, and the champion's
+    rows then equal a full scoring's."""
     import json
 
     db = warehouse_env
@@ -117,6 +118,7 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     served = scalar(db, "SELECT deployed_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")
     before = query(db, PUBLISHED)
     (rescored_first,) = query(db, "SELECT rescored_users FROM ml.scoring_shards WHERE shard_count = 1")[0]
+    similarity = query(db, "SELECT basis, computed_at, n_interactions FROM ml.item_similarity_basis")
     assert rescored_first == scalar(db, "SELECT count(*) FROM core.users")
 
     # An existing user reviews the product at the top of their recommendations; a new user reviews it too.
@@ -131,7 +133,10 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     (landing / "reviews_hour2.jsonl").write_text("".join(json.dumps(review) + "\n" for review in new_reviews))
     assert_success(materialize_everything())
 
-    # The champion was evaluated again, but the fit it serves stays: no refit for 2 more reviews.
+    # The champion was evaluated again, but the fit it serves stays: no refit for 2 more reviews; nor is the
+    # similarity table recomputed (its basis row is the first run's).
+    assert query(db, "SELECT basis, computed_at, n_interactions FROM ml.item_similarity_basis") == similarity
+    assert similarity[0][2] == scalar(db, "SELECT count(*) FROM core.interactions") - 2
     assert scalar(db, "SELECT deployed_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1") == served
     assert scalar(db, "SELECT count(*) FROM ml.model_champions") == 2
     changed = {user_id for (user_id,) in query(db, "SELECT user_id FROM core.users WHERE user_key = ANY(%s)",

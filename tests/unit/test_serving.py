@@ -94,6 +94,12 @@ def test_cold_start_users_get_their_categories_popular_products_then_overall_and
     data = inputs(seen={2: np.array([103, 106, 104])}, min_interactions=10, personal=None,
                   popular=ranked([2], [[100, 101, 102, 105, 107]]))
     assert [row[0] for row in rows_of(2, data)] == [105, 107, 100, 101]
+    # Enough history, but the champion's fit does not know the user (new since it was fitted: no items for
+    # them): their categories first, as for any user the champion does not rank.
+    unknown = inputs(seen={2: np.array([103, 106, 104])}, min_interactions=3,
+                     personal=ranked([2], [[]]), popular=ranked([2], [[100, 101, 102, 105, 107]]))
+    assert [(row[0], row[4]) for row in rows_of(2, unknown)] == [
+        (105, "popularity_by_category"), (107, "popularity_by_category"), (100, "popularity"), (101, "popularity")]
     # No history at all: overall popularity.
     assert [(row[0], row[4]) for row in rows_of(3, inputs())] == [
         (100, "popularity"), (101, "popularity"), (102, "popularity"), (103, "popularity")]

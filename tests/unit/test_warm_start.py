@@ -307,4 +307,4 @@ def test_the_served_fit_is_kept_while_the_data_grew_little_and_it_is_young(store
     knn, _ = fit_and_evaluate("itemknn", {"neighbours": 5, "shrink_power": 1.0}, training_split(frame), store)
     assert not kept(champion=knn)
     why = keep_deployed(served, evaluated, int(n * 1.01), now=now.astimezone(UTC))[1]
-    assert "grew 1.0" in why and "1.0 h old" in why
+    assert "grew 1.00%" in why and "1.0 h ago" in why
