@@ -177,8 +177,6 @@ def kept_within_staleness(warehouse: PostgresResource, settings: str, max_growth
     interactions that grew by at most ``max_growth`` since, at most ``max_age_hours`` ago), else None; and why."""
     from datetime import UTC, datetime
 
-    if max_growth <= 0:
-        return None, "no staleness allowed (max_growth 0)"
     with warehouse.connection() as conn:
         if not conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass('ml.item_similarity') IS NOT NULL",
                             (BASIS_TABLE,)).fetchone()[0]:

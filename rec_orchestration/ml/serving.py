@@ -273,7 +273,7 @@ def assemble(users: Sequence[int], inputs: ServingInputs) -> Iterator[Row]:
             chosen.add(item)
             taken.append(Row(user, item, len(taken) + 1, score, reason, because, source))
 
-        if len(history) >= inputs.min_interactions and len(personal.get(user, ((),))[0]):
+        if len(history) >= inputs.min_interactions and user in personal and len(personal[user][0]):
             seen = set(history.tolist())
             for item, score in zip(*(array.tolist() for array in personal[user]), strict=True):
                 because = because_you_liked(item, seen, inputs.strong_neighbours)

@@ -285,8 +285,6 @@ def keep_deployed(deployed: Mapping[str, Any] | None, evaluated: Mapping[str, An
     ``n_interactions`` and at least ``n_interactions / (1 + max_growth)`` of them, and ``fitted_at`` at most
     ``max_age_hours`` before ``now`` (an aware datetime). ``max_growth`` 0 refits on every change of the data.
     Fewer interactions than it was fitted on means data was taken away: that refits, whatever the share."""
-    if max_growth <= 0:
-        return False, "no staleness allowed (max_growth 0): refitted on every change of the interactions"
     if deployed is None:
         return False, "no fit of the champion on every interaction is served yet"
     name = evaluated["model_name"]
@@ -305,7 +303,10 @@ def within_staleness(made_from: int, made_at: datetime, n_interactions: int, *, 
                      max_age_hours: float, now: datetime) -> tuple[bool, str]:
     """Whether something made from ``made_from`` interactions at ``made_at`` may stand for one made from today's
     ``n_interactions``: at least as many as it saw (fewer: data was removed), at most ``1 + max_growth`` times
-    them, and at most ``max_age_hours`` old at ``now``; and why, in figures."""
+    them, and at most ``max_age_hours`` old at ``now``; and why, in figures. Never when ``max_growth`` is 0 (made
+    again on every change of the data, and when nothing changed, found by the caller's own exact check)."""
+    if max_growth <= 0:
+        return False, "no staleness allowed (max_growth 0): made again on every change of the interactions"
     if n_interactions < made_from:
         return False, (f"{n_interactions:,} interactions, fewer than the {made_from:,} it was made from: data was "
                        "removed")
