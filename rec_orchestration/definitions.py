@@ -6,7 +6,7 @@ import dagster as dg
 from rec_orchestration import settings
 from rec_orchestration.assets.evaluation import champion, champion_beats_popularity, model_evaluations
 from rec_orchestration.assets.ingestion import raw_landing
-from rec_orchestration.assets.models import model_assets, popular_products
+from rec_orchestration.assets.models import model_assets, popular_products, training_round
 from rec_orchestration.assets.publish import (
     every_user_gets_unseen_recommendations,
     publish_recommendations,
@@ -26,8 +26,8 @@ from rec_orchestration.schedules import daily_backup_schedule, hourly_refresh_sc
 from rec_orchestration.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[raw_landing, warehouse_dbt_models, popular_products, *model_assets, model_evaluations, champion,
-            item_similarity, *scoring_shard_assets, publish_recommendations],
+    assets=[raw_landing, warehouse_dbt_models, training_round, popular_products, *model_assets, model_evaluations,
+            champion, item_similarity, *scoring_shard_assets, publish_recommendations],
     asset_checks=[champion_beats_popularity, every_user_gets_unseen_recommendations,
                   *recommendations_freshness_checks],
     jobs=[refresh_recommendations_job, ingest_landing_job, backup_warehouse],

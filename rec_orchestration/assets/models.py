@@ -8,13 +8,15 @@ them all. ``ml/popular_products`` refits the stronger baseline on the holdout (`
 interaction: the cold-start fallback that publishing serves.
 """
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from rec_orchestration.db import reads
-from rec_orchestration.db.tables import replace_table
+from rec_orchestration.db.tables import ensure_ml_schema, replace_table
 from rec_orchestration.deployment import k8s_step_tags, model_profile
 from rec_orchestration.ml import registry
 from rec_orchestration.ml.artifacts import ModelStore, artifact_version
@@ -25,22 +27,35 @@ from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.training import (
     CODE_VERSIONS,
     EVAL_K,
+    SERVING_MAX_AGE_HOURS,
+    SERVING_MAX_GROWTH,
     TRAINING_CURVE,
     ModelInputs,
     category_features,
     data_version,
     fit_and_evaluate,
+    keep_round,
     training_split,
 )
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.retry import retry_transient_db_errors
-from rec_orchestration.runs import REFRESH_POOL, materialized_model_versions
+from rec_orchestration.runs import REFRESH_POOL, materialized_model_versions, run_key
 
 INTERACTION_DEPS = [dg.AssetKey(["core", "interactions"])]
+TRAINING_ROUND = dg.AssetKey(["ml", "training_round"])
 
 
 # ---------------------------------------------------------------------------------------------- configs
+
+class TrainingRoundConfig(dg.Config):
+    max_growth: float = Field(default=SERVING_MAX_GROWTH, ge=0.0, description=(
+        "Keep every model's last evaluated fit, unrefitted, while the interactions grew by at most this share since "
+        "they were fitted (0.05 = 5 %) and each model is fitted with the same parameters: the models stage then "
+        "takes seconds. 0 fits the models again on every change of the data."))
+    max_age_hours: float = Field(default=SERVING_MAX_AGE_HOURS, gt=0.0, description=(
+        "Fit every model again, however little the data grew, once the oldest of the kept fits is this old."))
+
 
 class PopularityConfig(dg.Config):
     half_life_days: float = Field(default=registry.DEFAULTS["popularity"]["half_life_days"], gt=0, description=(
@@ -116,6 +131,20 @@ def model_params(name: str, config: dg.Config) -> dict[str, Any]:
     return params
 
 
+def run_model_settings(run_config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], bool]]:
+    """Evaluated model name -> the parameters and item-feature flag a run with ``run_config`` fits it with (its
+    asset's config there, else the config's defaults); the models of registry.FITTED_WITH with their defaults."""
+    ops = run_config.get("ops") or {}
+    settings = {}
+    for name in registry.MODEL_NAMES:
+        given = (ops.get(dg.AssetKey(["models", name]).to_python_identifier()) or {}).get("config") or {}
+        config = MODEL_CONFIGS[name](**given)
+        settings[name] = (model_params(name, config), bool(getattr(config, "use_categories", False)))
+        settings |= {other: (dict(registry.DEFAULTS.get(other, {})), False)
+                     for other in registry.FITTED_WITH.get(name, ())}
+    return settings
+
+
 def model_inputs(warehouse: PostgresResource, use_categories: bool) -> ModelInputs:
     return category_features(reads.item_categories(warehouse)) if use_categories else ModelInputs()
 
@@ -159,6 +188,53 @@ def model_metadata(manifest: dict[str, Any], store: ModelStore, reused: bool) ->
     return metadata
 
 
+@dg.asset(key=TRAINING_ROUND, group_name="models", kinds={"python", "postgres"}, pool=REFRESH_POOL,
+          op_tags=k8s_step_tags("light"), deps=INTERACTION_DEPS,
+          description="This refresh's decision for every model: keep the fits the last evaluation compared while the "
+                      "interactions grew by at most max_growth since and they are younger than max_age_hours, or "
+                      "fit them all on today's interactions (ml.training_rounds).")
+@retry_transient_db_errors()
+def training_round(context: dg.AssetExecutionContext, config: TrainingRoundConfig, warehouse: PostgresResource,
+                   model_store: ModelStoreResource) -> dg.MaterializeResult:
+    """One decision for all models, so that they stay evaluated on one split: a model's asset keeps its last
+    evaluated fit only when this run's round kept them all (``ml.training.keep_round``). Reads the count of
+    core.interactions, not its rows."""
+    store = model_store.store()
+    wanted = run_model_settings(context.run.run_config)
+    versions = reads.last_evaluated_versions(warehouse)
+    evaluated = {name: store.manifest(name, version) if store.exists(name, version) else None
+                 for name, version in versions.items()}
+    n_interactions = reads.interaction_count(warehouse)
+    kept, why = keep_round(evaluated, wanted, n_interactions, max_growth=config.max_growth,
+                           max_age_hours=config.max_age_hours, now=datetime.now(UTC))
+    kept_versions = {name: versions[name] for name in wanted} if kept else {}
+    context.log.info(("keeping every model's last evaluated fit: " if kept else "fitting the models: ") + why)
+    with warehouse.connection() as conn:
+        ensure_ml_schema(conn)
+        conn.execute("""
+            INSERT INTO ml.training_rounds (run_id, decided_at, kept, n_interactions, versions, why)
+            VALUES (%s, now(), %s, %s, %s, %s)
+            ON CONFLICT (run_id) DO UPDATE SET decided_at = EXCLUDED.decided_at, kept = EXCLUDED.kept,
+                n_interactions = EXCLUDED.n_interactions, versions = EXCLUDED.versions, why = EXCLUDED.why""",
+            (run_key(context), kept, n_interactions, json.dumps(kept_versions), why))
+    return dg.MaterializeResult(metadata={"kept": kept, "why": why, "n_interactions": n_interactions,
+                                          "versions": dg.MetadataValue.json(kept_versions)})
+
+
+def kept_fit(round_: dict[str, Any] | None, name: str, params: dict[str, Any], item_features: bool,
+             store: ModelStore) -> dict[str, Any] | None:
+    """The manifest of ``name``'s fit that this run's training round kept, when it kept one with these
+    parameters and inputs and its artifact is there; else None (fit as usual)."""
+    if round_ is None or not round_["kept"] or (version := round_["versions"].get(name)) is None:
+        return None
+    if not store.exists(name, version):
+        return None
+    manifest = store.manifest(name, version)
+    if manifest.get("params") != json.loads(json.dumps(params)) or bool(manifest.get("item_features")) != item_features:
+        return None
+    return manifest
+
+
 def model_asset(name: str) -> dg.AssetsDefinition:
     """``models/<name>``: fit on the shared split, evaluate, store the artifact."""
     config_class = MODEL_CONFIGS[name]
@@ -168,7 +244,8 @@ def model_asset(name: str) -> dg.AssetsDefinition:
 
     @dg.asset(name=name, key_prefix=["models"], group_name="models", kinds={"python", "pytorch"}, pool=REFRESH_POOL,
               op_tags=k8s_step_tags(model_profile(name)),
-              deps=INTERACTION_DEPS + ([dg.AssetKey(["core", "product_categories"])] if name == "lightfm" else []),
+              deps=INTERACTION_DEPS + [TRAINING_ROUND]
+              + ([dg.AssetKey(["core", "product_categories"])] if name == "lightfm" else []),
               description=f"The {name} model fitted on core.interactions (all but each user's latest "
                           f"interaction), evaluated at k={EVAL_K} on the held-out ones; artifact in the model "
                           f"store.{also}")
@@ -176,16 +253,30 @@ def model_asset(name: str) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, config: config_class, warehouse: PostgresResource,  # type: ignore[valid-type]
                model_store: ModelStoreResource) -> dg.MaterializeResult:
         store = model_store.store()
-        split = training_split(reads.interactions_frame(warehouse))
-        inputs = model_inputs(warehouse, getattr(config, "use_categories", False))
-        manifest, reused = fit_and_evaluate(name, model_params(name, config), split, store, inputs,
-                                            progress=context.log.info)
-        if reused:
-            context.log.info(f"{name} {manifest['version']}: data, parameters and code unchanged; reusing the artifact")
-        metadata = model_metadata(manifest, store, reused=reused)
+        params, use_categories = model_params(name, config), bool(getattr(config, "use_categories", False))
+        round_ = reads.training_round(warehouse, run_key(context))
+        wanted = {name: (params, use_categories)} | {other: (dict(registry.DEFAULTS.get(other, {})), False)
+                                                      for other in fitted_with}
+        kept = {model: kept_fit(round_, model, *settings, store) for model, settings in wanted.items()}
+        split = None
+        if all(manifest is not None for manifest in kept.values()):
+            manifest, reused = kept[name], True
+            store.set_latest(name, manifest["version"])
+            context.log.info(f"{name} {manifest['version']}: kept by this run's training round ({round_['why']})")
+        else:
+            split = training_split(reads.interactions_frame(warehouse))
+            inputs = model_inputs(warehouse, use_categories)
+            manifest, reused = fit_and_evaluate(name, params, split, store, inputs, progress=context.log.info)
+            if reused:
+                context.log.info(f"{name} {manifest['version']}: data, parameters and code unchanged; reusing the "
+                                 "artifact")
+        metadata = model_metadata(manifest, store, reused=reused) | {"kept_by_round": split is None}
         for other in fitted_with:  # e.g. popularity_plain beside popularity: its registry defaults, the same split
-            other_manifest, other_reused = fit_and_evaluate(other, dict(registry.DEFAULTS.get(other, {})), split,
-                                                            store)
+            if split is None:
+                other_manifest, other_reused = kept[other], True
+                store.set_latest(other, other_manifest["version"])
+            else:
+                other_manifest, other_reused = fit_and_evaluate(other, wanted[other][0], split, store)
             metadata |= {f"{other}_version": other_manifest["version"],
                          f"{other}_params": dg.MetadataValue.json(other_manifest["params"]),
                          f"{other}_ndcg@{EVAL_K}": float(other_manifest["metrics"][f"ndcg@{EVAL_K}"])}

@@ -165,6 +165,24 @@ def deployed_champion(db: Queries, other_than_run: str) -> dict[str, Any] | None
     return None if frame.empty else frame.iloc[0].to_dict()
 
 
+def last_evaluated_versions(db: Queries) -> dict[str, str]:
+    """Model name -> the version the latest evaluation (ml/model_evaluations) compared; {} before any."""
+    if not db.table_exists("ml.model_evaluations"):
+        return {}
+    rows = db.fetch_all("""
+        SELECT model_name, model_version FROM ml.model_evaluations
+        WHERE evaluated_at = (SELECT max(evaluated_at) FROM ml.model_evaluations) ORDER BY model_name""")
+    return {str(name): str(version) for name, version in rows}
+
+
+def training_round(db: Queries, run_id: str) -> dict[str, Any] | None:
+    """Run ``run_id``'s decision for its models (ml.training_rounds: kept, versions, why); None if it made none."""
+    if not db.table_exists("ml.training_rounds"):
+        return None
+    rows = db.fetch_all("SELECT kept, versions, why FROM ml.training_rounds WHERE run_id = %s", (run_id,))
+    return {"kept": bool(rows[0][0]), "versions": dict(rows[0][1]), "why": str(rows[0][2])} if rows else None
+
+
 def interaction_count(db: Queries) -> int:
     """The rows of ``core.interactions``."""
     return int(db.fetch_all("SELECT count(*) FROM core.interactions")[0][0])

@@ -175,6 +175,7 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
                 "cold_train_interactions": cold_size(previous)}
         version = artifact_version(split.data_version, {**params, **inputs.version, **warm}, code)
     model.progress, model.monitor = progress, (split.train, split.evaluated)  # reported per epoch, never chosen on
+    fitted_at = datetime.now().astimezone()
     with threads.limited() as budget:  # the step's share of the cores (rec_orchestration.threads)
         started = time.perf_counter()
         model.fit(split.train)
@@ -183,7 +184,7 @@ def fit_and_evaluate(name: str, params: dict[str, Any], split: TrainingSplit, st
     manifest: dict[str, Any] = {
         "params": params, "item_features": bool(inputs.version), "metrics": metrics, "split": split.describe(),
         "data_version": split.data_version, "code_version": CODE_VERSIONS[name],
-        "evaluation_version": EVALUATION_VERSION,
+        "evaluation_version": EVALUATION_VERSION, "fitted_at": fitted_at.isoformat(),
         "fit_seconds": round(fit_seconds, 3), "threads": budget,
         "n_users": split.train.n_users, "n_items": split.train.n_items}
     manifest |= {key: getattr(model, key) for key in REPORTED_ATTRIBUTES if getattr(model, key, None) is not None}
@@ -297,6 +298,42 @@ def keep_deployed(deployed: Mapping[str, Any] | None, evaluated: Mapping[str, An
         return False, "the served fit does not record when it was fitted"
     return within_staleness(int(deployed["n_interactions"]), datetime.fromisoformat(deployed["fitted_at"]),
                             n_interactions, max_growth=max_growth, max_age_hours=max_age_hours, now=now)
+
+
+def keep_round(evaluated: Mapping[str, Mapping[str, Any] | None], wanted: Mapping[str, tuple[dict[str, Any], bool]],
+               n_interactions: int, *, max_growth: float = SERVING_MAX_GROWTH,
+               max_age_hours: float = SERVING_MAX_AGE_HOURS, now: datetime) -> tuple[bool, str]:
+    """Whether the models of the last evaluation may stand, unrefitted, for this refresh's models; and why.
+
+    ``evaluated``: model name -> the manifest of the fit the last evaluation compared (None when its artifact
+    is gone), for every model evaluated; ``wanted``: model name -> the parameters and item-feature flag this
+    refresh fits it with; ``n_interactions``: the interactions now. They may stand when every wanted model has
+    a fit there with those parameters and inputs, of today's code and evaluation, all made from one split of
+    data at most ``1 + max_growth`` times smaller than today's and none older than ``max_age_hours`` at
+    ``now`` (:func:`within_staleness`). Keeping them all, or refitting them all, keeps every model evaluated on
+    one split (:func:`~rec_orchestration.ml.champion.require_same_data`)."""
+    for name, (params, item_features) in wanted.items():
+        manifest = evaluated.get(name)
+        if manifest is None:
+            return False, f"no fit of {name} was evaluated last time"
+        if (manifest.get("params") != json.loads(json.dumps(params))
+                or bool(manifest.get("item_features")) != item_features):
+            return False, f"{name} is fitted with other parameters or inputs now than last time"
+        if (manifest.get("code_version") != CODE_VERSIONS[name]
+                or manifest.get("evaluation_version") != EVALUATION_VERSION):
+            return False, f"{name}'s code or evaluation changed since its last fit"
+        if not manifest.get("fitted_at"):
+            return False, f"{name}'s last fit does not record when it was made"
+    kept = [evaluated[name] for name in wanted]
+    if not kept:
+        return False, "no model to keep"
+    if len({manifest["data_version"] for manifest in kept}) > 1:
+        return False, "the last evaluation's fits were made from different data"
+    split = kept[0]["split"]
+    made_from = int(split["train_interactions"]) + int(split["test_interactions"])
+    oldest = min(datetime.fromisoformat(manifest["fitted_at"]) for manifest in kept)
+    return within_staleness(made_from, oldest, n_interactions, max_growth=max_growth, max_age_hours=max_age_hours,
+                            now=now)
 
 
 def within_staleness(made_from: int, made_at: datetime, n_interactions: int, *, max_growth: float,

@@ -104,3 +104,15 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Each refresh's decision for its models (ml/training_round): keep the fits the last evaluation compared
+-- (kept; versions: model name -> the version kept) while the interactions grew little since and the fits are
+-- young, or fit every model on today's interactions (versions {}); and why, in figures.
+CREATE TABLE IF NOT EXISTS ml.training_rounds (
+    run_id          text PRIMARY KEY,
+    decided_at      timestamptz NOT NULL,
+    kept            boolean NOT NULL,
+    n_interactions  bigint NOT NULL,
+    versions        jsonb NOT NULL,
+    why             text NOT NULL
+);

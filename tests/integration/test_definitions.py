@@ -20,7 +20,7 @@ EXPECTED_ASSETS = {
     "staging/load_ceiling", "staging/stg_products", "staging/stg_reviews", "staging/stg_users", "staging/stg_events",
     "core/users", "core/products", "core/reviews", "core/events", "core/interactions",
     "core/categories", "core/product_categories", "core/transactions", "core/transaction_items",
-    "ml/popular_products", "ml/popular_products_by_category", "ml/item_similarity",
+    "ml/training_round", "ml/popular_products", "ml/popular_products_by_category", "ml/item_similarity",
     "models/popularity", "models/itemknn", "models/ease", "models/lightfm", "models/lightgcn",
     "ml/model_evaluations", "models/champion", "ml/scored_users_0_of_1", "recs/user_recommendations",
     "recs/similar_products",

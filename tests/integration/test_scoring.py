@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
 import numpy as np
 import psycopg
 
 from rec_orchestration import settings
 from rec_orchestration.ml.serving import user_shards
-from tests.support import assert_success, materialize_everything, query, same_rows, scalar
+from tests.support import QUICK_MODELS, assert_success, materialize_everything, query, same_rows, scalar
 
 PUBLISHED = """SELECT user_id, product_id, rank, score, reason, because_product_id, model_name, model_version
                FROM recs.user_recommendations ORDER BY user_id, rank"""
@@ -101,6 +102,9 @@ def test_publish_refuses_shards_scored_on_other_settings(warehouse_env):
     assert scalar(db, "SELECT max(rank) FROM recs.user_recommendations") == 5
 
 
+# The models the latest evaluation compared: name, version, the data they were fitted on.
+LAST_EVALUATION = """SELECT model_name, model_version, data_version FROM ml.model_evaluations
+                     WHERE evaluated_at = (SELECT max(evaluated_at) FROM ml.model_evaluations) ORDER BY model_name"""
 CHAMPION_ROWS = """SELECT user_id, product_id, rank, score, model_version FROM recs.user_recommendations
                    WHERE model_name = (SELECT model_name FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1)
                    ORDER BY user_id, rank"""
@@ -116,6 +120,7 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     db = warehouse_env
     assert_success(materialize_everything())
     served = scalar(db, "SELECT deployed_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")
+    evaluated = query(db, LAST_EVALUATION)
     before = query(db, PUBLISHED)
     (rescored_first,) = query(db, "SELECT rescored_users FROM ml.scoring_shards WHERE shard_count = 1")[0]
     similarity = query(db, "SELECT basis, computed_at, n_interactions FROM ml.item_similarity_basis")
@@ -131,7 +136,18 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     new_reviews = [{**template, "user_id": user, "parent_asin": top_product, "asin": top_product, "rating": 5.0,
                     "timestamp": 1_760_000_000_000} for user in (reviewer, "NEWUSER1")]
     (landing / "reviews_hour2.jsonl").write_text("".join(json.dumps(review) + "\n" for review in new_reviews))
-    assert_success(materialize_everything())
+    second = materialize_everything()
+    assert_success(second)
+
+    # Nor is any model fitted again: the training round kept the fits the first run evaluated, which are
+    # evaluated again as they are.
+    kept, versions, why = query(db, "SELECT kept, versions, why FROM ml.training_rounds WHERE run_id = %s",
+                                (second.run_id,))[0]
+    assert kept and "grew" in why
+    assert versions == {name: version for name, version, _ in evaluated}
+    assert query(db, LAST_EVALUATION) == evaluated
+    assert all(second.asset_materializations_for_node(f"models__{name}")[0].metadata["kept_by_round"].value
+               for name in ("popularity", "itemknn", "ease", "lightfm", "lightgcn"))
 
     # The champion was evaluated again, but the fit it serves stays: no refit for 2 more reviews; nor is the
     # similarity table recomputed (its basis row is the first run's).
@@ -163,3 +179,17 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     assert outcome["success"], outcome["failures"]
     assert scalar(db, "SELECT rescored_users FROM ml.scoring_shards WHERE shard_count = 1") == user_count
     assert same_rows(query(db, CHAMPION_ROWS), delta)
+
+    # A round that allows no growth (max_growth 0) fits every model on today's interactions, with the 2 reviews.
+    models = [dg.AssetKey(["ml", "training_round"]), dg.AssetKey(["ml", "model_evaluations"]),
+              *(dg.AssetKey(["models", name]) for name in ("popularity", "itemknn", "ease", "lightfm", "lightgcn"))]
+    refit = materialize_everything({**QUICK_MODELS, "ops": {**QUICK_MODELS["ops"], "ml__training_round": {
+        "config": {"max_growth": 0.0}}}}, asset_selection=models)
+    assert_success(refit)
+    assert query(db, "SELECT kept, versions FROM ml.training_rounds WHERE run_id = %s",
+                 (refit.run_id,)) == [(False, {})]
+    again = query(db, LAST_EVALUATION)
+    assert {name for name, _, _ in again} == {name for name, _, _ in evaluated}
+    assert not {version for _, version, _ in again} & {version for _, version, _ in evaluated}
+    (data_version,) = {data for _, _, data in again}  # one split, of today's interactions
+    assert data_version.startswith(f"{scalar(db, 'SELECT count(*) FROM core.interactions')}:")

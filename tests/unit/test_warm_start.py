@@ -1,5 +1,7 @@
 """Warm starts: after a little more data, LightFM's and LightGCN's next fits start from the previous artifact."""
 
+from datetime import datetime
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -307,4 +309,44 @@ def test_the_served_fit_is_kept_while_the_data_grew_little_and_it_is_young(store
     knn, _ = fit_and_evaluate("itemknn", {"neighbours": 5, "shrink_power": 1.0}, training_split(frame), store)
     assert not kept(champion=knn)
     why = keep_deployed(served, evaluated, int(n * 1.01), now=now.astimezone(UTC))[1]
+    assert "grew 1.00%" in why and "1.0 h ago" in why
+
+
+def test_a_training_round_keeps_every_models_fit_or_none(store):
+    """ml/training_round's rule (``keep_round``) on real artifacts: the last evaluation's fits stand for this
+    refresh's while the interactions grew by at most max_growth and the oldest fit is young, every model
+    with the parameters it was evaluated with. One model with other parameters, code or no evaluated fit
+    refits them all, so that every model is still evaluated on one split."""
+    from datetime import timedelta
+
+    from rec_orchestration.ml.training import keep_round
+
+    frame = planted(300, seed=1)
+    split = training_split(frame)
+    knn_params = {"neighbours": 5, "shrink_power": 1.0}
+    evaluated = {"lightfm": fit_and_evaluate("lightfm", LIGHTFM, split, store)[0],
+                 "itemknn": fit_and_evaluate("itemknn", knn_params, split, store)[0]}
+    wanted = {"lightfm": (LIGHTFM, False), "itemknn": (knn_params, False)}
+    oldest = min(datetime.fromisoformat(m["fitted_at"]) for m in evaluated.values())
+    now = oldest + timedelta(hours=1)
+    n = len(frame)
+
+    def kept(fits=evaluated, settings=wanted, count=n, **rule):
+        return keep_round(fits, settings, count, now=rule.pop("now", now), **rule)[0]
+
+    assert kept() and kept(count=int(n * 1.04))
+    assert not kept(count=int(n * 1.06)) and kept(count=int(n * 1.06), max_growth=0.1)
+    assert not kept(count=n - 1)  # interactions were removed
+    assert not kept(now=oldest + timedelta(hours=25))
+    assert not kept(count=n, max_growth=0.0)
+    # One model otherwise: other parameters, other inputs, another code version, no evaluated fit, a fit of
+    # other data, a fit from before fits recorded their time.
+    assert not kept(settings={**wanted, "itemknn": ({**knn_params, "neighbours": 6}, False)})
+    assert not kept(settings={**wanted, "lightfm": (LIGHTFM, True)})
+    assert not kept(fits={**evaluated, "lightfm": {**evaluated["lightfm"], "code_version": "lightfm-v1"}})
+    assert not kept(fits={**evaluated, "itemknn": None})
+    assert not kept(settings={**wanted, "ease": ({"l2": 10.0}, False)})
+    assert not kept(fits={**evaluated, "itemknn": {**evaluated["itemknn"], "data_version": "other"}})
+    assert not kept(fits={name: {k: v for k, v in m.items() if k != "fitted_at"} for name, m in evaluated.items()})
+    why = keep_round(evaluated, wanted, int(n * 1.01), now=now)[1]
     assert "grew 1.00%" in why and "1.0 h ago" in why
