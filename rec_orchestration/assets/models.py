@@ -1,11 +1,14 @@
 """Models over the core tables: every model of ``ml.registry``, evaluated, and popularity (the fallback).
 
-Each ``models/<name>`` asset fits its model on the shared time-based split and evaluates it
-(``ml/training.py``); an artifact of the same data, parameters and code is reused, not refitted.
+``ml/training_round`` decides once per refresh whether the fits the last evaluation compared stand (the data
+grew little since, they are young, the parameters are the same) or every model is fitted again. Each
+``models/<name>`` asset then reuses its kept fit, or fits its model on the shared time-based split and
+evaluates it (``ml/training.py``); an artifact of the same data, parameters and code is reused, not refitted.
 ``models/popularity`` fits and evaluates both popularity baselines, time-decayed ``popularity`` and plain
 ``popularity_plain`` (``registry.FITTED_WITH``). ``ml/model_evaluations`` (assets/evaluation.py) compares
 them all. ``ml/popular_products`` refits the stronger baseline on the holdout (``ml/champion.py``) on every
-interaction: the cold-start fallback that publishing serves.
+interaction, unless the round kept the baselines it was made from: the cold-start fallback that publishing
+serves.
 """
 
 import json
@@ -314,6 +317,16 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularProductsC
     evaluated = {name: store.manifest(name, version)
                  for name, version in materialized_model_versions(context, BASELINES).items()}
     variant = stronger_baseline(evaluated, EVAL_K)
+    versions = {name: manifest["version"] for name, manifest in evaluated.items()}
+    if (kept := kept_ranking(warehouse, store, reads.training_round(warehouse, run_key(context)), versions,
+                             config.per_category)) is not None:
+        context.log.info(f"keeping ml.popular_products {kept['version']}: this run's training round kept the "
+                         "baselines it was chosen from")
+        for key in (["ml", "popular_products"], ["ml", "popular_products_by_category"]):
+            yield dg.MaterializeResult(asset_key=key, metadata={
+                "model_version": kept["version"], "variant": kept["variant"], "kept_by_round": True,
+                "n_interactions": int(kept["n_interactions"])})
+        return
     frame = reads.interactions_frame(warehouse)
     if (evaluated_on := evaluated[variant]["data_version"]) != data_version(frame):
         context.log.warning(f"the popularity baselines were evaluated on other data ({evaluated_on}); {variant} was "
@@ -325,8 +338,7 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularProductsC
     held_out = {name: float(manifest["metrics"][f"ndcg@{EVAL_K}"]) for name, manifest in evaluated.items()}
     location = store.save("popular_products", version, model.state_dict(), {
         "params": params, "n_interactions": len(interactions), "variant": variant,
-        "chosen_by": {"k": EVAL_K, "ndcg": held_out,
-                      "versions": {name: manifest["version"] for name, manifest in evaluated.items()}}})
+        "per_category": config.per_category, "chosen_by": {"k": EVAL_K, "ndcg": held_out, "versions": versions}})
     items, scores = model.ranking()
     rows = [(int(item), rank, float(score), version)
             for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True), start=1)]
@@ -349,6 +361,7 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularProductsC
     yield dg.MaterializeResult(asset_key=["ml", "popular_products"], metadata={
         "model_version": version,
         "variant": variant,
+        "kept_by_round": False,
         "params": dg.MetadataValue.json(params),
         **{f"{name}_ndcg@{EVAL_K}": ndcg for name, ndcg in held_out.items()},
         "artifact": dg.MetadataValue.path(location),
@@ -362,3 +375,20 @@ def popular_products(context: dg.AssetExecutionContext, config: PopularProductsC
         "rows": len(by_category),
         "categories": len({row[0] for row in by_category}),
     })
+
+
+def kept_ranking(warehouse: PostgresResource, store: ModelStore, round_: dict[str, Any] | None,
+                 versions: dict[str, str], per_category: int) -> dict[str, Any] | None:
+    """The manifest of the popularity ranking in ml.popular_products when this run's training round kept the
+    models and the ranking was made from the very baseline fits evaluated now, with ``per_category``: it then
+    stands as it is (made from every interaction at most the round's growth ago); else None."""
+    if round_ is None or not round_["kept"] or not all(
+            warehouse.table_exists(table) for table in ("ml.popular_products", "ml.popular_products_by_category")):
+        return None
+    version = warehouse.fetch_value("SELECT model_version FROM ml.popular_products LIMIT 1")
+    if version is None or not store.exists("popular_products", version):
+        return None
+    manifest = store.manifest("popular_products", version)
+    if manifest.get("chosen_by", {}).get("versions") != versions or manifest.get("per_category") != per_category:
+        return None
+    return manifest

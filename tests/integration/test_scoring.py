@@ -121,6 +121,7 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     assert_success(materialize_everything())
     served = scalar(db, "SELECT deployed_version FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")
     evaluated = query(db, LAST_EVALUATION)
+    popular = query(db, "SELECT product_id, rank, score, model_version FROM ml.popular_products ORDER BY rank")
     before = query(db, PUBLISHED)
     (rescored_first,) = query(db, "SELECT rescored_users FROM ml.scoring_shards WHERE shard_count = 1")[0]
     similarity = query(db, "SELECT basis, computed_at, n_interactions FROM ml.item_similarity_basis")
@@ -148,6 +149,8 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     assert query(db, LAST_EVALUATION) == evaluated
     assert all(second.asset_materializations_for_node(f"models__{name}")[0].metadata["kept_by_round"].value
                for name in ("popularity", "itemknn", "ease", "lightfm", "lightgcn"))
+    # The cold-start ranking, made from the same baselines, stays as it was too.
+    assert query(db, "SELECT product_id, rank, score, model_version FROM ml.popular_products ORDER BY rank") == popular
 
     # The champion was evaluated again, but the fit it serves stays: no refit for 2 more reviews; nor is the
     # similarity table recomputed (its basis row is the first run's).
