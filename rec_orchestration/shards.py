@@ -63,6 +63,12 @@ def history_table(shard: int, shards: int) -> str:
     return f"{shard_table(shard, shards)}_histories"
 
 
+def reasons_table(shard: int, shards: int) -> str:
+    """The neighbour pairs strong enough to name in a reason (``ml.serving.strong_neighbours``) that a shard's last
+    full reckoning of the evidence found, kept for its rescorings of changed users."""
+    return f"{shard_table(shard, shards)}_reasons"
+
+
 def shard_key(shard: int, shards: int) -> dg.AssetKey:
     return dg.AssetKey(["ml", f"scored_users_{shard}_of_{shards}"])
 

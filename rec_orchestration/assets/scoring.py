@@ -43,6 +43,7 @@ from rec_orchestration.ml.serving import (
     neighbour_evidence,
     reason_thresholds,
     strong_neighbours,
+    strong_pairs,
     user_shards,
 )
 from rec_orchestration.resources.model_store import ModelStoreResource
@@ -59,6 +60,7 @@ from rec_orchestration.shards import (
     champion_model,
     history_table,
     popularity_model,
+    reasons_table,
     scoring_tags,
     serving_state,
     shard_key,
@@ -82,24 +84,35 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
     def _shard(context: dg.AssetExecutionContext, warehouse: PostgresResource, model_store: ModelStoreResource,
                serving: ServingResource) -> dg.MaterializeResult:
         started = time.perf_counter()
+        seconds = Stopwatch()
         state = serving_state(context, warehouse, serving, shards)
+        seconds.lap("reading inputs")
         mine = state.users[user_shards(state.users, shards) == shard]
         digests = user_digests(state.interactions, mine)
+        seconds.lap("history digests")
         table, histories = shard_table(shard, shards), history_table(shard, shards)
+        reasons = reasons_table(shard, shards)
         with warehouse.connection() as conn:
             ensure_ml_schema(conn)
         with warehouse.connection() as conn:
             previous = previous_scoring(conn, shard, shards, state.serving_key)
+            similarity_basis = similarity_basis_of(conn)
             removed = np.empty(0, dtype=np.int64)
+            kept_pairs = None
             if previous is None:
                 rescore, thresholds = mine, None
             else:
                 rescore, removed = changed_users(conn, histories, mine, digests)
                 thresholds = previous.thresholds
+                if len(rescore) and similarity_basis is not None and previous.reasons_basis == similarity_basis:
+                    kept_pairs = read_pairs(conn, reasons)
+        seconds.lap("finding changed users")
+        pairs = None  # the strong neighbour pairs reckoned now, to keep; None: those kept stay
         if previous is not None and not len(rescore):  # no history changed: nothing to rank, not even reasons
             rows, thresholds_used = iter(()), previous.thresholds
         else:
-            rows, thresholds_used = score_users(context, state, model_store, serving, rescore, shards, thresholds)
+            rows, thresholds_used, pairs = score_users(context, state, model_store, serving, rescore, shards,
+                                                       thresholds, seconds, kept_pairs)
         scored = dict(zip(rescore.tolist(), digests[np.searchsorted(mine, rescore)].tolist(), strict=True))
         # Rows, histories and record in one transaction: all or nothing, so a failure or a kill leaves the shard
         # as it was. The record is locked first and must still be the one the changed users were found from.
@@ -108,6 +121,10 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
             if previous is not None and current != previous.record:
                 raise dg.Failure(f"shard {shard} of {shards} was scored by another run meanwhile ({current}): "
                                  "materialize it again")
+            if pairs is not None:
+                columns = (pairs[name].tolist() for name, _ in PAIR_COLUMNS)
+                replace_table(conn, reasons, PAIR_COLUMNS, zip(*columns, strict=True),
+                              primary_key=("product_id", "similar_product_id"))
             if previous is None:
                 written = replace_table(conn, table, SHARD_COLUMNS, rows, primary_key=("user_id", "rank"),
                                         nullable=("because_product_id",))
@@ -119,32 +136,53 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
                 row_count = previous.row_count - deleted + written
             conn.execute(sql.SQL("""
                 INSERT INTO {records} (shard_count, shard, basis, run_id, user_count, row_count, min_support,
-                                       min_similarity, scored_at, serving_key, rescored_users, scored_fully_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, coalesce(%s, now()))
+                                       min_similarity, scored_at, serving_key, rescored_users, scored_fully_at,
+                                       reasons_basis)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s, coalesce(%s, now()), %s)
                 ON CONFLICT (shard_count, shard) DO UPDATE SET
                     basis = excluded.basis, run_id = excluded.run_id, user_count = excluded.user_count,
                     row_count = excluded.row_count,
                     min_support = excluded.min_support, min_similarity = excluded.min_similarity,
                     scored_at = excluded.scored_at, serving_key = excluded.serving_key,
                     rescored_users = excluded.rescored_users,
-                    scored_fully_at = excluded.scored_fully_at""").format(records=qualified(SHARD_RECORDS)),
+                    scored_fully_at = excluded.scored_fully_at,
+                    reasons_basis = excluded.reasons_basis""").format(records=qualified(SHARD_RECORDS)),
                 (shards, shard, state.basis, context.run.run_id if context.run else "", len(mine), row_count,
                  thresholds_used.min_support, float(thresholds_used.min_similarity), state.serving_key,
-                 len(rescore), previous.scored_fully_at if previous else None))
+                 len(rescore), previous.scored_fully_at if previous else None,
+                 similarity_basis if pairs is not None else previous.reasons_basis if previous else None))
+        seconds.lap("reasons, popular top-ups and writing")
         how = ("every user" if previous is None else
                f"{len(rescore):,} users whose histories changed or who are new, {len(removed):,} gone")
-        context.log.info(f"shard {shard} of {shards}: {len(mine):,} users, {row_count:,} rows; rescored {how}")
+        context.log.info(f"shard {shard} of {shards}: {len(mine):,} users, {row_count:,} rows; rescored {how}; "
+                         f"seconds: {seconds.laps}")
         return dg.MaterializeResult(metadata={
             "basis": state.basis, "serving_key": state.serving_key, "users": len(mine), "rows": row_count,
             "scoring": "full" if previous is None else "changed users",
             "rescored_users": len(rescore), "users_gone": len(removed), "rows_written": written,
             "table": table, "model": f"{state.champion.name} {state.champion.version}",
-            "seconds": round(time.perf_counter() - started, 2)})
+            "seconds": round(time.perf_counter() - started, 2),
+            "seconds_by_part": dg.MetadataValue.json(seconds.laps)})
 
     return _shard
 
 
+class Stopwatch:
+    """Seconds between successive ``lap`` calls, by name: where a step's time went, for its metadata."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 2)
+        self._last = now
+
+
 HISTORY_COLUMNS = (("user_id", "bigint"), ("history", "bigint"))
+PAIR_COLUMNS = (("product_id", "bigint"), ("similar_product_id", "bigint"), ("support", "bigint"),
+                ("similarity", "double precision"))
 
 
 @dataclass(frozen=True)
@@ -155,6 +193,7 @@ class PreviousScoring:
     row_count: int
     scored_fully_at: object  # a timestamptz: when every user was last scored
     record: tuple            # its run and time (scoring_record)
+    reasons_basis: str | None  # the similarity basis of its kept strong neighbour pairs (reasons_table)
 
 
 def scoring_record(conn: psycopg.Connection, shard: int, shards: int, lock: bool = False) -> tuple | None:
@@ -170,13 +209,32 @@ def previous_scoring(conn: psycopg.Connection, shard: int, shards: int, serving_
     key, and its table and history digests there."""
     record = conn.execute(sql.SQL("""
         SELECT serving_key, min_support, min_similarity, row_count, scored_fully_at, run_id, scored_at,
-               to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL
+               to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL,
+               CASE WHEN to_regclass(%s) IS NOT NULL THEN reasons_basis END
         FROM {} WHERE shard_count = %s AND shard = %s""").format(qualified(SHARD_RECORDS)),
-        (shard_table(shard, shards), history_table(shard, shards), shards, shard)).fetchone()
+        (shard_table(shard, shards), history_table(shard, shards), reasons_table(shard, shards), shards,
+         shard)).fetchone()
     if record is None or record[0] != serving_key or not record[7]:
         return None
     return PreviousScoring(ReasonThresholds(min_similarity=float(record[2]), min_support=int(record[1])),
-                           int(record[3]), record[4], (record[5], record[6]))
+                           int(record[3]), record[4], (record[5], record[6]), record[8])
+
+
+def similarity_basis_of(conn: psycopg.Connection) -> str | None:
+    """The basis of ml.item_similarity as it is now (ml.item_similarity_basis), None when unrecorded."""
+    if not conn.execute("SELECT to_regclass('ml.item_similarity_basis') IS NOT NULL").fetchone()[0]:
+        return None
+    row = conn.execute("SELECT basis FROM ml.item_similarity_basis").fetchone()
+    return row[0] if row else None
+
+
+def read_pairs(conn: psycopg.Connection, table: str) -> "pd.DataFrame":
+    """A shard's kept strong neighbour pairs (``PAIR_COLUMNS``)."""
+    import pandas as pd
+    rows = conn.execute(sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.Identifier(name) for name, _ in PAIR_COLUMNS), qualified(table))).fetchall()
+    return pd.DataFrame(rows, columns=[name for name, _ in PAIR_COLUMNS]).astype(
+        {"product_id": "int64", "similar_product_id": "int64", "support": "int64", "similarity": "float64"})
 
 
 def user_digests(interactions: "pd.DataFrame", users: np.ndarray) -> np.ndarray:
@@ -216,21 +274,29 @@ def replace_users(conn: psycopg.Connection, table: str, histories: str, users: n
 
 
 def score_users(context: dg.AssetExecutionContext, state: ServingState, model_store: ModelStoreResource,
-                serving: ServingResource, mine: np.ndarray, shards: int, thresholds: ReasonThresholds | None = None
-                ) -> tuple[Iterator[tuple], ReasonThresholds]:
+                serving: ServingResource, mine: np.ndarray, shards: int, thresholds: ReasonThresholds | None = None,
+                seconds: "Stopwatch | None" = None, kept_pairs: "pd.DataFrame | None" = None
+                ) -> tuple[Iterator[tuple], ReasonThresholds, "pd.DataFrame | None"]:
     """The rows of the users ``mine`` (``SHARD_COLUMNS``) of one of ``shards`` shards, made from ``state`` alone as
-    they are consumed, and the reason thresholds they are made with: ``thresholds``, else drawn from every
-    neighbour pair."""
+    they are consumed, the reason thresholds they are made with (``thresholds``, else drawn from every
+    neighbour pair) and the neighbour pairs strong enough to name, reckoned now from every pair's evidence;
+    with ``kept_pairs`` (and ``thresholds``) those pairs are taken as they are instead, and None is returned
+    for them. ``seconds`` times its parts."""
+    seconds = seconds or Stopwatch()
     champion = champion_model(state.row, model_store)
     popular = popularity_model(state.ranked)
     interactions = Interactions.from_frame(state.interactions)
     seen = interactions.items_by_user(mine)  # this shard's users' histories only
     active = np.array([user for user in mine.tolist() if len(seen.get(user, ())) >= serving.min_interactions],
                       dtype=np.int64)
-    # The thresholds come from every neighbour pair, so every shard draws the same ones.
-    blended = blend_similarities(state.similarity, serving.similar_products)
-    evidence = neighbour_evidence(blended, interactions)
-    thresholds = thresholds or reason_thresholds(evidence)
+    pairs = None
+    if kept_pairs is None or thresholds is None:
+        # The thresholds come from every neighbour pair, so every shard draws the same ones.
+        blended = blend_similarities(state.similarity, serving.similar_products)
+        evidence = neighbour_evidence(blended, interactions)
+        thresholds = thresholds or reason_thresholds(evidence)
+        pairs = strong_pairs(evidence, thresholds)
+    seconds.lap("neighbour evidence")
     category_groups = state.by_category.groupby("category_id", sort=False)
     # The champion's scoring: the step's share of the cores. Nothing but the shards runs at this level of the
     # refresh (publish waits for them all), so they share the cores among themselves alone: the one shard of
@@ -238,19 +304,20 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, model_st
     with limited(step_threads(width=shards)):
         personal = champion.recommend(active, serving.k, exclude=seen) if len(active) else None
         fallback = popular.recommend(mine, 2 * serving.k, exclude=seen)  # 2k: enough after the category picks
+    seconds.lap("ranking")
     inputs = ServingInputs(
         k=serving.k, min_interactions=serving.min_interactions, seen=seen, personal=personal,
         champion=state.champion, popular=fallback, popularity=state.popularity,
         category_ranking={int(c): group["product_id"].tolist() for c, group in category_groups},
         category_scores={int(c): group["score"].tolist() for c, group in category_groups},
         item_categories=state.item_categories,
-        strong_neighbours=strong_neighbours(evidence, thresholds),
+        strong_neighbours=strong_neighbours(kept_pairs if pairs is None else pairs, thresholds),
         titles=dict(zip(state.products["product_id"].tolist(), state.products["title"].tolist(), strict=True)),
     )
     rows = ((row.user_id, row.product_id, row.rank, row.score, row.reason, row.because_product_id,
              row.source.name, row.source.version) for row in assemble(mine, inputs))
     context.log.info(f"scoring {len(mine):,} users ({len(active):,} with the champion)")
-    return rows, thresholds
+    return rows, thresholds, pairs
 
 
 scoring_shard_assets = [shard_asset(shard, SHARD_COUNT) for shard in range(SHARD_COUNT)]

@@ -174,11 +174,16 @@ def reason_thresholds(evidence: pd.DataFrame, *, support_quantile: float = REASO
     return ReasonThresholds(min_similarity=similarity, min_support=support)
 
 
+def strong_pairs(evidence: pd.DataFrame, thresholds: ReasonThresholds) -> pd.DataFrame:
+    """The rows of ``evidence`` (:func:`neighbour_evidence`) that pass ``thresholds``."""
+    return evidence[(evidence["support"] >= thresholds.min_support)
+                    & (evidence["similarity"] >= thresholds.min_similarity)].reset_index(drop=True)
+
+
 def strong_neighbours(evidence: pd.DataFrame, thresholds: ReasonThresholds) -> dict[int, np.ndarray]:
     """Product id -> the neighbours that pass ``thresholds``, strongest first (highest lift, then more
     support, then the smaller id): what :func:`because_you_liked` may name."""
-    strong = evidence[(evidence["support"] >= thresholds.min_support)
-                      & (evidence["similarity"] >= thresholds.min_similarity)]
+    strong = strong_pairs(evidence, thresholds)
     strong = strong.sort_values(["product_id", "similarity", "support", "similar_product_id"],
                                 ascending=[True, False, False, True], kind="stable")
     return neighbour_lists(strong.assign(rank=strong.groupby("product_id").cumcount() + 1))

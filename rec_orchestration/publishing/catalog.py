@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -23,6 +23,8 @@ class Publication:
     pinned: bool
     row_counts: dict[str, int]
     retired: list[int]
+    # Seconds each part of the build took: every table's partition (load, key, analyse) and the check.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def publications(conn: psycopg.Connection) -> list[dict[str, Any]]:

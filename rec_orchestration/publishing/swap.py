@@ -88,12 +88,17 @@ def publish(
                 (run_id, model_name, model_version, json.dumps(dict(evaluation), default=float), k,
                  user_counts.get("users", 0), user_counts.get("personalized", 0), user_counts.get("popular", 0),
                  started_at)).fetchone()[0]
-            counts = {name: load_partition(conn, table, publication_id, rows[name])
-                      for name, table in TABLES.items()}
+            counts, seconds = {}, {}
+            for name, table in TABLES.items():
+                began = time.perf_counter()
+                counts[name] = load_partition(conn, table, publication_id, rows[name])
+                seconds[name] = round(time.perf_counter() - began, 2)
             partitions = {name: sql.Identifier(STORE, table.partition(publication_id))
                           for name, table in TABLES.items()}
             if validate is not None:
+                began = time.perf_counter()
                 validate(conn, partitions)
+                seconds["check"] = round(time.perf_counter() - began, 2)
             # ATTACH waits for no reader (SHARE UPDATE EXCLUSIVE on the parent, see the module docstring).
             for name in TABLES:
                 conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
@@ -119,7 +124,7 @@ def publish(
     except psycopg.Error as error:  # the publication is live: retiring is left to the next publish
         log.warning("retiring old publications failed, the next publish tries again: %s", error)
         retired = []
-    return Publication(publication_id, not pinned, pinned, counts, retired)
+    return Publication(publication_id, not pinned, pinned, counts, retired, seconds)
 
 
 def settle(conn: psycopg.Connection, timeout_ms: int) -> None:

@@ -81,6 +81,18 @@ BEGIN
 END
 $$;
 
+-- The similarity basis (ml.item_similarity_basis.basis) of the strong neighbour pairs a shard keeps in
+-- ml.scored_users_<shard>_of_<n>_reasons: a shard rescoring changed users reuses them while it is the same.
+-- Added to warehouses made before; NULL reckons the evidence again.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'ml.scoring_shards'::regclass
+                   AND attname = 'reasons_basis' AND NOT attisdropped) THEN
+        ALTER TABLE ml.scoring_shards ADD COLUMN IF NOT EXISTS reasons_basis text;
+    END IF;
+END
+$$;
+
 -- What ml.item_similarity was computed from (assets/similarity.py): a hash of the interactions, the
 -- products' texts, the LightGCN version, the neighbours kept and the similarity code. One row, replaced
 -- with the table in one transaction; a step whose inputs hash the same keeps the table as it is.

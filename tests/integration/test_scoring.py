@@ -132,7 +132,22 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     reviewer, top_product = query(db, """
         SELECT u.user_key, p.product_key FROM recs.user_recommendations r JOIN core.users u USING (user_id)
         JOIN core.products p USING (product_id) WHERE r.rank = 1 AND r.model_name <> 'popularity'
+        AND EXISTS (SELECT 1 FROM recs.user_recommendations o WHERE o.user_id = r.user_id AND o.rank > 1
+                    AND o.because_product_id IS NOT NULL)
         ORDER BY r.user_id LIMIT 1""")[0]
+
+    # The shard keeps the neighbour pairs strong enough to name in a reason, reckoned from the similarity table
+    # it names; every reason published names one of them.
+    assert scalar(db, "SELECT reasons_basis FROM ml.scoring_shards WHERE shard_count = 1") == \
+        scalar(db, "SELECT basis FROM ml.item_similarity_basis")
+    assert scalar(db, "SELECT count(*) FROM ml.scored_users_0_of_1_reasons") > 0
+    assert not query(db, """SELECT 1 FROM recs.user_recommendations r WHERE because_product_id IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM ml.scored_users_0_of_1_reasons p
+                        WHERE (p.product_id, p.similar_product_id) = (r.product_id, r.because_product_id))""")
+    # Rescoring changed users takes those pairs as they are, not reckoning every pair's evidence again: with
+    # them emptied, the reviewer's new list names no reason, while every other user keeps theirs.
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM ml.scored_users_0_of_1_reasons")
     template = json.loads((landing / "reviews.jsonl").open().readline())
     new_reviews = [{**template, "user_id": user, "parent_asin": top_product, "asin": top_product, "rating": 5.0,
                     "timestamp": 1_760_000_000_000} for user in (reviewer, "NEWUSER1")]
@@ -171,6 +186,7 @@ def test_new_reviews_rescore_only_their_users_with_the_fit_being_served(warehous
     top_id = scalar(db, "SELECT product_id FROM core.products WHERE product_key = %s", (top_product,))
     assert top_id not in {row[1] for row in after if row[0] == reviewer_id}  # reviewed now: not recommended
     assert all(row[7] == served for row in after if row[0] == reviewer_id and row[6] != "popularity")
+    assert not [row for row in after if row[0] in changed and row[5] is not None]  # the emptied pairs
     k = scalar(db, "SELECT k FROM recs.recommendation_runs WHERE is_live")
     assert len([row for row in after if row[0] in changed - {reviewer_id}]) == k  # the new user has k rows
 
