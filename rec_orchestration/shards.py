@@ -94,7 +94,7 @@ def champion_row(context: dg.AssetExecutionContext, warehouse: PostgresResource)
 
 def champion_model(row: dict, model_store: ModelStoreResource) -> Recommender:
     state, _ = model_store.store().load(row["model_name"], row["deployed_version"])
-    return registry.model_class(row["model_name"]).from_state_dict(state)
+    return registry.served_model(row["model_name"], state)
 
 
 @dataclass

@@ -289,6 +289,7 @@ def score_users(context: dg.AssetExecutionContext, state: ServingState, model_st
     seen = interactions.items_by_user(mine)  # this shard's users' histories only
     active = np.array([user for user in mine.tolist() if len(seen.get(user, ())) >= serving.min_interactions],
                       dtype=np.int64)
+    seconds.lap("loading the champion and histories")
     pairs = None
     if kept_pairs is None or thresholds is None:
         # The thresholds come from every neighbour pair, so every shard draws the same ones.

@@ -118,7 +118,7 @@ def item_similarity(context: dg.AssetExecutionContext, config: SimilarityConfig,
                          "content"))
 
     state, _ = model_store.store().load("lightgcn", version)
-    frames.append(embedding_neighbours(registry.model_class("lightgcn").from_state_dict(state), config.neighbours))
+    frames.append(embedding_neighbours(registry.served_model("lightgcn", state), config.neighbours))
 
     similarity = pd.concat(frames, ignore_index=True)
     rows = similarity[["item_id", "neighbor_id", "score", "rank", "method"]].itertuples(index=False, name=None)

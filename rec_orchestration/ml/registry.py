@@ -19,7 +19,8 @@ from typing import Any
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.defaults import DEFAULTS
 
-__all__ = ["BASELINE_NAMES", "DEFAULTS", "EVALUATED_NAMES", "FITTED_WITH", "MODEL_NAMES", "build", "model_class"]
+__all__ = ["BASELINE_NAMES", "DEFAULTS", "EVALUATED_NAMES", "FITTED_WITH", "MODEL_NAMES", "SERVED_AS_FACTORS", "build",
+           "model_class", "served_model"]
 
 MODEL_NAMES: tuple[str, ...] = ("popularity", "itemknn", "ease", "lightfm", "lightgcn")
 # The popularity baselines: time-decayed, then plain (no decay). Neither may be published as the champion.
@@ -47,6 +48,20 @@ def model_class(name: str) -> type[Recommender]:
         from rec_orchestration.ml.lightgcn import LightGCNRecommender
         return LightGCNRecommender
     raise ValueError(f"unknown model {name!r}; known: {', '.join(EVALUATED_NAMES)}")
+
+
+# Models served by their final vectors alone (ml.served.FactorScores): their own class would import the
+# training stack (Lightning) only to rank by dot products.
+SERVED_AS_FACTORS: tuple[str, ...] = ("lightgcn",)
+
+
+def served_model(name: str, state: dict[str, Any]) -> Recommender:
+    """Model ``name`` from its artifact's state dict, in the form ranking needs: the same rankings as
+    ``model_class(name).from_state_dict(state)``, with no more imports than they take."""
+    if name in SERVED_AS_FACTORS:
+        from rec_orchestration.ml.served import FactorScores
+        return FactorScores.from_state_dict(state, name=name)
+    return model_class(name).from_state_dict(state)
 
 
 def build(name: str, **params: Any) -> Recommender:

@@ -273,3 +273,34 @@ def test_an_epoch_takes_at_most_32_steps_on_a_large_graph():
     assert epoch_batch_size(32 * 2048) == 2048
     assert epoch_batch_size(900_000) == 28_125
     assert -(-900_000 // epoch_batch_size(900_000)) == 32
+
+
+def test_the_served_form_ranks_as_the_model_and_imports_no_lightning(data, early_stopped, tmp_path):
+    """Scoring serves a LightGCN fit from its final vectors alone (ml.registry.served_model): the same top k,
+    scores and similar items as the model's own class, and loading it from the store imports no Lightning."""
+    import subprocess
+    import sys
+
+    from rec_orchestration.ml.artifacts import ModelStore
+    from rec_orchestration.ml.registry import served_model
+
+    interactions, _ = data
+    served = served_model("lightgcn", early_stopped.state_dict())
+    users = np.concatenate([interactions.user_ids[::3], [10**9]])  # and one the fit never saw
+    exclude = {int(user): interactions.items_by_user([user]).get(int(user), np.empty(0)) for user in users[:5]}
+    ours, theirs = served.recommend(users, 5, exclude=exclude), early_stopped.recommend(users, 5, exclude=exclude)
+    assert all(np.array_equal(a, b) for a, b in zip(ours.items, theirs.items, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(ours.scores, theirs.scores, strict=True))
+    assert len(ours.items[-1]) == 0
+    for mine, model in zip(served.similar_items(interactions.item_ids[:4], 3),
+                           early_stopped.similar_items(interactions.item_ids[:4], 3), strict=True):
+        np.testing.assert_array_equal(mine, model)
+
+    ModelStore(str(tmp_path)).save("lightgcn", "v1", early_stopped.state_dict(), {})
+    script = ("import sys; from rec_orchestration.ml.artifacts import ModelStore; "
+              "from rec_orchestration.ml.registry import served_model; "
+              f"state, _ = ModelStore({str(tmp_path)!r}).load('lightgcn', 'v1'); "
+              "model = served_model('lightgcn', state); "
+              "print(len(model.item_ids), 'pytorch_lightning' in sys.modules, 'lightning' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(len(interactions.item_ids)), "False", "False"]
