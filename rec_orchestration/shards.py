@@ -65,7 +65,8 @@ def history_table(shard: int, shards: int) -> str:
 
 def reasons_table(shard: int, shards: int) -> str:
     """The neighbour pairs strong enough to name in a reason (``ml.serving.strong_neighbours``) that a shard's last
-    full reckoning of the evidence found, kept for its rescorings of changed users."""
+    reckoning of the evidence found, kept for its rescorings of changed users while the similarity rows are the
+    same (``ServingState.similarity_basis``)."""
     return f"{shard_table(shard, shards)}_reasons"
 
 
@@ -114,6 +115,7 @@ class ServingState:
     item_categories: dict[int, list[int]]
     basis: str
     serving_key: str                 # what every user's rows depend on (see the module's docstring)
+    similarity_basis: str            # a hash of the similarity rows read (what a shard's kept reason pairs are of)
 
 
 def _frame_digest(frame: pd.DataFrame) -> bytes:
@@ -137,13 +139,15 @@ def serving_state(context: dg.AssetExecutionContext, warehouse: PostgresResource
     digest = hashlib.sha256(json.dumps([champion.name, champion.version, popularity.version, shards,
                                         serving.settings_key(), data_version(interactions),
                                         sorted(item_categories.items())]).encode())
-    for part in (users.tobytes(), _frame_digest(ranked), _frame_digest(similarity),
+    similarity_digest = _frame_digest(similarity)
+    for part in (users.tobytes(), _frame_digest(ranked), similarity_digest,
                  _frame_digest(products[["product_id", "title"]]), _frame_digest(by_category)):
         digest.update(part)
     serving_key = hashlib.sha256(json.dumps([SCORING_VERSION, champion.name, champion.version, shards,
                                              serving.settings_key()]).encode()).hexdigest()[:16]
     return ServingState(row, champion, popularity, ranked, users, interactions, similarity, products, by_category,
-                        item_categories, digest.hexdigest()[:16], serving_key)
+                        item_categories, digest.hexdigest()[:16], serving_key,
+                        hashlib.sha256(similarity_digest).hexdigest()[:16])
 
 
 def scoring_tags() -> dict:

@@ -261,6 +261,11 @@ def model_asset(name: str) -> dg.AssetsDefinition:
         wanted = {name: (params, use_categories)} | {other: (dict(registry.DEFAULTS.get(other, {})), False)
                                                       for other in fitted_with}
         kept = {model: kept_fit(round_, model, *settings, store) for model, settings in wanted.items()}
+        if round_ is not None and round_["kept"] and (missing := [m for m, fit in kept.items() if fit is None]):
+            # Fitting it alone would put it on another split than the kept models: the evaluation would refuse.
+            raise dg.Failure(f"this run's training round kept the last evaluated fits, but {', '.join(missing)}'s "
+                             "is gone or was made with other parameters: materialize ml/training_round and the "
+                             "models again")
         split = None
         if all(manifest is not None for manifest in kept.values()):
             manifest, reused = kept[name], True

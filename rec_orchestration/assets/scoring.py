@@ -96,7 +96,7 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
             ensure_ml_schema(conn)
         with warehouse.connection() as conn:
             previous = previous_scoring(conn, shard, shards, state.serving_key)
-            similarity_basis = similarity_basis_of(conn)
+            similarity_basis = state.similarity_basis
             removed = np.empty(0, dtype=np.int64)
             kept_pairs = None
             if previous is None:
@@ -104,7 +104,7 @@ def shard_asset(shard: int, shards: int) -> dg.AssetsDefinition:
             else:
                 rescore, removed = changed_users(conn, histories, mine, digests)
                 thresholds = previous.thresholds
-                if len(rescore) and similarity_basis is not None and previous.reasons_basis == similarity_basis:
+                if len(rescore) and previous.reasons_basis == similarity_basis:
                     kept_pairs = read_pairs(conn, reasons)
         seconds.lap("finding changed users")
         pairs = None  # the strong neighbour pairs reckoned now, to keep; None: those kept stay
@@ -193,7 +193,7 @@ class PreviousScoring:
     row_count: int
     scored_fully_at: object  # a timestamptz: when every user was last scored
     record: tuple            # its run and time (scoring_record)
-    reasons_basis: str | None  # the similarity basis of its kept strong neighbour pairs (reasons_table)
+    reasons_basis: str | None  # the similarity rows' hash its kept strong neighbour pairs are of (reasons_table)
 
 
 def scoring_record(conn: psycopg.Connection, shard: int, shards: int, lock: bool = False) -> tuple | None:
@@ -218,14 +218,6 @@ def previous_scoring(conn: psycopg.Connection, shard: int, shards: int, serving_
         return None
     return PreviousScoring(ReasonThresholds(min_similarity=float(record[2]), min_support=int(record[1])),
                            int(record[3]), record[4], (record[5], record[6]), record[8])
-
-
-def similarity_basis_of(conn: psycopg.Connection) -> str | None:
-    """The basis of ml.item_similarity as it is now (ml.item_similarity_basis), None when unrecorded."""
-    if not conn.execute("SELECT to_regclass('ml.item_similarity_basis') IS NOT NULL").fetchone()[0]:
-        return None
-    row = conn.execute("SELECT basis FROM ml.item_similarity_basis").fetchone()
-    return row[0] if row else None
 
 
 def read_pairs(conn: psycopg.Connection, table: str) -> "pd.DataFrame":

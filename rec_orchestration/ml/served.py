@@ -3,8 +3,9 @@
 Serving a LightGCN fit needs only its final user and item embeddings (scores are their dot products), but its
 class lives with the Lightning module and trainer, and importing Lightning took about 10 of the 25 seconds of a
 1M-review scoring shard that rescored 9,000 users. :class:`FactorScores` ranks exactly as the model's own class
-(the same ``factor_form``, so ``Recommender.recommend`` takes the same path) and imports neither torch nor
-Lightning; the artifact it reads is loaded with ``torch.load(weights_only=True)`` as every artifact is.
+(the same ``factor_form``, so ``Recommender.recommend`` takes the same path) without importing Lightning; the
+artifact it reads is loaded with ``torch.load(weights_only=True)`` as every artifact is, and ranking uses
+torch's thread count, so torch itself is still imported.
 """
 
 from __future__ import annotations

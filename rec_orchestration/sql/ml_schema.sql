@@ -81,8 +81,9 @@ BEGIN
 END
 $$;
 
--- The similarity basis (ml.item_similarity_basis.basis) of the strong neighbour pairs a shard keeps in
--- ml.scored_users_<shard>_of_<n>_reasons: a shard rescoring changed users reuses them while it is the same.
+-- A hash of the ml.item_similarity rows the strong neighbour pairs a shard keeps in
+-- ml.scored_users_<shard>_of_<n>_reasons were reckoned from: a shard rescoring changed users reuses them while
+-- the rows it reads hash the same.
 -- Added to warehouses made before; NULL reckons the evidence again.
 DO $$
 BEGIN
