@@ -37,6 +37,7 @@ from rec_orchestration.ml.training import (
     category_features,
     data_version,
     fit_and_evaluate,
+    fitted_with,
     keep_round,
     training_split,
 )
@@ -233,9 +234,7 @@ def kept_fit(round_: dict[str, Any] | None, name: str, params: dict[str, Any], i
     if not store.exists(name, version):
         return None
     manifest = store.manifest(name, version)
-    if manifest.get("params") != json.loads(json.dumps(params)) or bool(manifest.get("item_features")) != item_features:
-        return None
-    return manifest
+    return manifest if fitted_with(manifest, params, item_features) else None
 
 
 def model_asset(name: str) -> dg.AssetsDefinition:

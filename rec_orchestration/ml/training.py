@@ -207,9 +207,8 @@ def warm_start_source(name: str, params: dict[str, Any], inputs: ModelInputs, sp
     if name not in WARM_STARTED or (latest := store.latest(name)) is None or not store.exists(name, latest):
         return None
     manifest = store.manifest(name, latest)
-    if (manifest.get("params") != json.loads(json.dumps(params)) or manifest.get("code_version") != CODE_VERSIONS[name]
+    if (not fitted_with(manifest, params, bool(inputs.version)) or manifest.get("code_version") != CODE_VERSIONS[name]
             or manifest.get("evaluation_version") != EVALUATION_VERSION
-            or bool(manifest.get("item_features")) != bool(inputs.version)
             or int(manifest.get("warm_chain", 0)) + 1 > WARM_CHAIN_MAX):
         return None
     if manifest.get("data_version") == split.data_version:
@@ -220,6 +219,13 @@ def warm_start_source(name: str, params: dict[str, Any], inputs: ModelInputs, sp
         return None  # grown too much since the chain's cold fit to keep its item-item matrix
     state, _ = store.load(name, latest)
     return (manifest, state) if knows_enough(state, split.train) else None
+
+
+def fitted_with(manifest: Mapping[str, Any], params: Mapping[str, Any], item_features: bool) -> bool:
+    """Whether the artifact of ``manifest`` was fitted with ``params`` (as its JSON manifest holds them) and with
+    item features if and only if ``item_features``."""
+    return (manifest.get("params") == json.loads(json.dumps(params))
+            and bool(manifest.get("item_features")) == item_features)
 
 
 def cold_size(manifest: Mapping[str, Any]) -> int:
@@ -316,8 +322,7 @@ def keep_round(evaluated: Mapping[str, Mapping[str, Any] | None], wanted: Mappin
         manifest = evaluated.get(name)
         if manifest is None:
             return False, f"no fit of {name} was evaluated last time"
-        if (manifest.get("params") != json.loads(json.dumps(params))
-                or bool(manifest.get("item_features")) != item_features):
+        if not fitted_with(manifest, params, item_features):
             return False, f"{name} is fitted with other parameters or inputs now than last time"
         if (manifest.get("code_version") != CODE_VERSIONS[name]
                 or manifest.get("evaluation_version") != EVALUATION_VERSION):
