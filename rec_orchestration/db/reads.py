@@ -23,25 +23,34 @@ class EmptyInputError(RuntimeError):
     """A step's input table has no rows: there is nothing to train on or publish."""
 
 
-# One row per (user, product), weighted by dbt (var interaction_weights). Ordered, so the split (ties
-# in time broken by row order) and the data version are the same on every read. The time as integer
-# microseconds since the epoch (a timestamptz's exact value; extract returns numeric), so it travels as a
-# number (Queries.read_columns).
+# One row per (user, product), weighted by dbt (var interaction_weights). The time as integer microseconds
+# since the epoch (a timestamptz's exact value; extract returns numeric), so it travels as a number
+# (Queries.read_columns). No ORDER BY: see interactions_frame.
 INTERACTIONS_QUERY = sql.SQL("""
     SELECT user_id, product_id, weight::double precision AS weight,
            (extract(epoch FROM last_at) * 1000000)::bigint AS ts
     FROM core.interactions
-    ORDER BY user_id, last_at, product_id
 """)
+# The order every reader gets, so the split (ties in time broken by product) and the data version are the
+# same on every read: (user_id, product_id) is the table's key, so it is a total order.
+INTERACTIONS_ORDER = ("user_id", "ts", "product_id")
 
 
 def interactions_frame(db: Queries) -> pd.DataFrame:
-    """``user_id, product_id, weight (float), ts (UTC)`` of every interaction; raises when there is none."""
+    """``user_id, product_id, weight (float), ts (UTC)`` of every interaction, ordered by user, time and product;
+    raises when there is none.
+
+    Sorted here, not by the database: PostgreSQL walked the primary key (user, product), fetching the heap in
+    index order, and sorted each user's rows by time. At 10M interactions this read took 68.5 s so, 25-28.5 s
+    now (the same frame); the database's COPY alone took 52 s ordered and 11 s as stored."""
     import pandas as pd
     frame = db.read_columns(INTERACTIONS_QUERY, {"user_id": "int64", "product_id": "int64", "weight": "float64",
                                                  "ts": "int64"})
     if frame.empty:
         raise EmptyInputError("core.interactions is empty: nothing to train on")
+    # lexsort's last key is the primary one.
+    order = np.lexsort([frame[column].to_numpy() for column in reversed(INTERACTIONS_ORDER)])
+    frame = frame.take(order).reset_index(drop=True)
     frame["ts"] = pd.to_datetime(frame["ts"], unit="us", utc=True)
     return frame
 

@@ -41,10 +41,13 @@ def test_interactions_are_the_rows_a_plain_fetch_gives(module_warehouse_env, war
         conn.execute("CREATE SCHEMA core")
         conn.execute("CREATE TABLE core.interactions (user_id bigint, product_id bigint, weight double precision, "
                      "last_at timestamptz)")
+        # Stored in no particular order, with times shared by several of a user's products (ties the order
+        # breaks by product) and later products not always later in time.
         conn.execute("""INSERT INTO core.interactions
                         SELECT u, p, (u * p % 7) / 3.0, timestamptz '2024-02-29 23:59:59.999999+00' - u * interval
-                               '1 second 7 microseconds' + p * interval '1 day'
-                        FROM generate_series(1, 300) u, generate_series(1, 40) p WHERE (u + p) % 5 = 0""")
+                               '1 second 7 microseconds' + (p * 7 % 4) * interval '1 day'
+                        FROM generate_series(1, 300) u, generate_series(1, 40) p WHERE (u + p) % 5 = 0
+                        ORDER BY md5(u::text || '/' || p::text)""")
     frame = reads.interactions_frame(warehouse)
     fetched = warehouse.read_dataframe("""SELECT user_id, product_id, weight, last_at AS ts FROM core.interactions
                                           ORDER BY user_id, last_at, product_id""")
