@@ -30,7 +30,6 @@ from rec_orchestration.ml import registry
 from rec_orchestration.ml.base import Recommender
 from rec_orchestration.ml.popularity import PopularityRecommender
 from rec_orchestration.ml.serving import Source
-from rec_orchestration.ml.training import data_version
 from rec_orchestration.resources.model_store import ModelStoreResource
 from rec_orchestration.resources.postgres import PostgresResource
 from rec_orchestration.resources.serving import ServingResource
@@ -108,7 +107,7 @@ class ServingState:
     popularity: Source
     ranked: pd.DataFrame             # ml.popular_products: product_id, score, model_version, best first
     users: np.ndarray
-    interactions: pd.DataFrame       # core.interactions (reads.interactions_frame)
+    interactions: pd.DataFrame | None  # core.interactions (reads.interactions_frame); None: not read (publish)
     similarity: pd.DataFrame
     products: pd.DataFrame
     by_category: pd.DataFrame
@@ -125,19 +124,25 @@ def _frame_digest(frame: pd.DataFrame) -> bytes:
 
 
 def serving_state(context: dg.AssetExecutionContext, warehouse: PostgresResource, serving: ServingResource,
-                  shards: int) -> ServingState:
+                  shards: int, read_interactions: bool = True) -> ServingState:
+    """The inputs and their basis. The interactions enter the basis by their version (``reads.interactions_version``,
+    made by the database); ``read_interactions`` False leaves the rows themselves unread (publish needs only the
+    basis: reading them took about 30 s of its 34 s of reading at 10M interactions)."""
     row = champion_row(context, warehouse)
     ranked = reads.popularity_ranking(warehouse)
     champion = Source(row["model_name"], row["deployed_version"])
     popularity = Source("popularity", str(ranked["model_version"].iloc[0]))
     users = reads.user_ids(warehouse)
-    interactions = reads.interactions_frame(warehouse)
+    if read_interactions:
+        interactions, interactions_version = reads.interactions_snapshot(warehouse)
+    else:
+        interactions, interactions_version = None, reads.interactions_version(warehouse)
     similarity = reads.item_similarity(warehouse)
     products = reads.product_metadata(warehouse)
     by_category = reads.popularity_by_category(warehouse)
     item_categories = reads.product_category_ids(warehouse)
     digest = hashlib.sha256(json.dumps([champion.name, champion.version, popularity.version, shards,
-                                        serving.settings_key(), data_version(interactions),
+                                        serving.settings_key(), interactions_version,
                                         sorted(item_categories.items())]).encode())
     similarity_digest = _frame_digest(similarity)
     for part in (users.tobytes(), _frame_digest(ranked), similarity_digest,

@@ -13,7 +13,7 @@ import numpy as np
 from psycopg import sql
 
 from rec_orchestration.db.tables import qualified
-from rec_orchestration.db.warehouse import Queries
+from rec_orchestration.db.warehouse import Queries, copy_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,9 +43,42 @@ def interactions_frame(db: Queries) -> pd.DataFrame:
     Sorted here, not by the database: PostgreSQL walked the primary key (user, product), fetching the heap in
     index order, and sorted each user's rows by time. At 10M interactions this read took 68.5 s so, 25-28.5 s
     now (the same frame); the database's COPY alone took 52 s ordered and 11 s as stored."""
+    return _ordered(db.read_columns(INTERACTIONS_QUERY, INTERACTIONS_DTYPES))
+
+
+def interactions_snapshot(db: Queries) -> tuple[pd.DataFrame, str]:
+    """:func:`interactions_frame` and :func:`interactions_version` of the same rows: both read in one
+    snapshot (REPEATABLE READ), so the version names exactly the frame even while a build writes."""
+    with db.connection() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        version = _version(conn.execute(INTERACTIONS_VERSION_QUERY).fetchone())
+        return _ordered(copy_columns(conn, INTERACTIONS_QUERY, INTERACTIONS_DTYPES)), version
+
+
+def interactions_version(db: Queries) -> str:
+    """A version of every row :func:`interactions_frame` reads, made by the database without sending them: the
+    row count and an exclusive-or of a 64-bit hash of each row's user, product, weight and time (any changed,
+    added or removed row changes it). For steps that must know whether the interactions are those another
+    step read but not read them: at 10M interactions 1.2 s, the frame 25-28.5 s."""
+    return _version(db.fetch_all(INTERACTIONS_VERSION_QUERY)[0])
+
+
+INTERACTIONS_DTYPES = {"user_id": "int64", "product_id": "int64", "weight": "float64", "ts": "int64"}
+# hash_record_extended: PostgreSQL 14 and later. Rows are unique by (user_id, product_id), so none cancels out.
+INTERACTIONS_VERSION_QUERY = sql.SQL("""
+    SELECT count(*), coalesce(bit_xor(hash_record_extended((user_id, product_id, weight, last_at), 0)), 0)
+    FROM core.interactions
+""")
+
+
+def _version(row: tuple) -> str:
+    count, digest = row
+    return f"{count}:{int(digest) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame in INTERACTIONS_ORDER with ``ts`` as UTC times; raises when it is empty."""
     import pandas as pd
-    frame = db.read_columns(INTERACTIONS_QUERY, {"user_id": "int64", "product_id": "int64", "weight": "float64",
-                                                 "ts": "int64"})
     if frame.empty:
         raise EmptyInputError("core.interactions is empty: nothing to train on")
     # lexsort's last key is the primary one.

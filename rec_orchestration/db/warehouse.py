@@ -54,34 +54,41 @@ class Queries:
             return pd.DataFrame(cur.fetchall(), columns=columns)
 
     def read_columns(self, query: sql.Composable, dtypes: dict[str, str]) -> pd.DataFrame:
-        """A query's rows as a DataFrame of the columns ``dtypes`` names (every one of them, in the query's
-        order), through ``COPY (query) TO STDOUT`` as CSV parsed by pandas: no Python object per value (a
-        plain fetch of 10M interactions builds 40 million of them); a column of numbers arrives as one
-        array. The query takes no parameters (COPY does not); floats come back exactly (PostgreSQL writes
-        the shortest text that reads back to the same double, pandas 3 reads it back exactly). A NULL
-        arrives as NaN (give nullable columns a float or object dtype); an empty text stays empty, but a
-        text of exactly ``\\N`` (COPY's NULL marker here) would read as NULL."""
-        import io
-
-        import pandas as pd
-
-        buffer = io.BytesIO()
-        copy_out = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL {})").format(
-            query, sql.Literal(NULL_TEXT))
-        with self.connection() as conn, conn.cursor() as cur, cur.copy(copy_out) as copy:
-            for chunk in copy:
-                buffer.write(chunk)
-        buffer.seek(0)
-        frame = pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[NULL_TEXT])
-        if list(frame.columns) != list(dtypes):
-            raise ValueError(f"the query's columns {list(frame.columns)} are not {list(dtypes)}")
-        return frame
+        """A query's rows as a DataFrame of the columns ``dtypes`` names: :func:`copy_columns` on a connection
+        of its own."""
+        with self.connection() as conn:
+            return copy_columns(conn, query, dtypes)
 
     def row_count(self, table: str) -> int:
         return int(self.fetch_value(sql.SQL("SELECT count(*) FROM {}").format(qualified(table))))
 
     def table_exists(self, table: str) -> bool:
         return self.fetch_value("SELECT to_regclass(%s) IS NOT NULL", (table,))
+
+
+def copy_columns(conn: psycopg.Connection, query: sql.Composable, dtypes: dict[str, str]) -> pd.DataFrame:
+    """A query's rows as a DataFrame of the columns ``dtypes`` names (every one of them, in the query's
+    order), through ``COPY (query) TO STDOUT`` as CSV parsed by pandas: no Python object per value (a
+    plain fetch of 10M interactions builds 40 million of them); a column of numbers arrives as one
+    array. The query takes no parameters (COPY does not); floats come back exactly (PostgreSQL writes
+    the shortest text that reads back to the same double, pandas 3 reads it back exactly). A NULL
+    arrives as NaN (give nullable columns a float or object dtype); an empty text stays empty, but a
+    text of exactly ``\\N`` (COPY's NULL marker here) would read as NULL."""
+    import io
+
+    import pandas as pd
+
+    buffer = io.BytesIO()
+    copy_out = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true, NULL {})").format(
+        query, sql.Literal(NULL_TEXT))
+    with conn.cursor() as cur, cur.copy(copy_out) as copy:
+        for chunk in copy:
+            buffer.write(chunk)
+    buffer.seek(0)
+    frame = pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[NULL_TEXT])
+    if list(frame.columns) != list(dtypes):
+        raise ValueError(f"the query's columns {list(frame.columns)} are not {list(dtypes)}")
+    return frame
 
 
 def check_login(settings: DatabaseSettings, connect_timeout_s: int = 10) -> None:

@@ -19,6 +19,8 @@ PROBLEMS_QUERY = """
                AS max_per_user,
            (SELECT count(*) FROM {popular}) AS popular_products"""
 
+PROBLEMS = ("users_without_recommendations", "recommendations_already_seen", "duplicate_recommendations",
+            "max_per_user", "popular_products")  # the query's columns
 
 
 def recommendation_problems(conn: psycopg.Connection, recs: sql.Composable, popular: sql.Composable) -> dict:

@@ -104,6 +104,55 @@ def test_every_user_gets_twenty_recommendations_none_already_reviewed(materializ
                                    AND reason NOT IN ('personalized', 'popular')""") == 0
 
 
+def test_the_recommendations_check_reports_the_gate_in_the_refresh_and_queries_the_live_set_alone(
+        materialized_module):
+    """In the refresh, the blocking check on recs/user_recommendations reports what publish's gate found on the
+    partitions it made live, without running the query again; launched alone it checks the live views, and
+    fails when a live recommendation is a product the user already has."""
+    from rec_orchestration.assets.publish import every_user_gets_unseen_recommendations, publish_recommendations
+    from rec_orchestration.definitions import defs
+
+    db, _, result = materialized_module
+    (in_refresh,) = [e for e in result.get_asset_check_evaluations()
+                     if e.check_name == "every_user_gets_unseen_recommendations"]
+    live = scalar(db, "SELECT publication_id FROM recs.recommendation_runs WHERE is_live")
+    gate = [m.metadata["checked"].value for m in result.asset_materializations_for_node("publish_recommendations")
+            if m.asset_key == dg.AssetKey(["recs", "user_recommendations"])]
+    metadata = {name: value.value for name, value in in_refresh.metadata.items()}
+    assert in_refresh.passed and metadata["checked"] == "by publish before the swap"
+    assert metadata["live_publication"] == live
+    assert gate[0]["users_without_recommendations"] == 0 and gate[0]["max_per_user"] == 20
+    assert {name: metadata[name] for name in gate[0]} == gate[0]
+
+    def check_alone() -> tuple[bool, dict]:
+        alone = dg.materialize([publish_recommendations, every_user_gets_unseen_recommendations],
+                               selection=dg.AssetSelection.checks(every_user_gets_unseen_recommendations),
+                               resources=defs.resources, raise_on_error=False)
+        (evaluation,) = alone.get_asset_check_evaluations()
+        assert {e.step_key for e in alone.all_events if e.event_type_value == "STEP_START"} == {
+            "recs__user_recommendations_every_user_gets_unseen_recommendations"}  # publish did not run
+        return evaluation.passed, {name: value.value for name, value in evaluation.metadata.items()}
+
+    passed, alone = check_alone()
+    assert passed and alone["checked"] == "on the live views" and alone["users_without_recommendations"] == 0
+    # A product the user interacted with, slipped into the live set behind publish's back.
+    user_id, product_id = query(db, "SELECT user_id, product_id FROM core.interactions ORDER BY 1, 2 LIMIT 1")[0]
+    partition = f"recs_store.user_recommendations_p{live}"
+    with psycopg.connect(db.conninfo()) as conn:
+        conn.execute(f"""
+            INSERT INTO {partition} (publication_id, user_id, product_id, rank, score, reason, model_name,
+                                     model_version, run_id, generated_at)
+            SELECT publication_id, user_id, %s, 21, score, reason, model_name, model_version, run_id, generated_at
+            FROM {partition} WHERE user_id = %s AND rank = 1""", (product_id, user_id))
+    try:
+        passed, alone = check_alone()
+    finally:
+        with psycopg.connect(db.conninfo()) as conn:
+            conn.execute(f"DELETE FROM {partition} WHERE user_id = %s AND rank = 21", (user_id,))
+    assert not passed
+    assert (alone["recommendations_already_seen"], alone["max_per_user"]) == (1, 21)
+
+
 def test_recommendations_follow_the_stronger_popularity_ranking(materialized):
     # The fallback is the popularity baseline the gate compared with: the stronger on the holdout.
     baseline = scalar(materialized, "SELECT baseline_name FROM ml.model_champions ORDER BY chosen_at DESC LIMIT 1")

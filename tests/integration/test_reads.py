@@ -54,3 +54,40 @@ def test_interactions_are_the_rows_a_plain_fetch_gives(module_warehouse_env, war
     fetched["ts"] = pd.to_datetime(fetched["ts"], utc=True)
     assert len(frame) == 2400
     pd.testing.assert_frame_equal(frame, fetched, check_exact=True)
+
+
+def test_the_interactions_version_changes_with_any_row_and_names_the_frame_read_with_it(
+        module_warehouse_env, warehouse_env, warehouse):
+    """Publish knows the interactions only by this version (it no longer reads them); a scoring shard reads the
+    rows and the version in one snapshot. Any changed weight, time, added or removed row changes it; the
+    same rows, whatever their storage order, give the same version."""
+    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA core")
+        conn.execute("CREATE TABLE core.interactions (user_id bigint, product_id bigint, weight double precision, "
+                     "last_at timestamptz, PRIMARY KEY (user_id, product_id))")
+        conn.execute("""INSERT INTO core.interactions
+                        SELECT u, p, u * p % 7 / 3.0, timestamptz '2026-01-01 00:00:00+00' + u * interval '1 hour'
+                        FROM generate_series(1, 50) u, generate_series(1, 20) p ORDER BY md5(u::text || p::text)""")
+    frame, version = reads.interactions_snapshot(warehouse)
+    pd.testing.assert_frame_equal(frame, reads.interactions_frame(warehouse), check_exact=True)
+    assert version == reads.interactions_version(warehouse) and version.startswith("1000:")
+
+    seen = {version}
+    for change in ("UPDATE core.interactions SET weight = weight + 1e-9 WHERE user_id = 7 AND product_id = 3",
+                   "UPDATE core.interactions SET last_at = last_at + interval '1 microsecond' "
+                   "WHERE user_id = 7 AND product_id = 3",
+                   "DELETE FROM core.interactions WHERE user_id = 7 AND product_id = 3",
+                   "INSERT INTO core.interactions VALUES (51, 1, 1.0, '2026-02-01 00:00:00+00')"):
+        with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as conn:
+            conn.execute(change)
+        changed = reads.interactions_version(warehouse)
+        assert changed not in seen, change
+        seen.add(changed)
+
+    # Back to the first rows, stored in another order: the first version again.
+    with psycopg.connect(warehouse_env.conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM core.interactions WHERE user_id = 51")
+        conn.execute("INSERT INTO core.interactions VALUES (7, 3, 7 * 3 % 7 / 3.0, "
+                     "timestamptz '2026-01-01 00:00:00+00' + 7 * interval '1 hour')")
+        conn.execute("CLUSTER core.interactions USING interactions_pkey")
+    assert reads.interactions_version(warehouse) == version
