@@ -127,7 +127,7 @@ def serving_state(context: dg.AssetExecutionContext, warehouse: PostgresResource
                   shards: int, read_interactions: bool = True) -> ServingState:
     """The inputs and their basis. The interactions enter the basis by their version (``reads.interactions_version``,
     made by the database); ``read_interactions`` False leaves the rows themselves unread (publish needs only the
-    basis: reading them took about 30 s of its 34 s of reading at 10M interactions)."""
+    basis: at 10M interactions its reading took 43.6 s with them and 24.4 s without, measured back to back)."""
     row = champion_row(context, warehouse)
     ranked = reads.popularity_ranking(warehouse)
     champion = Source(row["model_name"], row["deployed_version"])
